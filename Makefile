@@ -1,0 +1,32 @@
+# Every target creates the environment it needs; nothing relies on what the machine already has.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m raymerge.demo
+
+test: $(STAMP)
+	$(BIN)/ruff check raymerge tests bench
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check raymerge tests bench
+	$(BIN)/ruff format --check raymerge tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/text.py
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache

@@ -1,0 +1,272 @@
+"""One I/O layer over fsspec: URLs to filesystems, and staged output with an atomic commit.
+
+Output is written to a hidden sibling of the target and only moved into place at the end
+(a rename on local disk; on object storage a copy with `raymerge.json` written last), so a failed,
+cancelled or killed run never leaves a half dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import posixpath
+import secrets
+import shutil
+import time
+from typing import IO, Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+from raymerge.errors import InvalidInput, RunFailed
+
+MANIFEST = "raymerge.json"
+
+
+def resolve(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """An fsspec filesystem and the path inside it; `s3://b/k` and `./local` alike."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError, TypeError) as e:
+        raise InvalidInput(f"{url}: cannot open this location: {e}") from None
+    if is_local(fs):
+        path = os.path.abspath(path)
+    return fs, path.rstrip("/") or "/"
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    return "file" in _protocols(fs)
+
+
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+def url(fs: AbstractFileSystem, path: str) -> str:
+    """A path as the user would write it, for messages and reports."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def join(path: str, *parts: str) -> str:
+    return posixpath.join(path, *parts)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
+
+
+def parent(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/"))
+
+
+def exists(fs: AbstractFileSystem, path: str) -> bool:
+    try:
+        return fs.exists(path)
+    except (OSError, ValueError):
+        return False
+
+
+def fingerprint(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
+    """Cheap identity of an input from its listing (names, sizes, mtimes/etags), never its bytes."""
+    entries = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    digest = hashlib.sha256()
+    total = 0
+    for name in sorted(entries):
+        info = entries[name]
+        size = int(info.get("size") or 0)
+        total += size
+        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+        digest.update(f"{name[len(path) :]}\0{size}\0{stamp}\n".encode())
+    return {
+        "path": url(fs, path),
+        "files": len(entries),
+        "bytes": total,
+        "listing_sha256": digest.hexdigest(),
+    }
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+class Staging:
+    """The hidden place a run writes to, and the commit that makes it the output.
+
+    `is_file`: the output is one file (the family writes `self.path`); otherwise a folder (the
+    family writes below `self.path`). `allow_existing`: the family updates an existing target
+    itself (e.g. adds a session to a database), so its presence is not a conflict.
+    """
+
+    def __init__(
+        self,
+        target_url: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+        is_file: bool = False,
+        allow_existing: bool = False,
+        run_id: str | None = None,
+    ) -> None:
+        self.fs, self.target = resolve(target_url, storage_options)
+        self.target_url = url(self.fs, self.target)
+        self.overwrite = overwrite
+        self.is_file = is_file
+        self.allow_existing = allow_existing
+        self.run_id = run_id or new_run_id()
+        name = basename(self.target)
+        self._prefix = join(parent(self.target), f".{name}.raymerge")
+        self.dir = f"{self._prefix}-staging-{self.run_id}"
+        self.path = join(self.dir, name) if is_file else self.dir
+        self._lock: IO | None = None
+        self.committed = False
+
+    # -- before writing -------------------------------------------------------------------
+    def check(self) -> None:
+        """Refuse an existing output unless overwriting; raise before anything is written."""
+        if self.target == "/" or self.target == parent(self.target):
+            raise InvalidInput(f"output {self.target_url}: refusing to write to a filesystem root")
+        if exists(self.fs, self.target) and not (self.overwrite or self.allow_existing):
+            raise InvalidInput(
+                f"output {self.target_url} already exists; set output.overwrite: true or pass --overwrite to replace it"
+            )
+        if self.is_file and self.fs.isdir(self.target):
+            raise InvalidInput(f"output {self.target_url} is a folder, but this output is a single file")
+
+    def open(self) -> Staging:
+        self.check()
+        self._acquire_lock()
+        self._recover_and_clean()
+        self.fs.makedirs(self.dir, exist_ok=True)
+        return self
+
+    def _acquire_lock(self) -> None:
+        if not is_local(self.fs):
+            return
+        import fcntl
+
+        os.makedirs(parent(self.target), exist_ok=True)
+        lock_path = f"{self._prefix}.lock"
+        while True:
+            f = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise InvalidInput(
+                    f"output {self.target_url} is being written by another raymerge run (lock {lock_path})"
+                ) from None
+            # The lock file may have been removed by the run that held it just before we locked it.
+            if os.path.exists(lock_path) and os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
+                self._lock = f
+                return
+            f.close()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock.name)
+            self._lock.close()
+            self._lock = None
+
+    def _siblings(self, kind: str) -> list[str]:
+        try:
+            names = self.fs.ls(parent(self.target), detail=False)
+        except FileNotFoundError:
+            return []
+        mark = f"{basename(self._prefix)}-{kind}-"
+        return [n.rstrip("/") for n in names if basename(n).startswith(mark)]
+
+    def _recover_and_clean(self) -> None:
+        """Undo what a killed run left: restore a replaced output that was never committed, drop staging."""
+        for old in self._siblings("old"):
+            if not exists(self.fs, self.target):
+                self.fs.mv(old, self.target, recursive=True)
+            else:
+                self.fs.rm(old, recursive=True)
+        for stale in self._siblings("staging"):
+            self.fs.rm(stale, recursive=True)
+
+    # -- after writing --------------------------------------------------------------------
+    def written_bytes(self) -> int:
+        entries = self.fs.find(self.dir, detail=True)
+        return sum(int(i.get("size") or 0) for i in entries.values())
+
+    def commit(self, manifest: dict[str, Any] | None = None) -> None:
+        """Make the staged output the output; the manifest is the last thing written."""
+        try:
+            if self.is_file:
+                self._commit_file()
+            elif is_local(self.fs):
+                self._commit_local_dir(manifest)
+            else:
+                self._commit_remote_dir(manifest)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise RunFailed(f"output {self.target_url}: no space left on device while committing") from None
+            raise
+        self.committed = True
+        self.close()
+
+    def _commit_file(self) -> None:
+        if is_local(self.fs):
+            os.replace(self.path, self.target)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            self.fs.copy(self.path, self.target)
+            self.fs.rm(self.dir, recursive=True)
+
+    def _commit_local_dir(self, manifest: dict[str, Any] | None) -> None:
+        if manifest is not None:
+            _write_json_durably(join(self.dir, MANIFEST), manifest)
+        if os.path.exists(self.target):
+            old = f"{self._prefix}-old-{self.run_id}"
+            os.rename(self.target, old)
+            os.rename(self.dir, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.dir, self.target)
+
+    def _commit_remote_dir(self, manifest: dict[str, Any] | None) -> None:
+        fs = self.fs
+        if exists(fs, self.target):
+            # The manifest goes first, so an interrupted replace never looks complete.
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(join(self.target, MANIFEST))
+            fs.rm(self.target, recursive=True)
+        sources = sorted(fs.find(self.dir))
+        targets = [join(self.target, s[len(self.dir) + 1 :]) for s in sources]
+        if sources:
+            fs.copy(sources, targets)
+        if manifest is not None:
+            with fs.open(join(self.target, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=2, default=str)
+        fs.rm(self.dir, recursive=True)
+
+    def abort(self) -> None:
+        """Remove everything this run staged; the previous output (or nothing) stays."""
+        if not self.committed:
+            with contextlib.suppress(Exception):
+                if exists(self.fs, self.dir):
+                    self.fs.rm(self.dir, recursive=True)
+        self.close()
+
+    def close(self) -> None:
+        self._release_lock()
+
+    def __enter__(self) -> Staging:
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self.committed:
+            self.abort()
+
+
+def _write_json_durably(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
