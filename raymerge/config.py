@@ -80,7 +80,7 @@ def key_path(loc: Iterable[str | int]) -> str:
     """('inputs', 0, 'path') -> 'inputs[0].path'."""
     out = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
