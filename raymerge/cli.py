@@ -18,6 +18,7 @@ import yaml
 from raymerge import api
 from raymerge.errors import RaymergeError
 from raymerge.report import Progress
+from raymerge.submit import submit_config
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -116,6 +117,35 @@ def plan(
     )
     report = result.report
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.render())
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (only at commit).")
+@click.option(
+    "--address",
+    envvar="RAY_API_SERVER_ADDRESS",
+    required=True,
+    help="The cluster's job server (dashboard), e.g. http://HEAD:8265 [env RAY_API_SERVER_ADDRESS].",
+)
+@click.option("--no-wait", is_flag=True, help="Print the job id and return instead of streaming the logs.")
+@debug_option
+def submit(config: str, overrides: tuple[str, ...], overwrite: bool, address: str, no_wait: bool, debug: bool) -> None:
+    """Run CONFIG as a Ray job on a cluster; stream its logs and exit with the job's exit code."""
+    code = _guarded(
+        debug,
+        lambda: submit_config(
+            config,
+            address,
+            overrides=overrides,
+            overwrite=overwrite,
+            wait=not no_wait,
+            out=sys.stdout,
+            err=sys.stderr,
+        ),
+    )
+    sys.exit(code)
 
 
 @main.command()

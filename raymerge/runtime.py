@@ -7,6 +7,7 @@ With no address Ray starts in-process on all local cores; with `address`, `--add
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -19,7 +20,14 @@ FORWARDED_ENV_PREFIXES = ("AWS_", "S3_", "FSSPEC_", "HF_")
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    provided = job_env_names(env)
+    return {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k not in provided}
+
+
+def job_env_names(environ: dict[str, str]) -> set[str]:
+    """Variables a submitted Ray job already sets on every worker; Ray refuses a driver that sets them again."""
+    job_config = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return set((job_config.get("runtime_env") or {}).get("env_vars") or {})
 
 
 def local_init_kwargs(num_cpus: int | None, object_store_memory: int | None, dashboard: bool) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""A real Ray cluster on loopback for tests: `ray start --head` (+ more nodes), separate from the test session's Ray.
+
+Each node is a `ray start --block` process in its own session: stopping it stops exactly the Ray
+processes it started (never `ray stop`, which would stop every Ray on the machine). All ports are
+free ports and the temp dir is private, so it never meets the test run's own Ray session. Token
+authentication is on, with a token of its own, as a production cluster would run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers import free_port, wait_for_port
+
+BIN = Path(sys.executable).parent
+
+
+def node_ports() -> list[str]:
+    """Every port a node opens, chosen free, so two nodes and the test session never collide."""
+    return [
+        "--node-manager-port", str(free_port()),
+        "--object-manager-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()),
+        "--min-worker-port", "0",
+        "--max-worker-port", "0",
+    ]  # fmt: skip
+
+
+@dataclass
+class LocalCluster:
+    gcs_address: str
+    dashboard_url: str
+    env: dict[str, str]
+    temp_dir: str
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def add_node(self, num_cpus: int = 1) -> None:
+        args = ["--address", self.gcs_address, "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus)]
+        self.procs.append(_start([*args, *node_ports()], self.env))
+
+    def wait_for_nodes(self, count: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [str(BIN / "ray"), "list", "nodes", "--address", self.dashboard_url, "--filter", "state=ALIVE"],
+                env=self.env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if out.returncode == 0 and out.stdout.count("ALIVE") >= count:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"{count} Ray nodes did not come up within {timeout}s")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def cluster_env(token: str) -> dict[str, str]:
+    """The nodes' environment: token auth on, this venv's tools on PATH, no pointer at another cluster."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        RAY_USAGE_STATS_ENABLED="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    return env
+
+
+@contextlib.contextmanager
+def local_cluster(num_cpus: int = 1) -> Iterator[LocalCluster]:
+    token = secrets.token_hex(32)
+    env = cluster_env(token)
+    temp_dir = tempfile.mkdtemp(prefix="rmc-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = free_port(), free_port()
+    head = _start(
+        [
+            "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+            "--ray-client-server-port", str(free_port()), "--num-cpus", str(num_cpus),
+            "--temp-dir", temp_dir, *node_ports(),
+        ],
+        env,
+    )  # fmt: skip
+    cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env, temp_dir, [head])
+    try:
+        wait_for_port(dash, head, timeout=120)
+        cluster.wait_for_nodes(1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM lets `ray start --block` stop the processes it started; then clear its session group."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
