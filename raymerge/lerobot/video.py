@@ -409,12 +409,12 @@ def _reencode(source: av.video.stream.VideoStream, frames: list[av.VideoFrame], 
         _encode_all(out, stream, iter(frames))
 
 
-def _piece(segment: Segment, stack: contextlib.ExitStack, scratch: str) -> _Piece:
+def _piece(segment: Segment, stack: contextlib.ExitStack, scratch: str, *, reencode: bool = False) -> _Piece:
     where = storage.url(segment.fs, segment.path)
     container = stack.enter_context(_open_input(segment.fs, segment.path))
     packets, key, inside = _read_range(container, segment.start_s, segment.end_s, where)
     stream = container.streams.video[0]
-    if _starts_clean(packets, inside):
+    if not reencode and _starts_clean(packets, inside):
         start = _seconds(packets[inside[0]].pts, stream.time_base)
         return _Piece(stream, [packets[i] for i in inside], start, False, where)
     local = os.path.join(scratch, f"reencoded-{len(os.listdir(scratch))}.mp4")
@@ -437,14 +437,19 @@ def _signature(stream: av.video.stream.VideoStream) -> dict[str, Any]:
     }
 
 
-def _check_same_stream(first: dict[str, Any], first_where: str, piece: _Piece) -> None:
+class _ReencodedMismatch(RunFailed):
+    """A re-encoded segment's codec parameters differ from the copied ones: the file must be re-encoded whole."""
+
+
+def _check_same_stream(first: dict[str, Any], first_where: str, first_reencoded: bool, piece: _Piece) -> None:
     other = _signature(piece.stream)
-    problems = [f"{name} {first[name]} != {other[name]}" for name in first if first[name] != other[name]]
-    if not problems:
+    different = [name for name in first if first[name] != other[name]]
+    if not different:
         return
-    message = f"{first_where} and {piece.where} cannot be concatenated without re-encoding: {', '.join(problems)}"
-    if piece.reencoded:
-        raise RunFailed(f"re-encoding a segment of {message} (the re-encoder's settings differ from the source's)")
+    problems = ", ".join(f"{name} {first[name]} != {other[name]}" for name in different)
+    message = f"{first_where} and {piece.where} cannot be concatenated without re-encoding: {problems}"
+    if different == ["extradata sha256"] and (first_reencoded or piece.reencoded):
+        raise _ReencodedMismatch(f"{message} (a re-encoded segment's encoder settings differ from the source's)")
     raise InvalidInput(message)
 
 
@@ -453,7 +458,7 @@ class _Muxer:
 
     def __init__(self, out: av.container.OutputContainer, template: av.video.stream.VideoStream) -> None:
         self.out = out
-        self.stream = out.add_stream_from_template(template)
+        self.stream = out.add_stream_from_template(template, opaque=True)  # remux: never opened to encode
         self.time_base = Fraction(template.time_base)
         self.frame = 1 / _rate(template)
         self.end = Fraction(0)
@@ -503,10 +508,19 @@ def concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str) -> li
     """Remux the segments, in order, into one mp4 at `out_path` on `fs`; where each one landed.
 
     Packets are copied with their timestamps rebased by the running end time of what was written, so
-    inputs that are themselves concatenations, or many files per camera, keep exact timestamps.
+    inputs that are themselves concatenations, or many files per camera, keep exact timestamps. When a
+    segment had to be re-encoded and the encoder's headers differ from the source's (other encoder
+    settings), no single track can hold both, so every segment of this file is re-encoded instead.
     """
     if not segments:
         raise ValueError("concat needs at least one segment")
+    try:
+        return _concat(segments, fs, out_path, reencode=False)
+    except _ReencodedMismatch:
+        return _concat(segments, fs, out_path, reencode=True)
+
+
+def _concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str, *, reencode: bool) -> list[Placed]:
     written: list[tuple[int, bool]] = []
     with (
         tempfile.TemporaryDirectory(prefix="raymerge-video-") as scratch,
@@ -516,11 +530,11 @@ def concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str) -> li
             muxer: _Muxer | None = None
             for segment in segments:
                 with contextlib.ExitStack() as inputs:
-                    piece = _piece(segment, inputs, scratch)
+                    piece = _piece(segment, inputs, scratch, reencode=reencode)
                     if muxer is None:
                         muxer, first, first_where = _Muxer(out, piece.stream), _signature(piece.stream), piece.where
                     else:
-                        _check_same_stream(first, first_where, piece)
+                        _check_same_stream(first, first_where, written[0][1], piece)
                     muxer.append(piece)
                     written.append((len(piece.packets), piece.reencoded))
         return _placements(local, written)
