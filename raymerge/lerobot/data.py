@@ -1,0 +1,104 @@
+"""Rewrite episode parquet with new indices (Ray task per batch of output files), computing stats on the way.
+
+Each output file is gathered from its source files (only the wanted episodes' rows), re-indexed with
+pyarrow compute — `episode_index`, `index` and `task_index` replaced, everything else (frame_index,
+timestamp, image bytes) carried as is — written once, and summarised for the stats reduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+from raymerge.lerobot.layout import DataJob, DataPart
+from raymerge.lerobot.stats import Summary, column_values, exact_stats
+
+
+@dataclass
+class DataResult:
+    path: str
+    rows: int
+    episode_stats: dict[int, dict[str, dict[str, Any]]]
+    summaries: dict[str, Summary]
+
+
+def _replace(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    fld = table.schema.field(i)
+    return table.set_column(i, fld, pa.array(values).cast(fld.type))
+
+
+def reindex(table: pa.Table, part: DataPart, task_map: np.ndarray) -> pa.Table:
+    """One episode's rows with its new episode_index, global index and task_index."""
+    rows = table.filter(pc.equal(table["episode_index"], part.src_episode))
+    n = rows.num_rows
+    rows = _replace(rows, "episode_index", np.full(n, part.episode, dtype=np.int64))
+    rows = _replace(rows, "index", np.arange(part.frame_from, part.frame_from + n, dtype=np.int64))
+    old = rows["task_index"].to_numpy()
+    return _replace(rows, "task_index", task_map[old].astype(np.int64))
+
+
+def _read(fs: AbstractFileSystem, path: str, episodes: list[int]) -> pa.Table:
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    return table.filter(pc.is_in(table["episode_index"], pa.array(episodes, type=table["episode_index"].type)))
+
+
+def build_table(
+    job: DataJob, fs_of: dict[int, AbstractFileSystem], task_maps: dict[int, list[int]], schema: pa.Schema
+) -> pa.Table:
+    """The output file's table: parts gathered from their sources (each source file read once per run)."""
+    pieces = []
+    for (source, path), run in groupby(job.parts, key=lambda p: (p.source, p.path)):
+        parts = list(run)
+        table = _read(fs_of[source], path, [p.src_episode for p in parts])
+        task_map = np.asarray(task_maps[source], dtype=np.int64)
+        for part in parts:
+            pieces.append(reindex(table, part, task_map).select(schema.names).cast(schema))
+    return pa.concat_tables(pieces)
+
+
+def summarise(
+    table: pa.Table, features: dict[str, tuple[int, ...]], with_quantiles: bool
+) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, Summary]]:
+    """Exact per-episode stats and a mergeable per-file summary of every numeric feature."""
+    values = {key: column_values(table[key]) for key in features}
+    eps = table["episode_index"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, eps[1:] != eps[:-1]])
+    ends = np.r_[starts[1:], len(eps)]
+    per_episode = {
+        int(eps[s]): {key: exact_stats(v[s:e], with_quantiles) for key, v in values.items()}
+        for s, e in zip(starts, ends, strict=True)
+    }
+    return per_episode, {key: Summary.of(v, features[key]) for key, v in values.items()}
+
+
+def write_job(
+    job: DataJob,
+    fs_of: dict[int, AbstractFileSystem],
+    task_maps: dict[int, list[int]],
+    schema: pa.Schema,
+    out_fs: AbstractFileSystem,
+    out_root: str,
+    features: dict[str, tuple[int, ...]],
+    with_quantiles: bool,
+) -> DataResult:
+    table = build_table(job, fs_of, task_maps, schema)
+    path = storage.join(out_root, job.path)
+    out_fs.makedirs(storage.parent(path), exist_ok=True)
+    with out_fs.open(path, "wb") as f:
+        pq.write_table(table, f, compression="snappy")
+    per_episode, summaries = summarise(table, features, with_quantiles)
+    return DataResult(job.path, table.num_rows, per_episode, summaries)
+
+
+def write_batch(jobs: list[DataJob], *args: Any) -> list[DataResult]:
+    return [write_job(job, *args) for job in jobs]

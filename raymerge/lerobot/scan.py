@@ -1,0 +1,90 @@
+"""Metadata scans in Ray tasks: rows and task indices per episode of each data file, video stream probes.
+
+Only the small `episode_index`/`task_index` columns and mp4 headers are read; results are tiny tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+from raymerge.errors import InvalidInput
+
+# episode_index -> (rows, distinct task indices)
+EpisodeRows = dict[int, tuple[int, list[int]]]
+
+
+def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
+    """Rows and task indices per episode of one data file; a corrupt file is rejected by name."""
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=["episode_index", "task_index"])
+    except FileNotFoundError:
+        raise InvalidInput(f"{storage.url(fs, path)}: data file is missing") from None
+    except (pa.ArrowException, OSError) as e:
+        raise InvalidInput(f"{storage.url(fs, path)}: corrupt parquet file: {e}") from None
+    eps = table["episode_index"].to_numpy()
+    tasks = table["task_index"].to_numpy()
+    out: EpisodeRows = {}
+    for ep in np.unique(eps):
+        mask = eps == ep
+        out[int(ep)] = (int(mask.sum()), sorted(int(t) for t in np.unique(tasks[mask])))
+    return out
+
+
+def _scan_batch(fs: AbstractFileSystem, paths: list[str]) -> list[EpisodeRows]:
+    return [episode_rows(fs, p) for p in paths]
+
+
+def _probe_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
+    from raymerge.lerobot import video
+
+    out = []
+    for p in paths:
+        try:
+            out.append(video.probe(fs, p))
+        except FileNotFoundError:
+            raise InvalidInput(f"{storage.url(fs, p)}: video file is missing") from None
+        except Exception as e:
+            raise InvalidInput(f"{storage.url(fs, p)}: not a readable video: {e}") from None
+    return out
+
+
+def batches(items: list[Any], n: int) -> list[list[Any]]:
+    """Split into at most n contiguous, nearly equal batches (order kept)."""
+    n = max(1, min(n, len(items)))
+    bounds = np.linspace(0, len(items), n + 1).astype(int)
+    return [items[bounds[i] : bounds[i + 1]] for i in range(n) if bounds[i] < bounds[i + 1]]
+
+
+def run_batched(fn: Any, work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> list[Any]:
+    """`fn(fs, paths)` in Ray tasks over (fs, path) pairs grouped by filesystem; results in input order."""
+    import ray
+
+    remote = ray.remote(fn)
+    refs, spans = [], []
+    groups: dict[int, tuple[AbstractFileSystem, list[int]]] = {}
+    for i, (fs, _) in enumerate(work):
+        groups.setdefault(id(fs), (fs, []))[1].append(i)
+    for fs, idxs in groups.values():
+        for batch in batches(idxs, parallelism):
+            refs.append(remote.remote(fs, [work[i][1] for i in batch]))
+            spans.append(batch)
+    results: list[Any] = [None] * len(work)
+    for batch, values in zip(spans, ray.get(refs), strict=True):
+        for i, v in zip(batch, values, strict=True):
+            results[i] = v
+    return results
+
+
+def scan_data(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> list[EpisodeRows]:
+    return run_batched(_scan_batch, work, parallelism)
+
+
+def probe_videos(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> list[Any]:
+    return run_batched(_probe_batch, work, parallelism)

@@ -1,0 +1,83 @@
+"""Write output videos (Ray task per batch of output files): whole-file copies or packet remux of runs.
+
+Timestamps come from what `video.concat` actually wrote: an episode's `from_timestamp` is where its run
+landed plus its offset inside the run, so frame i is read at `from_timestamp + timestamp` as in the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+from raymerge.lerobot.layout import VideoJob
+from raymerge.lerobot.stats import exact_stats
+
+
+@dataclass
+class VideoResult:
+    key: str
+    path: str
+    placements: dict[int, tuple[float, float]]
+    copied: bool
+    reencoded: list[int] = field(default_factory=list)
+    stats: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def frame_stats(frames: np.ndarray) -> dict[str, Any]:
+    """Per-channel stats of decoded (N, H, W, 3) uint8 frames scaled to [0, 1], LeRobot's (3, 1, 1) layout."""
+    x = frames.reshape(-1, 3).astype(np.float64) / 255.0
+    out = exact_stats(x)
+    return {k: (v if k == "count" else np.asarray(v).reshape(3, 1, 1).tolist()) for k, v in out.items()} | {
+        "count": [len(frames)]
+    }
+
+
+def write_job(
+    job: VideoJob,
+    fs_of: dict[int, AbstractFileSystem],
+    out_fs: AbstractFileSystem,
+    out_root: str,
+    lengths: dict[int, int],
+    fps: float,
+) -> VideoResult:
+    """Write one output video; with `lengths` (recompute_video_stats) also decode it for per-episode stats."""
+    path = storage.join(out_root, job.path)
+    out_fs.makedirs(storage.parent(path), exist_ok=True)
+    result = _write(job, fs_of, out_fs, path)
+    if lengths:
+        from raymerge.lerobot import video
+
+        for episode, (start, _) in result.placements.items():
+            stamps = [start + i / fps for i in range(lengths[episode])]
+            result.stats[episode] = frame_stats(video.decode_at(out_fs, path, stamps))
+    return result
+
+
+def _write(job: VideoJob, fs_of: dict[int, AbstractFileSystem], out_fs: AbstractFileSystem, path: str) -> VideoResult:
+    from raymerge.lerobot import video
+
+    if job.is_copy:
+        run = job.runs[0]
+        video.copy(fs_of[run.source], run.path, out_fs, path)
+        ((episode, _, _),) = run.episodes
+        return VideoResult(job.key, job.path, {episode: (0.0, run.end_s - run.start_s)}, copied=True)
+    segments = [video.Segment(fs_of[r.source], r.path, r.start_s, r.end_s) for r in job.runs]
+    placed = video.concat(segments, out_fs, path)
+    placements: dict[int, tuple[float, float]] = {}
+    reencoded: list[int] = []
+    for run, where in zip(job.runs, placed, strict=True):
+        last = len(run.episodes) - 1
+        for i, (episode, offset, duration) in enumerate(run.episodes):
+            start = where.from_timestamp + offset
+            placements[episode] = (start, where.to_timestamp if i == last else start + duration)
+            if where.reencoded:
+                reencoded.append(episode)
+    return VideoResult(job.key, job.path, placements, copied=False, reencoded=reencoded)
+
+
+def write_batch(jobs: list[VideoJob], *args: Any) -> list[VideoResult]:
+    return [write_job(job, *args) for job in jobs]
