@@ -1,0 +1,135 @@
+"""Megatron-Energon 7.4 metadata, so an output loads with no `energon prepare`.
+
+Formats follow energon's `WebdatasetPreparator` and `SqliteIndexWriter` (flavors/webdataset/prepare.py,
+indexing.py): `.nv-meta/.info.json`, `split.yaml`, `dataset.yaml`, `index.sqlite` + `index.uuid`,
+and a `<shard>.tar.idx` of little-endian uint64 sample offsets plus the end offset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+
+META = ".nv-meta"
+ENERGON_FORMAT_VERSION = "7.4.1"
+IDX_SUFFIX = ".idx"  # energon: tar_path.with_suffix(".tar.idx")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS samples (
+                    tar_file_id INTEGER NOT NULL,
+                    sample_key TEXT NOT NULL UNIQUE,
+                    sample_index INTEGER NOT NULL,
+                    byte_offset INTEGER,
+                    byte_size INTEGER
+                )""",
+    """CREATE TABLE IF NOT EXISTS sample_parts (
+                    tar_file_id INTEGER,
+                    sample_index INTEGER,
+                    part_name TEXT,
+                    content_byte_offset INTEGER,
+                    content_byte_size INTEGER
+                )""",
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS idx_samples_by_tar_and_idx ON samples(tar_file_id, sample_index)",
+    "CREATE INDEX IF NOT EXISTS idx_sample_parts_seq ON sample_parts(tar_file_id, sample_index, content_byte_offset)",
+    "CREATE INDEX IF NOT EXISTS idx_sample_parts_full ON sample_parts"
+    "(tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size)",
+)
+
+
+def tar_index_bytes(offsets: np.ndarray) -> bytes:
+    return np.asarray(offsets, dtype="<u8").tobytes()
+
+
+def info_json(shard_counts: dict[str, int]) -> str:
+    return json.dumps({"energon_version": ENERGON_FORMAT_VERSION, "shard_counts": shard_counts}, indent=2)
+
+
+def split_yaml(split_parts: dict[str, list[str]]) -> str:
+    return yaml.dump({"split_parts": split_parts, "exclude": []}, sort_keys=False)
+
+
+def dataset_yaml(sample_type: str | None, field_map: dict[str, str] | None) -> str:
+    """CrudeWebdataset (a plain dict per sample for a cooker) unless a sample type is named."""
+    if sample_type is None:
+        definition: dict[str, Any] = {"__module__": "megatron.energon", "__class__": "CrudeWebdataset"}
+    else:
+        definition = {"sample_type": {"__module__": "megatron.energon", "__class__": sample_type}}
+        if field_map is not None:
+            definition["field_map"] = dict(field_map)
+    return yaml.dump(definition, sort_keys=False)
+
+
+def write_text(fs: AbstractFileSystem, path: str, text: str) -> None:
+    with fs.open(path, "w") as f:
+        f.write(text)
+
+
+def write_meta(
+    fs: AbstractFileSystem,
+    root: str,
+    shard_counts: dict[str, int],
+    split_parts: dict[str, list[str]],
+    sample_type: str | None,
+    field_map: dict[str, str] | None,
+) -> list[str]:
+    """The small `.nv-meta` files; returns their paths relative to the output."""
+    fs.makedirs(storage.join(root, META), exist_ok=True)
+    files = {
+        ".info.json": info_json(shard_counts),
+        "split.yaml": split_yaml(split_parts),
+        "dataset.yaml": dataset_yaml(sample_type, field_map),
+    }
+    for name, text in files.items():
+        write_text(fs, storage.join(root, META, name), text)
+    return [f"{META}/{name}" for name in files]
+
+
+def build_index_sqlite(
+    fs: AbstractFileSystem, root: str, shards: Iterable[tuple[int, pl.DataFrame, pl.DataFrame]]
+) -> list[str]:
+    """`index.sqlite` from each shard's sample and part rows, built locally and put in place; then `index.uuid`."""
+    with tempfile.TemporaryDirectory(prefix="raymerge-energon-") as tmp:
+        local = os.path.join(tmp, "index.sqlite")
+        db = sqlite3.connect(local)
+        try:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            for tar_id, samples, parts in shards:
+                db.executemany(
+                    "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        (tar_id, key, i, off, size)
+                        for i, (key, off, size) in enumerate(
+                            samples.select("sample_key", "byte_offset", "byte_size").iter_rows()
+                        )
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO sample_parts (tar_file_id, sample_index, part_name, content_byte_offset, "
+                    "content_byte_size) VALUES (?, ?, ?, ?, ?)",
+                    ((tar_id, *row) for row in parts.iter_rows()),
+                )
+            for statement in _INDEXES:
+                db.execute(statement)
+            db.commit()
+        finally:
+            db.close()
+        fs.makedirs(storage.join(root, META), exist_ok=True)
+        fs.put_file(local, storage.join(root, META, "index.sqlite"))
+    write_text(fs, storage.join(root, META, "index.uuid"), str(uuid.uuid4()))
+    return [f"{META}/index.sqlite", f"{META}/index.uuid"]
