@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -322,82 +323,66 @@ def decode_at(
 # -- concatenation -----------------------------------------------------------------------------
 
 
-@dataclass
-class _Piece:
-    """One segment's packets in decode order, timed in the time base of `stream` (kept open while muxed)."""
+def _range_packets(
+    container: av.container.InputContainer, lo: Fraction, hi: Fraction, where: str
+) -> Iterator[av.Packet]:
+    """Packets in decode order from the keyframe that shows at or before `lo` until none can show before `hi`.
 
-    stream: av.video.stream.VideoStream
-    packets: list[av.Packet]
-    start: Fraction
-    reencoded: bool
-    where: str
-
-
-def _seconds(ts: int, time_base: Fraction) -> Fraction:
-    return ts * Fraction(time_base)
-
-
-def _read_range(
-    container: av.container.InputContainer, start_s: float, end_s: float, where: str
-) -> tuple[list[av.Packet], int, list[int]]:
-    """Packets from the keyframe that precedes [start_s, end_s) through the last one shown in it, in
-    decode order; with the index of that keyframe and the indices of the packets shown in the range.
-
-    A frame belongs to the range when it is shown in [start_s, end_s) to within half a frame, so float
-    timestamps from metadata select the frames they name.
+    Seeking finds keyframes by decode time; with B-frames that keyframe can show later than asked, so the
+    seek goes further back until the first keyframe shows early enough.
     """
     stream = container.streams.video[0]
     tb = Fraction(stream.time_base)
-    half = 1 / (2 * _rate(stream))
-    lo, hi = Fraction(start_s) - half, Fraction(end_s) - half
+    frame = 1 / _rate(stream)
     back = Fraction(0)
     while True:
-        target = Fraction(start_s) - back
+        target = lo - back
         container.seek(int(target / tb) if target > 0 else 0, stream=stream)
-        packets: list[av.Packet] = []
-        for p in container.demux(stream):
-            if not p.size:
-                continue
-            if p.pts is None or p.dts is None:
-                raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
-            if p.dts * tb >= hi:  # decode order: every later packet shows at or after its dts
-                break
-            packets.append(p)
-        inside = [i for i, p in enumerate(packets) if lo <= p.pts * tb < hi]
-        if not inside:
-            raise InvalidInput(f"{where}: no video frame in [{start_s:.6f}s, {end_s:.6f}s)")
-        first_shown = min(packets[i].pts for i in inside)
-        keys = [i for i in range(inside[0] + 1) if packets[i].is_keyframe and packets[i].pts <= first_shown]
-        if keys:
-            return packets, keys[-1], inside
+        packets = (p for p in container.demux(stream) if p.size)
+        first = next(packets, None)
+        if first is None:
+            return
+        if first.pts is None or first.dts is None:
+            raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
+        if first.is_keyframe and (first.pts * tb < lo + frame or target <= 0):
+            break
         if target <= 0:
-            raise RunFailed(f"{where}: no keyframe before {start_s:.6f}s; the stream cannot be decoded there")
+            raise RunFailed(f"{where}: the video does not start with a keyframe")
         back = max(2 * back, Fraction(1))
+    for p in itertools.chain([first], packets):
+        if p.pts is None or p.dts is None:
+            raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
+        if p.dts * tb >= hi:  # decode order: every later packet shows at or after its dts
+            return
+        yield p
 
 
-def _starts_clean(packets: list[av.Packet], inside: list[int]) -> bool:
-    """True when the range's packets can be copied alone: they open on a keyframe shown first and form
-    one run in decode order (so nothing they reference was left out)."""
-    head = packets[inside[0]]
-    return (
-        head.is_keyframe
-        and head.pts == min(packets[i].pts for i in inside)
-        and inside == list(range(inside[0], inside[-1] + 1))
-    )
+def _gops(packets: Iterator[av.Packet]) -> Iterator[list[av.Packet]]:
+    """Packets grouped from one keyframe to the next, in decode order."""
+    gop: list[av.Packet] = []
+    for p in packets:
+        if p.is_keyframe and gop:
+            yield gop
+            gop = []
+        gop.append(p)
+    if gop:
+        yield gop
 
 
-def _decoded_range(
-    container: av.container.InputContainer, packets: list[av.Packet], key: int, inside: list[int]
-) -> list[av.VideoFrame]:
-    """The frames shown in the range, decoded from the keyframe before it, in display order."""
-    ctx = container.streams.video[0].codec_context
-    wanted = {packets[i].pts for i in inside}
-    frames = [f for p in packets[key : inside[-1] + 1] for f in ctx.decode(p)]
-    frames += ctx.decode(None)
-    return sorted((f for f in frames if f.pts in wanted), key=lambda f: f.pts)
+def _decoded(
+    stream: av.video.stream.VideoStream, packets: Iterator[av.Packet], lo: Fraction, hi: Fraction
+) -> Iterator[av.VideoFrame]:
+    """Frames shown in [lo, hi), decoded from `packets` (which start on a keyframe), in display order."""
+    ctx = stream.codec_context
+    ctx.flush_buffers()
+    tb = Fraction(stream.time_base)
+    for p in itertools.chain(packets, [None]):
+        for f in ctx.decode(p):
+            if f.pts is not None and lo <= f.pts * tb < hi:
+                yield f
 
 
-def _reencode(source: av.video.stream.VideoStream, frames: list[av.VideoFrame], local: str, where: str) -> None:
+def _reencode(source: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame], local: str, where: str) -> None:
     """Encode frames with the source's codec, pixel format, size and rate."""
     codec = _codec_name(source)
     encoder = available_encoder(codec)
@@ -406,23 +391,7 @@ def _reencode(source: av.video.stream.VideoStream, frames: list[av.VideoFrame], 
     ctx = source.codec_context
     with av.open(local, "w", format="mp4") as out:
         stream = _add_encoder_stream(out, encoder, _rate(source), ctx.width, ctx.height, ctx.pix_fmt, None)
-        _encode_all(out, stream, iter(frames))
-
-
-def _piece(segment: Segment, stack: contextlib.ExitStack, scratch: str, *, reencode: bool = False) -> _Piece:
-    where = storage.url(segment.fs, segment.path)
-    container = stack.enter_context(_open_input(segment.fs, segment.path))
-    packets, key, inside = _read_range(container, segment.start_s, segment.end_s, where)
-    stream = container.streams.video[0]
-    if not reencode and _starts_clean(packets, inside):
-        start = _seconds(packets[inside[0]].pts, stream.time_base)
-        return _Piece(stream, [packets[i] for i in inside], start, False, where)
-    local = os.path.join(scratch, f"reencoded-{len(os.listdir(scratch))}.mp4")
-    _reencode(stream, _decoded_range(container, packets, key, inside), local, where)
-    recontainer = stack.enter_context(av.open(local, "r"))
-    restream = recontainer.streams.video[0]
-    repackets = [p for p in recontainer.demux(restream) if p.size]
-    return _Piece(restream, repackets, _seconds(min(p.pts for p in repackets), restream.time_base), True, where)
+        _encode_all(out, stream, frames)
 
 
 def _signature(stream: av.video.stream.VideoStream) -> dict[str, Any]:
@@ -438,50 +407,122 @@ def _signature(stream: av.video.stream.VideoStream) -> dict[str, Any]:
 
 
 class _ReencodedMismatch(RunFailed):
-    """A re-encoded segment's codec parameters differ from the copied ones: the file must be re-encoded whole."""
+    """A re-encoded part's codec parameters differ from the copied ones: the file must be re-encoded whole."""
 
 
-def _check_same_stream(first: dict[str, Any], first_where: str, first_reencoded: bool, piece: _Piece) -> None:
-    other = _signature(piece.stream)
-    different = [name for name in first if first[name] != other[name]]
-    if not different:
-        return
-    problems = ", ".join(f"{name} {first[name]} != {other[name]}" for name in different)
-    message = f"{first_where} and {piece.where} cannot be concatenated without re-encoding: {problems}"
-    if different == ["extradata sha256"] and (first_reencoded or piece.reencoded):
-        raise _ReencodedMismatch(f"{message} (a re-encoded segment's encoder settings differ from the source's)")
-    raise InvalidInput(message)
+class _Track:
+    """The output track: runs of copied packets and re-encoded parts, each placed where the written part ends.
 
+    Timestamps are rebased in exact fractions of a second; a run whose decode times would fall before the
+    last written one (a longer B-frame delay than the previous source's) starts after a gap instead.
+    """
 
-class _Muxer:
-    """Appends pieces to one output stream, each starting where the previous one's last frame ends."""
-
-    def __init__(self, out: av.container.OutputContainer, template: av.video.stream.VideoStream) -> None:
-        self.out = out
-        self.stream = out.add_stream_from_template(template, opaque=True)  # remux: never opened to encode
-        self.time_base = Fraction(template.time_base)
-        self.frame = 1 / _rate(template)
+    def __init__(self, out: av.container.OutputContainer, scratch: str) -> None:
+        self.out, self.scratch = out, scratch
+        self.stream: av.video.stream.VideoStream | None = None
+        self.first: tuple[dict[str, Any], str, bool] | None = None
+        self.time_base = Fraction(1)
         self.end = Fraction(0)
         self.last_dts: int | None = None
+        self.source_tb, self.shift, self.frame = Fraction(1), Fraction(0), Fraction(0)
 
-    def append(self, piece: _Piece) -> None:
-        tb = Fraction(piece.stream.time_base)
-        shift = self.end - piece.start
-        first_dts = round((piece.packets[0].dts * tb + shift) / self.time_base)
+    def _accept(self, stream: av.video.stream.VideoStream, where: str, reencoded: bool) -> None:
+        signature = _signature(stream)
+        if self.first is None:
+            self.stream = self.out.add_stream_from_template(stream, opaque=True)  # remux: never opened to encode
+            self.time_base = Fraction(stream.time_base)
+            self.first = (signature, where, reencoded)
+            return
+        first, first_where, first_reencoded = self.first
+        different = [name for name in first if first[name] != signature[name]]
+        if not different:
+            return
+        problems = ", ".join(f"{name} {first[name]} != {signature[name]}" for name in different)
+        message = f"{first_where} and {where} cannot be concatenated without re-encoding: {problems}"
+        if different == ["extradata sha256"] and (first_reencoded or reencoded):
+            raise _ReencodedMismatch(f"{message} (a re-encoded part's encoder settings differ from the source's)")
+        raise InvalidInput(message)
+
+    def begin(self, stream: av.video.stream.VideoStream, head: av.Packet, where: str, reencoded: bool) -> None:
+        """Start a run of `stream`'s packets whose first frame shows at `head`'s pts."""
+        self._accept(stream, where, reencoded)
+        self.source_tb = Fraction(stream.time_base)
+        self.frame = 1 / _rate(stream)
+        self.shift = self.end - head.pts * self.source_tb
+        first_dts = round((head.dts * self.source_tb + self.shift) / self.time_base)
         if self.last_dts is not None and first_dts <= self.last_dts:
-            # A source with a longer B-frame delay than the previous one: leave a gap rather than reorder.
-            shift += (self.last_dts + 1 - first_dts) * self.time_base
-        for p in piece.packets:
-            shown = p.pts * tb + shift
-            lasts = p.duration * tb if p.duration else self.frame
-            p.pts = round(shown / self.time_base)
-            p.dts = round((p.dts * tb + shift) / self.time_base)
-            p.duration = round(lasts / self.time_base)
-            p.time_base = self.time_base
-            p.stream = self.stream
-            self.end = max(self.end, shown + lasts)
-            self.last_dts = p.dts
-            self.out.mux(p)
+            self.shift += (self.last_dts + 1 - first_dts) * self.time_base
+
+    def add(self, p: av.Packet) -> None:
+        tb = self.source_tb
+        shown = p.pts * tb + self.shift
+        lasts = p.duration * tb if p.duration else self.frame
+        p.pts = round(shown / self.time_base)
+        p.dts = round((p.dts * tb + self.shift) / self.time_base)
+        p.duration = round(lasts / self.time_base)
+        p.time_base = self.time_base
+        p.stream = self.stream
+        self.end = max(self.end, shown + lasts)
+        self.last_dts = p.dts
+        self.out.mux(p)
+
+    def add_reencoded(self, source: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame], where: str) -> int:
+        """Re-encode frames into a scratch file and append its packets; how many were appended."""
+        local = os.path.join(self.scratch, f"part-{len(os.listdir(self.scratch))}.mp4")
+        _reencode(source, frames, local, where)
+        with av.open(local, "r") as container:
+            stream = container.streams.video[0]
+            packets = [p for p in container.demux(stream) if p.size]
+            if packets:
+                self.begin(stream, min(packets, key=lambda p: p.pts), where, reencoded=True)
+                for p in packets:
+                    self.add(p)
+        os.remove(local)
+        return len(packets)
+
+    def add_segment(self, segment: Segment, *, reencode: bool) -> tuple[int, bool]:
+        """Append the frames of `segment`: whole groups of pictures copied, the cut ones re-encoded.
+
+        Returns how many frames were appended and whether any was re-encoded.
+        """
+        where = storage.url(segment.fs, segment.path)
+        with _open_input(segment.fs, segment.path) as container:
+            stream = container.streams.video[0]
+            half = 1 / (2 * _rate(stream))
+            lo, hi = Fraction(segment.start_s) - half, Fraction(segment.end_s) - half
+            packets = _range_packets(container, lo, hi, where)
+            if reencode:
+                count, reencoded = self.add_reencoded(stream, _decoded(stream, packets, lo, hi), where), True
+            else:
+                count, reencoded = self._copy_gops(stream, packets, lo, hi, where)
+        if not count:
+            raise InvalidInput(f"{where}: no video frame in [{segment.start_s:.6f}s, {segment.end_s:.6f}s)")
+        return count, reencoded
+
+    def _copy_gops(
+        self, stream: av.video.stream.VideoStream, packets: Iterator[av.Packet], lo: Fraction, hi: Fraction, where: str
+    ) -> tuple[int, bool]:
+        tb = Fraction(stream.time_base)
+        count, reencoded, copying = 0, False, False
+        for gop in _gops(packets):
+            kept = sum(1 for p in gop if lo <= p.pts * tb < hi)
+            if not kept:
+                continue
+            # A group can be copied when all of it is kept and it decodes alone (or follows a copied group).
+            if kept == len(gop) and gop[0].is_keyframe and (copying or gop[0].pts == min(p.pts for p in gop)):
+                if not copying:
+                    self.begin(stream, gop[0], where, reencoded=False)
+                    copying = True
+                for p in gop:
+                    self.add(p)
+                count += kept
+                continue
+            copying, reencoded = False, True
+            added = self.add_reencoded(stream, _decoded(stream, iter(gop), lo, hi), where)
+            if added != kept:
+                raise RunFailed(f"{where}: decoded {added} of the {kept} frames of a cut group of pictures")
+            count += added
+        return count, reencoded
 
 
 def _placements(local: str, pieces: list[tuple[int, bool]]) -> list[Placed]:
@@ -508,9 +549,10 @@ def concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str) -> li
     """Remux the segments, in order, into one mp4 at `out_path` on `fs`; where each one landed.
 
     Packets are copied with their timestamps rebased by the running end time of what was written, so
-    inputs that are themselves concatenations, or many files per camera, keep exact timestamps. When a
-    segment had to be re-encoded and the encoder's headers differ from the source's (other encoder
-    settings), no single track can hold both, so every segment of this file is re-encoded instead.
+    inputs that are themselves concatenations, or many files per camera, keep exact timestamps. Only a
+    group of pictures cut by a segment boundary is re-encoded. When the encoder's headers differ from the
+    source's (other encoder settings), no single track can hold both, so every segment of this file is
+    re-encoded instead. Memory holds one group of pictures, whatever the segment's length.
     """
     if not segments:
         raise ValueError("concat needs at least one segment")
@@ -521,20 +563,11 @@ def concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str) -> li
 
 
 def _concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str, *, reencode: bool) -> list[Placed]:
-    written: list[tuple[int, bool]] = []
     with (
         tempfile.TemporaryDirectory(prefix="raymerge-video-") as scratch,
         _local_output(fs, out_path) as local,
     ):
         with av.open(local, "w", format="mp4") as out:
-            muxer: _Muxer | None = None
-            for segment in segments:
-                with contextlib.ExitStack() as inputs:
-                    piece = _piece(segment, inputs, scratch, reencode=reencode)
-                    if muxer is None:
-                        muxer, first, first_where = _Muxer(out, piece.stream), _signature(piece.stream), piece.where
-                    else:
-                        _check_same_stream(first, first_where, written[0][1], piece)
-                    muxer.append(piece)
-                    written.append((len(piece.packets), piece.reencoded))
+            track = _Track(out, scratch)
+            written = [track.add_segment(segment, reencode=reencode) for segment in segments]
         return _placements(local, written)

@@ -164,6 +164,24 @@ def test_concat_subsegment_off_keyframe_is_reencoded_alone(tmp_path, encoder):
     assert video.probe(LOCAL, out).frames == 26
 
 
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_long_cut_segment_reencodes_only_its_cut_groups(tmp_path, encoder):
+    """A segment that starts and ends inside groups of pictures: only those two groups are re-encoded,
+    every whole group in between is copied bit-exactly."""
+    src = make(tmp_path, "file.mp4", 30, 7, gop=5, codec=encoder)
+    out = str(tmp_path / "cut.mp4")
+    (placed,) = video.concat([Segment(LOCAL, src, 0.7, 2.2)], LOCAL, out)
+    assert placed.reencoded and placed.from_timestamp == 0.0
+    assert placed.to_timestamp == pytest.approx(1.5, abs=1e-9)
+    ts = [i / FPS for i in range(15)]
+    expected = video.decode_at(LOCAL, src, [0.7 + t for t in ts], tolerance_s=STRICT)
+    got = video.decode_at(LOCAL, out, ts, tolerance_s=STRICT)
+    copied = slice(3, 13)  # source frames 10..19: the two whole groups [1.0, 1.5) and [1.5, 2.0)
+    assert np.array_equal(expected[copied], got[copied])
+    assert psnr(expected[:3], got[:3]) > 30 and psnr(expected[13:], got[13:]) > 30
+    assert video.probe(LOCAL, out).frames == 15
+
+
 def test_concat_of_concatenated_files(tmp_path):
     """Inputs that are themselves merges: many episodes per file, several files per camera."""
     lengths = [10, 5, 15, 10]
