@@ -113,9 +113,12 @@ def _read_schema(src: Source, path: str) -> pa.Schema:
 
 
 def check_and_size(
-    sources: list[Source], chosen: list[SourceEpisode], parallelism: int, progress: Any
+    sources: list[Source], chosen: list[SourceEpisode], parallelism: int, progress: Any, remux: bool
 ) -> tuple[dict[tuple[int, int], Sized], pa.Schema]:
-    """Verify files, rows, tasks and video streams of the chosen episodes; estimate their output bytes."""
+    """Verify files, rows, tasks and video streams of the chosen episodes; estimate their output bytes.
+
+    With `remux` (v3.0 output: episodes of different sources share a file) streams must also share codec headers.
+    """
     listings = {s.position: _listing(s) for s in sources}
     by_pos = {s.position: s for s in sources}
     data_files: dict[tuple[int, str], None] = {}
@@ -151,7 +154,7 @@ def check_and_size(
                 )
 
     schema = _check_schemas(sources, chosen)
-    streams = _check_videos(sources, list(video_files), parallelism, progress)
+    streams = _check_videos(sources, list(video_files), parallelism, progress, remux)
 
     file_rows = {k: sum(n for n, _ in v.values()) for k, v in rows.items()}
     sized: dict[tuple[int, int], Sized] = {}
@@ -196,7 +199,7 @@ def _check_schemas(sources: list[Source], chosen: list[SourceEpisode]) -> pa.Sch
 
 
 def _check_videos(
-    sources: list[Source], files: list[tuple[int, str]], parallelism: int, progress: Any
+    sources: list[Source], files: list[tuple[int, str]], parallelism: int, progress: Any, remux: bool
 ) -> dict[tuple[int, str], Any]:
     if not files:
         return {}
@@ -214,7 +217,7 @@ def _check_videos(
     for f in files:
         key = key_of[f]
         ref = reference.setdefault(key, f)
-        problems = video.incompatibilities(infos[ref], infos[f])
+        problems = video.incompatibilities(infos[ref], infos[f], remux=remux)
         if problems:
             a, b = by_pos[ref[0]], by_pos[f[0]]
             raise InvalidInput(
@@ -235,7 +238,7 @@ def build(cfg: Config, progress: Any, parallelism: int) -> LeRobotPlan:
     groups, left_out = choose(cfg, sources)
     version = output_version(cfg, sources)
     chosen = [ep for eps in groups.values() for ep in eps]
-    sized, schema = check_and_size(sources, chosen, parallelism, progress)
+    sized, schema = check_and_size(sources, chosen, parallelism, progress, version == meta.V30)
     video_keys = meta.video_keys(sources[0].features)
     source_tasks = {s.position: s.tasks for s in sources}
     outputs = []

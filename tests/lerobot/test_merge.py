@@ -1,0 +1,115 @@
+"""End-to-end LeRobot merges on the shared Ray session: real parquet, real mp4, both format versions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raymerge import api
+from tests.helpers import tree_digest
+from tests.lerobot import util
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """v3.0 `a` (2 episodes per file: several video files per camera) and v2.1 `b`, sharing a task."""
+    root = tmp_path_factory.mktemp("lerobot-sources")
+    a = util.make(root / "a", version="v3.0", lengths=(12, 9, 15, 10), seed=1)
+    b = util.make(root / "b", version="v2.1", lengths=(8, 11, 7), seed=2, tasks=("place the cube", "push"))
+    return a, b
+
+
+def merge(inputs: list[dict], out: Path, **output) -> object:
+    cfg = {"kind": "lerobot", "operation": "merge", "inputs": inputs, "output": {"path": str(out), **output}}
+    return api.run(cfg)
+
+
+def test_merge_mixed_versions_reindexes_frames_tasks_videos_and_stats(ray_address, sources, tmp_path):
+    a, b = sources
+    before = {p: tree_digest(p) for p in (a, b)}
+    report = merge([{"path": str(a)}, {"path": str(b)}], tmp_path / "out")
+    out = tmp_path / "out"
+    assert util.info(out)["codebase_version"] == "v3.0"
+    assert util.tasks(out) == ["pick the cube", "place the cube", "push"]
+    util.check_merged(out, [(a, [0, 1, 2, 3]), (b, [0, 1, 2])])
+    util.check_stats(out)
+    rows = util.episodes(out)
+    assert [r["dataset_from_index"] for r in rows] == [0, 12, 21, 36, 46, 54, 65]
+    assert [r["stats/index/min"] for r in rows] == [[0.0], [12.0], [21.0], [36.0], [46.0], [54.0], [65.0]]
+    assert [r["stats/episode_index/max"] for r in rows] == [[float(i)] for i in range(7)]
+    assert report.rows_out == 72 and report.details["episodes"] == 7
+    assert {p: tree_digest(p) for p in (a, b)} == before
+    # image/video stats pooled from the sources' per-episode stats
+    stats = json.loads((out / "meta/stats.json").read_text())
+    assert stats["observation.images.cam0"]["count"] == [72]
+    assert np.asarray(stats["observation.images.cam0"]["mean"]).shape == (3, 1, 1)
+
+
+def test_merge_of_a_merge_with_many_video_files(ray_address, sources, tmp_path):
+    a, b = sources
+    first = tmp_path / "ab"
+    merge([{"path": str(a)}, {"path": str(b), "episodes": [2, 0]}], first, video_files_size_in_mb=0.004)
+    assert len(list((first / "videos/observation.images.cam0").rglob("*.mp4"))) > 2
+    out = tmp_path / "again"
+    merge(
+        [{"path": str(first), "episodes": "1:6"}, {"path": str(a), "episodes": "2:"}], out, data_files_size_in_mb=0.004
+    )
+    assert len(list((out / "data").rglob("*.parquet"))) > 1
+    util.check_merged(out, [(first, [1, 2, 3, 4, 5]), (a, [2, 3])])
+    util.check_stats(out)
+
+
+def test_merging_one_dataset_reproduces_it(ray_address, sources, tmp_path):
+    a, _ = sources
+    out = tmp_path / "same"
+    merge([{"path": str(a)}], out)
+    assert util.data(out).equals(util.data(a))
+    assert util.tasks(out) == util.tasks(a)
+    mine, theirs = util.episodes(out), util.episodes(a)
+    for key in ("episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index"):
+        assert [r[key] for r in mine] == [r[key] for r in theirs]
+    # File layout may differ (one output file holds all four episodes); each episode's span does not.
+    key = "videos/observation.images.cam1"
+    for r, s in zip(mine, theirs, strict=True):
+        assert r[f"{key}/to_timestamp"] - r[f"{key}/from_timestamp"] == pytest.approx(
+            s[f"{key}/to_timestamp"] - s[f"{key}/from_timestamp"]
+        )
+    ours, source = (json.loads((p / "meta/stats.json").read_text()) for p in (out, a))
+    for key in util.NUMERIC:
+        for name in ("min", "max", "mean", "std", "count", *util.QUANTILES):
+            np.testing.assert_allclose(ours[key][name], source[key][name], rtol=1e-6, err_msg=f"{key} {name}")
+    util.check_merged(out, [(a, [0, 1, 2, 3])])
+
+
+def test_convert_v30_to_v21_with_selection(ray_address, sources, tmp_path):
+    a, b = sources
+    out = tmp_path / "v21"
+    merge([{"path": str(a), "episodes": "1:3"}, {"path": str(b), "episodes": [2, 0]}], out, format_version="v2.1")
+    assert util.info(out)["codebase_version"] == "v2.1"
+    assert len(list((out / "videos").rglob("*.mp4"))) == 8
+    util.check_merged(out, [(a, [1, 2]), (b, [2, 0])])
+    util.check_stats(out)
+    stats_rows = [json.loads(line) for line in (out / "meta/episodes_stats.jsonl").read_text().splitlines()]
+    assert [r["stats"]["episode_index"]["min"] for r in stats_rows] == [[0.0], [1.0], [2.0], [3.0]]
+
+
+def test_s3_in_and_out(ray_address, sources, s3, tmp_path):
+    a, b = sources
+    fs, bucket = s3["fs"], s3["bucket"]
+    fs.put(str(b), f"{bucket}/in/b", recursive=True)
+    opts = s3["storage_options"]
+    merge(
+        [{"path": str(a)}, {"path": f"s3://{bucket}/in/b", "storage_options": opts}],
+        f"s3://{bucket}/out",
+        storage_options=opts,
+    )
+    local = tmp_path / "fetched"
+    fs.get(f"{bucket}/out", str(local), recursive=True)
+    assert (local / "raymerge.json").exists()
+    util.check_merged(local, [(a, [0, 1, 2, 3]), (b, [0, 1, 2])])
+    util.check_stats(local)
+    shutil.rmtree(local)

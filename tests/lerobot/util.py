@@ -1,0 +1,126 @@
+"""Reading LeRobot outputs back in tests, straight from the files (pyarrow/json), and shared dataset recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raymerge.lerobot import samples
+
+
+def info(root: Path) -> dict:
+    return json.loads((root / "meta/info.json").read_text())
+
+
+def data(root: Path) -> pa.Table:
+    """Every frame of a dataset, in file order."""
+    return pa.concat_tables([pq.read_table(p) for p in sorted((root / "data").rglob("*.parquet"))])
+
+
+def tasks(root: Path) -> list[str]:
+    if (root / "meta/tasks.jsonl").exists():
+        rows = [json.loads(line) for line in (root / "meta/tasks.jsonl").read_text().splitlines()]
+        return [r["task"] for r in sorted(rows, key=lambda r: r["task_index"])]
+    t = pq.read_table(root / "meta/tasks.parquet").to_pydict()
+    return [task for _, task in sorted(zip(t["task_index"], t["task"], strict=True))]
+
+
+def episodes(root: Path) -> list[dict]:
+    if (root / "meta/episodes.jsonl").exists():
+        return [json.loads(line) for line in (root / "meta/episodes.jsonl").read_text().splitlines()]
+    files = sorted((root / "meta/episodes").rglob("*.parquet"))
+    return pa.concat_tables([pq.read_table(p) for p in files]).to_pylist()
+
+
+def frames_by_episode(root: Path) -> dict[int, dict[str, np.ndarray]]:
+    """episode_index -> columns of its frames (state, frame_index, timestamp, task strings)."""
+    t = data(root)
+    names = tasks(root)
+    out = {}
+    eps = t["episode_index"].to_numpy()
+    for ep in np.unique(eps):
+        rows = t.filter(pa.compute.equal(t["episode_index"], ep))
+        out[int(ep)] = {
+            "state": np.stack(rows["observation.state"].to_numpy(zero_copy_only=False)),
+            "frame_index": rows["frame_index"].to_numpy(),
+            "timestamp": rows["timestamp"].to_numpy(),
+            "index": rows["index"].to_numpy(),
+            "task": [names[i] for i in rows["task_index"].to_pylist()],
+        }
+    return out
+
+
+def make(root: Path, **kwargs) -> Path:
+    samples.make(None, str(root), **kwargs)
+    return root
+
+
+def video_ref(root: Path, episode: int, key: str) -> tuple[Path, float]:
+    """(mp4 file, from_timestamp) of an episode's camera, in either version."""
+    if info(root)["codebase_version"] == "v2.1":
+        return root / f"videos/chunk-{episode // 1000:03d}/{key}/episode_{episode:06d}.mp4", 0.0
+    row = next(r for r in episodes(root) if r["episode_index"] == episode)
+    rel = f"videos/{key}/chunk-{row[f'videos/{key}/chunk_index']:03d}/file-{row[f'videos/{key}/file_index']:03d}.mp4"
+    return root / rel, row[f"videos/{key}/from_timestamp"]
+
+
+def column(table: pa.Table, key: str) -> np.ndarray:
+    values = table[key].to_numpy(zero_copy_only=False)
+    return np.stack(values).astype(np.float64) if values.dtype == object else values.astype(np.float64)[:, None]
+
+
+NUMERIC = ("action", "observation.state", "timestamp", "frame_index", "episode_index", "index", "task_index")
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+
+
+def check_stats(root: Path) -> None:
+    """stats.json equals numpy's statistics of the dataset's own frames (quantiles within 1e-3 relative)."""
+    stats = json.loads((root / "meta/stats.json").read_text())
+    table = data(root)
+    for key in NUMERIC:
+        x = column(table, key)
+        s = stats[key]
+        assert s["count"] == [len(x)], key
+        np.testing.assert_allclose(s["min"], x.min(0), err_msg=key)
+        np.testing.assert_allclose(s["max"], x.max(0), err_msg=key)
+        np.testing.assert_allclose(s["mean"], x.mean(0), rtol=1e-9, atol=1e-9, err_msg=key)
+        np.testing.assert_allclose(s["std"], x.std(0), rtol=1e-7, atol=1e-9, err_msg=key)
+        for name, q in QUANTILES.items():
+            np.testing.assert_allclose(s[name], np.quantile(x, q, axis=0), rtol=1e-3, atol=1e-9, err_msg=key)
+
+
+def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 2) -> None:
+    """Every output frame carries its source frame's values, new indices and task string; video frames
+    decoded at episode start, middle and end equal the source's."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from raymerge.lerobot import video
+
+    got = frames_by_episode(out)
+    expected = [(root, ep) for root, eps in parts for ep in eps]
+    assert sorted(got) == list(range(len(expected)))
+    cache: dict[Path, dict] = {}
+    next_index = 0
+    fs = LocalFileSystem()
+    for new, (root, ep) in enumerate(expected):
+        src = cache.setdefault(root, frames_by_episode(root))[ep]
+        mine = got[new]
+        np.testing.assert_array_equal(mine["state"], src["state"])
+        np.testing.assert_array_equal(mine["frame_index"], src["frame_index"])
+        np.testing.assert_array_equal(mine["timestamp"], src["timestamp"])
+        assert mine["task"] == src["task"]
+        assert mine["index"].tolist() == list(range(next_index, next_index + len(src["state"])))
+        next_index += len(src["state"])
+        stamps = src["timestamp"][[0, len(src["timestamp"]) // 2, -1]].astype(float)
+        for key in samples.camera_keys(cameras):
+            out_file, out_from = video_ref(out, new, key)
+            src_file, src_from = video_ref(root, ep, key)
+            a = video.decode_at(fs, str(out_file), [out_from + t for t in stamps])
+            b = video.decode_at(fs, str(src_file), [src_from + t for t in stamps])
+            np.testing.assert_array_equal(a, b, err_msg=f"episode {new} {key}")
+    assert info(out)["total_frames"] == next_index
+    assert info(out)["total_episodes"] == len(expected)
