@@ -14,7 +14,7 @@ from raymerge.errors import InvalidInput
 from raymerge.families import FAMILIES, family
 from raymerge.plan import Plan
 from raymerge.report import Progress, Report, Timer
-from raymerge.runtime import ray_session
+from raymerge.runtime import ray_session, task_node_ids
 
 ConfigSource = str | Path | Mapping[str, Any] | BaseConfig
 
@@ -97,6 +97,9 @@ def run(
             with timer.phase("write"):
                 report = fam.execute(the_plan, stage, progress)
             report.bytes_written = stage.written_bytes()
+            nodes = task_node_ids()
+            if nodes:
+                report.details.setdefault("node_ids", nodes)
             with timer.phase("commit"):
                 report.timings.update(timer.timings)
                 report.timings["total"] = time.perf_counter() - started

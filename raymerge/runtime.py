@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,3 +95,50 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def node_id() -> str:
+    """The Ray node the calling task runs on: tasks can return it so a report says where work ran."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+_TERMINAL_TASK_STATES = {"FINISHED", "FAILED"}
+
+
+def task_node_ids(timeout: float = 15.0) -> list[str]:
+    """The nodes this job's tasks ran on, from Ray's task events; [] where Ray runs without its dashboard.
+
+    Task events reach the state API a moment after the task ran, so this waits (up to `timeout`)
+    until every task of the job it sees has finished. Families need no code for it. Very large jobs
+    report the nodes of the most recent tasks the state API keeps (its listing limit).
+    """
+    import ray
+    from ray.util.state import list_tasks
+    from ray.util.state.common import RAY_MAX_LIMIT_FROM_API_SERVER
+    from ray.util.state.exception import RayStateApiException
+
+    node = ray._private.worker.global_worker.node
+    if not getattr(node, "webui_url", None):
+        return []
+    job_id = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] | None = None
+    while True:
+        try:
+            tasks = list_tasks(
+                filters=[("job_id", "=", job_id)],
+                limit=RAY_MAX_LIMIT_FROM_API_SERVER,
+                timeout=30,
+                raise_on_missing_output=False,
+            )
+        except (RayStateApiException, ConnectionError):
+            return []
+        work = {t.task_id: t for t in tasks if t.type in ("NORMAL_TASK", "ACTOR_TASK", "ACTOR_CREATION_TASK")}
+        states = {i: t.state for i, t in work.items()}
+        finished = all(t.state in _TERMINAL_TASK_STATES for t in work.values() if t.type != "ACTOR_CREATION_TASK")
+        if (finished and states == seen) or time.monotonic() > deadline:
+            return sorted({t.node_id for t in work.values() if t.node_id})
+        seen = states
+        time.sleep(1.0)  # task events are flushed to the state API about once a second
