@@ -217,7 +217,7 @@ def _check_videos(
     for f in files:
         key = key_of[f]
         ref = reference.setdefault(key, f)
-        problems = video.incompatibilities(infos[ref], infos[f], remux=remux)
+        problems = video.incompatibilities(infos[f], infos[ref], remux=remux)
         if problems:
             a, b = by_pos[ref[0]], by_pos[f[0]]
             raise InvalidInput(

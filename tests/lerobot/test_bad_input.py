@@ -1,0 +1,155 @@
+"""Every rejected input: a clear message naming what and where, exit 2, nothing written, inputs untouched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from raymerge import api
+from raymerge.errors import InvalidInput
+from tests.helpers import run_cli, tree_digest
+from tests.lerobot import util
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lerobot-bad")
+    return {
+        "v21": util.make(root / "v21", version="v2.1", lengths=(8, 9), cameras=0),
+        "v30": util.make(root / "v30", version="v3.0", lengths=(8, 9, 6), cameras=0),
+        "cam": util.make(root / "cam", version="v3.0", lengths=(6, 5), cameras=1),
+    }
+
+
+def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def _reject(tmp_path: Path, inputs: list[dict], match: str, **output) -> None:
+    out = tmp_path / "out"
+    paths = [Path(i["path"]) for i in inputs]
+    before = [tree_digest(p) for p in paths]
+    cfg = {"kind": "lerobot", "inputs": inputs, "output": {"path": str(out), **output}}
+    with pytest.raises(InvalidInput, match=match):
+        api.run(cfg)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] in ([], [".out.raymerge.lock"])
+    assert [tree_digest(p) for p in paths] == before
+
+
+def _copy(base: Path, tmp_path: Path, name: str = "bad") -> Path:
+    return Path(shutil.copytree(base, tmp_path / name))
+
+
+def test_fps_mismatch(ray_address, bases, tmp_path):
+    other = util.make(tmp_path / "fps15", version="v2.1", lengths=(5,), cameras=0, fps=15)
+    _reject(tmp_path, [{"path": str(bases["v21"])}, {"path": str(other)}], r"input fps15 .*: fps 15 != 10")
+
+
+def test_robot_type_mismatch(ray_address, bases, tmp_path):
+    other = util.make(tmp_path / "koch", version="v3.0", lengths=(5,), cameras=0, robot_type="koch")
+    _reject(tmp_path, [{"path": str(bases["v21"])}, {"path": str(other)}], r"robot_type 'koch' != 'so100'")
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "match"),
+    [
+        ("shape", [7], r"feature 'observation.state' shape \(7,\) != \(6,\)"),
+        ("dtype", "float64", r"feature 'observation.state' dtype 'float64' != 'float32'"),
+        ("names", ["a", "b", "c", "d", "e", "f"], r"feature 'observation.state' names \['a'"),
+    ],
+)
+def test_feature_mismatch(ray_address, bases, tmp_path, attr, value, match):
+    bad = _copy(bases["v30"], tmp_path)
+    _edit_json(bad / "meta/info.json", lambda i: i["features"]["observation.state"].__setitem__(attr, value))
+    _reject(tmp_path, [{"path": str(bases["v21"])}, {"path": str(bad)}], r"input bad .*" + match)
+
+
+def test_video_size_mismatch(ray_address, bases, tmp_path):
+    other = util.make(tmp_path / "wide", version="v3.0", lengths=(4,), cameras=1, width=64)
+    # The declared features agree; only the probed stream tells the truth.
+    _edit_json(
+        other / "meta/info.json", lambda i: i["features"]["observation.images.cam0"].__setitem__("shape", [32, 48, 3])
+    )
+    _reject(
+        tmp_path,
+        [{"path": str(bases["cam"])}, {"path": str(other)}],
+        r"input wide: video .*file-000.mp4 .*width 64 != 48",
+    )
+
+
+def test_video_codec_mismatch(ray_address, bases, tmp_path):
+    other = util.make(tmp_path / "av1", version="v3.0", lengths=(4,), cameras=1, codec="av1")
+    _reject(tmp_path, [{"path": str(bases["cam"])}, {"path": str(other)}], r"input av1: video .*codec av1 != h264")
+
+
+def test_missing_parquet(ray_address, bases, tmp_path):
+    bad = _copy(bases["v21"], tmp_path)
+    (bad / "data/chunk-000/episode_000001.parquet").unlink()
+    _reject(
+        tmp_path,
+        [{"path": str(bad)}],
+        r"input bad: episode 1 needs data file .*episode_000001.parquet, which is missing",
+    )
+
+
+def test_missing_mp4(ray_address, bases, tmp_path):
+    bad = _copy(bases["cam"], tmp_path)
+    (bad / "videos/observation.images.cam0/chunk-000/file-000.mp4").unlink()
+    _reject(tmp_path, [{"path": str(bad)}], r"input bad: episode 0 needs video file .*file-000.mp4, which is missing")
+
+
+def test_rows_disagree_with_length(ray_address, bases, tmp_path):
+    bad = _copy(bases["v21"], tmp_path)
+    path = bad / "meta/episodes.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["length"] = 10
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _reject(
+        tmp_path,
+        [{"path": str(bad)}],
+        r"input bad: episode 1 has 9 rows in .*episode_000001.parquet but its metadata says length 10",
+    )
+
+
+def test_selection_out_of_range(ray_address, bases, tmp_path):
+    _reject(
+        tmp_path,
+        [{"path": str(bases["v30"]), "episodes": "1:5"}],
+        r"input v30: inputs\[0\]: episodes '1:5' is out of range: episode 3 does not exist; the dataset has 3 episodes \(0..2\)",
+    )
+
+
+def test_corrupt_parquet(ray_address, bases, tmp_path):
+    bad = _copy(bases["v30"], tmp_path)
+    target = bad / "data/chunk-000/file-001.parquet"
+    target.write_bytes(b"PAR1" + b"\x00" * 64)
+    _reject(tmp_path, [{"path": str(bad)}], r"file-001.parquet: corrupt parquet file")
+
+
+def test_unknown_codebase_version(ray_address, bases, tmp_path):
+    bad = _copy(bases["v30"], tmp_path)
+    _edit_json(bad / "meta/info.json", lambda i: i.__setitem__("codebase_version", "v1.6"))
+    _reject(
+        tmp_path,
+        [{"path": str(bad)}],
+        r"input bad: .*codebase_version 'v1.6' is not supported; expected one of v2.1, v3.0",
+    )
+
+
+def test_cli_exit_code_and_message(ray_address, bases, tmp_path):
+    out = tmp_path / "out"
+    config = tmp_path / "merge.yaml"
+    config.write_text(
+        f"kind: lerobot\ninputs:\n  - path: {bases['v30']}\n    episodes: [0, 7]\noutput:\n  path: {out}\n"
+    )
+    result = run_cli("run", str(config), "--address", ray_address)
+    assert result.returncode == 2, result.stderr
+    assert "episode 7 does not exist" in result.stderr
+    assert not out.exists()
