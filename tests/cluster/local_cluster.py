@@ -71,8 +71,11 @@ class LocalCluster:
 
 
 def cluster_env(token: str) -> dict[str, str]:
-    """The nodes' environment: token auth on, this venv's tools on PATH, no pointer at another cluster."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    """The nodes' environment: token auth on, this venv's tools on PATH, no pointer at another cluster.
+
+    No storage credentials: workers get them only the way a real cluster does, from the submitted job.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "AWS_"))}
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,
