@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import tempfile
 from bisect import bisect_left, bisect_right
@@ -211,6 +212,7 @@ def _add_encoder_stream(
     height: int,
     pix_fmt: str,
     gop: int | None,
+    options: dict[str, str] | None = None,
 ) -> av.video.stream.VideoStream:
     """An encoding stream whose keyframes fall exactly every `gop` frames (no scene-cut keyframes)."""
     stream = container.add_stream(encoder, rate=rate)
@@ -219,9 +221,52 @@ def _add_encoder_stream(
     if gop is not None:
         stream.codec_context.gop_size = gop
         params += [f"keyint={gop}", f"min-keyint={gop}"]
-    if encoder == "libx264":
-        stream.codec_context.options = {"x264-params": ":".join(params)}
+    extra = {"x264-params": ":".join(params)} if encoder == "libx264" else {}
+    stream.codec_context.options = {**(options or {}), **extra}
     return stream
+
+
+X264_PRESETS = ("medium", "ultrafast", "superfast", "veryfast", "faster", "fast", "slow", "slower", "veryslow")
+AV_CODEC_FLAG_GLOBAL_HEADER = 1 << 22
+
+
+def _parameter_sets(extradata: bytes) -> list[bytes]:
+    """H.264 SPS/PPS NAL units from either form of extradata: avcC (mp4) or Annex B (raw encoder)."""
+    if extradata[:1] == b"\x01" and len(extradata) > 6:
+        units, at = [], 5
+        for count_mask in (0x1F, 0xFF):
+            count = extradata[at] & count_mask
+            at += 1
+            for _ in range(count):
+                size = int.from_bytes(extradata[at : at + 2], "big")
+                units.append(extradata[at + 2 : at + 2 + size])
+                at += 2 + size
+        return units
+    return [u.strip(b"\x00") for u in extradata.split(b"\x00\x00\x01") if u.strip(b"\x00")]
+
+
+def _x264_options(fs: AbstractFileSystem, path: str, source: av.video.stream.VideoStream) -> dict[str, str]:
+    """x264 settings whose SPS/PPS equal the source's, so re-encoded groups share its mp4 track.
+
+    The crf comes from the settings string x264 writes into the first keyframe; the preset is found by
+    opening encoders (no frame is encoded) until the headers match. Empty when none does.
+    """
+    with _open_input(fs, path) as container:
+        head = next((p for p in container.demux(container.streams.video[0]) if p.size), None)
+    found = re.search(rb"crf=([0-9.]+)", bytes(head)) if head is not None else None
+    crf = {"crf": found.group(1).decode()} if found else {}
+    wanted = _parameter_sets(bytes(source.codec_context.extradata or b""))
+    rate = _rate(source)
+    for preset in X264_PRESETS:
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = source.codec_context.width, source.codec_context.height, PIX_FMT
+        ctx.time_base, ctx.framerate = 1 / rate, rate
+        ctx.flags |= AV_CODEC_FLAG_GLOBAL_HEADER
+        ctx.options = {**crf, "preset": preset, "x264-params": "scenecut=0"}
+        ctx.open()
+        if _parameter_sets(bytes(ctx.extradata or b"")) == wanted:
+            return {**crf, "preset": preset}
+    return {}
 
 
 def _encode_all(
@@ -382,15 +427,21 @@ def _decoded(
                 yield f
 
 
-def _reencode(source: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame], local: str, where: str) -> None:
-    """Encode frames with the source's codec, pixel format, size and rate."""
+def _reencode(
+    source: av.video.stream.VideoStream,
+    frames: Iterator[av.VideoFrame],
+    local: str,
+    where: str,
+    options: dict[str, str],
+) -> None:
+    """Encode frames with the source's codec, pixel format, size and rate (and encoder `options`)."""
     codec = _codec_name(source)
     encoder = available_encoder(codec)
     if encoder is None:
         raise RunFailed(f"{where}: re-encoding needs a {codec} encoder, which this PyAV build does not ship")
     ctx = source.codec_context
     with av.open(local, "w", format="mp4") as out:
-        stream = _add_encoder_stream(out, encoder, _rate(source), ctx.width, ctx.height, ctx.pix_fmt, None)
+        stream = _add_encoder_stream(out, encoder, _rate(source), ctx.width, ctx.height, ctx.pix_fmt, None, options)
         _encode_all(out, stream, frames)
 
 
@@ -425,6 +476,15 @@ class _Track:
         self.end = Fraction(0)
         self.last_dts: int | None = None
         self.source_tb, self.shift, self.frame = Fraction(1), Fraction(0), Fraction(0)
+        self.options: dict[str, dict[str, str]] = {}
+
+    def _options(self, segment: Segment, source: av.video.stream.VideoStream) -> dict[str, str]:
+        """Encoder settings matching the source's headers, found once per source file."""
+        where = storage.url(segment.fs, segment.path)
+        if where not in self.options:
+            matched = _codec_name(source) == "h264" and available_encoder("h264") == "libx264"
+            self.options[where] = _x264_options(segment.fs, segment.path, source) if matched else {}
+        return self.options[where]
 
     def _accept(self, stream: av.video.stream.VideoStream, where: str, reencoded: bool) -> None:
         signature = _signature(stream)
@@ -466,10 +526,12 @@ class _Track:
         self.last_dts = p.dts
         self.out.mux(p)
 
-    def add_reencoded(self, source: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame], where: str) -> int:
+    def add_reencoded(
+        self, segment: Segment, source: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame], where: str
+    ) -> int:
         """Re-encode frames into a scratch file and append its packets; how many were appended."""
         local = os.path.join(self.scratch, f"part-{len(os.listdir(self.scratch))}.mp4")
-        _reencode(source, frames, local, where)
+        _reencode(source, frames, local, where, self._options(segment, source))
         with av.open(local, "r") as container:
             stream = container.streams.video[0]
             packets = [p for p in container.demux(stream) if p.size]
@@ -492,15 +554,21 @@ class _Track:
             lo, hi = Fraction(segment.start_s) - half, Fraction(segment.end_s) - half
             packets = _range_packets(container, lo, hi, where)
             if reencode:
-                count, reencoded = self.add_reencoded(stream, _decoded(stream, packets, lo, hi), where), True
+                count, reencoded = self.add_reencoded(segment, stream, _decoded(stream, packets, lo, hi), where), True
             else:
-                count, reencoded = self._copy_gops(stream, packets, lo, hi, where)
+                count, reencoded = self._copy_gops(segment, stream, packets, lo, hi, where)
         if not count:
             raise InvalidInput(f"{where}: no video frame in [{segment.start_s:.6f}s, {segment.end_s:.6f}s)")
         return count, reencoded
 
     def _copy_gops(
-        self, stream: av.video.stream.VideoStream, packets: Iterator[av.Packet], lo: Fraction, hi: Fraction, where: str
+        self,
+        segment: Segment,
+        stream: av.video.stream.VideoStream,
+        packets: Iterator[av.Packet],
+        lo: Fraction,
+        hi: Fraction,
+        where: str,
     ) -> tuple[int, bool]:
         tb = Fraction(stream.time_base)
         count, reencoded, copying = 0, False, False
@@ -518,7 +586,7 @@ class _Track:
                 count += kept
                 continue
             copying, reencoded = False, True
-            added = self.add_reencoded(stream, _decoded(stream, iter(gop), lo, hi), where)
+            added = self.add_reencoded(segment, stream, _decoded(stream, iter(gop), lo, hi), where)
             if added != kept:
                 raise RunFailed(f"{where}: decoded {added} of the {kept} frames of a cut group of pictures")
             count += added

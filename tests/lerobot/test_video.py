@@ -215,13 +215,16 @@ def test_concat_incompatible_streams_is_refused(tmp_path):
     assert tree_digest(tmp_path) == before
 
 
-def make_other_x264(tmp: Path, name: str, n: int, seed: int) -> str:
+OTHER_X264 = {"x264-params": "cabac=0:bframes=0:ref=1:keyint=5:min-keyint=5:scenecut=0"}
+
+
+def make_other_x264(tmp: Path, name: str, n: int, seed: int, options: dict[str, str] = OTHER_X264) -> str:
     """An h264 file from other x264 settings than `video.encode` uses: other SPS/PPS (extradata)."""
     path = str(tmp / name)
     with av.open(path, "w") as c:
         s = c.add_stream("libx264", rate=FPS)
         s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
-        s.codec_context.options = {"x264-params": "cabac=0:bframes=0:ref=1:keyint=5:min-keyint=5:scenecut=0"}
+        s.codec_context.options = options
         for i, f in enumerate(frames(n, seed)):
             frame = av.VideoFrame.from_ndarray(f, format="rgb24")
             frame.pts = i
@@ -259,6 +262,22 @@ def test_concat_reencodes_whole_file_when_reencoder_headers_differ(tmp_path):
         expected = video.decode_at(LOCAL, src, [a + t for t in ts], tolerance_s=STRICT)
         got = video.decode_at(LOCAL, out, [p.from_timestamp + t for t in ts], tolerance_s=STRICT)
         assert psnr(expected, got) > 30
+
+
+def test_reencoded_group_matches_a_preset_source(tmp_path):
+    """A source from a standard x264 preset and crf: the re-encoder finds the same settings, so only the
+    cut group is re-encoded and the rest is still copied into the source's track."""
+    src = make_other_x264(tmp_path, "fast.mp4", 20, 3, {"preset": "ultrafast", "crf": "30", "g": "5"})
+    out = str(tmp_path / "out.mp4")
+    placed = video.concat([Segment(LOCAL, src, 0.0, 1.0), Segment(LOCAL, src, 1.2, 2.0)], LOCAL, out)
+    assert [p.reencoded for p in placed] == [False, True]
+    assert video.probe(LOCAL, out).extradata == video.probe(LOCAL, src).extradata
+    assert_frames_equal(src, 0.0, out, placed[0], 10)
+    ts = [i / FPS for i in range(8)]
+    expected = video.decode_at(LOCAL, src, [1.2 + t for t in ts], tolerance_s=STRICT)
+    got = video.decode_at(LOCAL, out, [placed[1].from_timestamp + t for t in ts], tolerance_s=STRICT)
+    assert np.array_equal(expected[3:], got[3:])  # the whole group [1.5, 2.0) is copied
+    assert psnr(expected[:3], got[:3]) > 25
 
 
 def test_concat_empty_segment_is_refused(tmp_path):
