@@ -93,9 +93,10 @@ def check_stats(root: Path) -> None:
             np.testing.assert_allclose(s[name], np.quantile(x, q, axis=0), rtol=1e-3, atol=1e-9, err_msg=key)
 
 
-def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 2) -> None:
+def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 2, reencoded: bool = False) -> None:
     """Every output frame carries its source frame's values, new indices and task string; video frames
-    decoded at episode start, middle and end equal the source's."""
+    decoded at episode start, middle and end equal the source's (with `reencoded`: are closest to the
+    source frame at that time, not to its neighbours)."""
     from fsspec.implementations.local import LocalFileSystem
 
     from raymerge.lerobot import video
@@ -121,6 +122,14 @@ def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 
             src_file, src_from = video_ref(root, ep, key)
             a = video.decode_at(fs, str(out_file), [out_from + t for t in stamps])
             b = video.decode_at(fs, str(src_file), [src_from + t for t in stamps])
-            np.testing.assert_array_equal(a, b, err_msg=f"episode {new} {key}")
+            if not reencoded:
+                np.testing.assert_array_equal(a, b, err_msg=f"episode {new} {key}")
+                continue
+            step = 1 / info(root)["fps"]
+            for frame, t in zip(a, stamps, strict=True):
+                near = [src_from + t + d for d in (-step, 0.0, step) if 0 <= t + d <= stamps[-1]]
+                ref = video.decode_at(fs, str(src_file), near)
+                dist = [np.abs(frame.astype(int) - r.astype(int)).mean() for r in ref]
+                assert np.argmin(dist) == near.index(src_from + t), f"episode {new} {key} t={t}: {dist}"
     assert info(out)["total_frames"] == next_index
     assert info(out)["total_episodes"] == len(expected)
