@@ -1,0 +1,69 @@
+"""The stats reduce on its own: pooled moments and mergeable quantiles against numpy on the whole data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raymerge.lerobot.stats import MAX_EXACT_VALUES, QUANTILES, Summary, column_values
+
+
+def _pooled(parts: list[np.ndarray]) -> Summary:
+    summary = Summary.of(parts[0])
+    for p in parts[1:]:
+        summary = summary.merge(Summary.of(p))
+    return summary
+
+
+@pytest.mark.parametrize("distinct", [50, 20 * MAX_EXACT_VALUES])
+def test_pooled_stats_match_numpy(distinct):
+    rng = np.random.default_rng(0)
+    whole = np.concatenate(
+        [rng.integers(0, distinct, size=(4000, 1)).astype(np.float64), rng.normal(3, 2, size=(4000, 1)) ** 3], axis=1
+    )
+    parts = np.array_split(whole, [100, 1500, 1501, 3300])
+    stats = _pooled(parts).to_stats()
+    assert stats["count"] == [4000]
+    np.testing.assert_allclose(stats["mean"], whole.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats["std"], whole.std(0), rtol=1e-10)
+    np.testing.assert_array_equal(stats["min"], whole.min(0))
+    np.testing.assert_array_equal(stats["max"], whole.max(0))
+    for name, q in QUANTILES.items():
+        np.testing.assert_allclose(stats[name], np.quantile(whole, q, axis=0), rtol=1e-3, err_msg=name)
+
+
+def test_few_distinct_values_give_exact_quantiles():
+    x = np.arange(101, dtype=np.float64)[:, None]
+    stats = _pooled([x[:30], x[30:]]).to_stats()
+    assert [stats[n][0] for n in QUANTILES] == [np.quantile(x, q) for q in QUANTILES.values()]
+
+
+def test_list_columns_become_rows_by_dimension():
+    col = pa.chunked_array(
+        [pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32())), pa.array([[5.0, 6.0]], pa.list_(pa.float32()))]
+    )
+    np.testing.assert_array_equal(column_values(col), [[1, 2], [3, 4], [5, 6]])
+
+
+def test_image_stats_pool_from_per_episode_stats():
+    rng = np.random.default_rng(1)
+    eps = [rng.random((n, 3)) for n in (40, 7, 90)]
+    stored = [
+        {
+            "min": e.min(0).reshape(3, 1, 1).tolist(),
+            "max": e.max(0).reshape(3, 1, 1).tolist(),
+            "mean": e.mean(0).reshape(3, 1, 1).tolist(),
+            "std": e.std(0).reshape(3, 1, 1).tolist(),
+            "count": [len(e)],
+        }
+        for e in eps
+    ]
+    pooled = Summary.from_stats(stored[0])
+    for s in stored[1:]:
+        pooled = pooled.merge(Summary.from_stats(s))
+    out = pooled.to_stats(with_quantiles=False)
+    whole = np.concatenate(eps)
+    np.testing.assert_allclose(np.asarray(out["mean"]).reshape(3), whole.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(out["std"]).reshape(3), whole.std(0), rtol=1e-10)
+    assert np.asarray(out["min"]).shape == (3, 1, 1) and out["count"] == [137]
