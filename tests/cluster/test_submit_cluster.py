@@ -15,6 +15,30 @@ from tests.cluster.local_cluster import LocalCluster
 from tests.helpers import run_cli
 
 
+def tree_bytes(fs, root: str) -> dict[str, bytes]:
+    """Every file of an output on S3 except the run manifest (which names its run), by relative path."""
+    return {p[len(root) + 1 :]: fs.cat(p) for p in sorted(fs.find(root)) if not p.endswith("/raymerge.json")}
+
+
+def submit_and_compare(cluster, submit_env, s3, tmp_path, config: dict) -> tuple[dict[str, bytes], dict]:
+    """Submit `config` writing to out/cluster, run it in-process to out/local; the two must be byte-identical."""
+    import raymerge
+
+    fs, bucket = s3["fs"], s3["bucket"]
+    on_cluster = {**config, "output": {**config["output"], "path": f"s3://{bucket}/out/cluster"}}
+    path = write_config(tmp_path, on_cluster)
+    result = run_cli("submit", str(path), "--address", cluster.dashboard_url, env=submit_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"raymerge {config['kind']} {config['operation']}: ok" in result.stdout
+
+    local = {**config, "output": {**config["output"], "path": f"s3://{bucket}/out/local"}}
+    raymerge.run(local)
+    produced = tree_bytes(fs, f"{bucket}/out/cluster")
+    assert produced and produced == tree_bytes(fs, f"{bucket}/out/local")
+    manifest = json.loads(fs.cat(f"{bucket}/out/cluster/raymerge.json"))
+    return produced, manifest
+
+
 def submitted_jobs(cluster: LocalCluster) -> list[str]:
     from ray.job_submission import JobSubmissionClient
 
@@ -131,3 +155,51 @@ def test_missing_or_wrong_token_is_refused_with_a_clear_message(cluster, s3, tmp
 
     assert submitted_jobs(cluster) == before
     assert not s3["fs"].exists(f"{s3['bucket']}/out")
+
+
+def test_submit_webdataset_join_on_the_cluster_equals_a_local_run(ray_address, cluster, submit_env, s3, tmp_path):
+    from raymerge.webdataset import samples
+
+    fs, bucket = s3["fs"], s3["bucket"]
+    keys = samples.keys(24)
+    samples.write_shards(tmp_path / "images", samples.image_samples(keys), 3)
+    samples.write_shards(tmp_path / "captions", samples.caption_samples(samples.shuffled(keys)), 2)
+    for name in ("images", "captions"):
+        fs.put(str(tmp_path / name), f"{bucket}/in/{name}", recursive=True)
+    options = s3["storage_options"]
+    config = {
+        "kind": "webdataset",
+        "operation": "join",
+        "inputs": [{"path": f"s3://{bucket}/in/{n}", "storage_options": options} for n in ("images", "captions")],
+        "output": {"path": "", "storage_options": options, "maxcount": 10},
+    }
+
+    produced, manifest = submit_and_compare(cluster, submit_env, s3, tmp_path, config)
+
+    shards = [name for name in produced if name.endswith(".tar")]
+    assert len(shards) == 3  # 24 samples, 10 per shard
+    assert manifest["report"]["rows_out"] == 24
+    assert len(manifest["report"]["details"]["node_ids"]) == 1
+
+
+def test_submit_lerobot_merge_on_the_cluster_equals_a_local_run(ray_address, cluster, submit_env, s3, tmp_path):
+    from raymerge.lerobot import samples
+
+    fs, bucket = s3["fs"], s3["bucket"]
+    options = s3["storage_options"]
+    lengths = {"a": (6, 5), "b": (4, 7, 3)}
+    for name, lens in lengths.items():
+        samples.make(fs, f"{bucket}/in/{name}", lengths=lens, cameras=1, height=16, width=16, seed=len(lens))
+    config = {
+        "kind": "lerobot",
+        "operation": "merge",
+        "inputs": [{"path": f"s3://{bucket}/in/{n}", "storage_options": options} for n in lengths],
+        "output": {"path": "", "storage_options": options},
+    }
+
+    produced, _ = submit_and_compare(cluster, submit_env, s3, tmp_path, config)
+
+    info = json.loads(produced["meta/info.json"])
+    assert info["total_episodes"] == 5
+    assert info["total_frames"] == sum(sum(v) for v in lengths.values())
+    assert any(name.endswith(".mp4") for name in produced)
