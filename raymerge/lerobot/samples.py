@@ -278,3 +278,23 @@ def _write_v30_files(
                     f"videos/{key}/to_timestamp": end,
                 }
     return rows
+
+
+def demo(root: str) -> None:
+    """The datasets the example configs read: `python -m raymerge.lerobot.samples demo-data`."""
+    base = storage.join(root, "lerobot")
+    make(None, storage.join(base, "pick_v30"), version=meta.V30, lengths=(20, 15, 25, 18), seed=1)
+    make(
+        None,
+        storage.join(base, "place_v21"),
+        version=meta.V21,
+        lengths=(16, 22, 12),
+        seed=2,
+        tasks=("place the cube", "push"),
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    demo(sys.argv[1] if len(sys.argv) > 1 else "demo-data")
