@@ -27,7 +27,7 @@ from raymerge.text.combine import Block, concat_order, interleave_order, plan_bl
 from raymerge.text.config import Config, Target
 from raymerge.text.sources import Source, local_sqlite, open_source
 
-MAX_BLOCK_ROWS = 131_072
+MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 1024, 131_072
 DROP_EMPTY = "empty input or output"
 DROP_UNUSED = "not reached before the interleave stopped"
 DROP_DUPLICATE = "exact duplicate"
@@ -116,7 +116,7 @@ def plan(cfg: Config, progress: Progress) -> TextPlan:
         r.drop(DROP_UNUSED, max(0, lengths[i] - int(used[i])))
         r.drop(DROP_DUPLICATE, int(used[i] - kept[i]))
     report.rows_out = int(kept.sum())
-    block_rows = max(1024, min(MAX_BLOCK_ROWS, math.ceil(len(order) / (4 * cluster_cpus()))))
+    block_rows = max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, math.ceil(len(order) / (4 * cluster_cpus()))))
     report.details.update(_describe(cfg, targets))
     return TextPlan(
         config=cfg,
