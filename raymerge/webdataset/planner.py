@@ -115,7 +115,7 @@ def plan(cfg: Config, progress: Progress) -> WdsPlan:
             "payload_bytes": int(sum(s.nbytes for s in packer.shards)),
             "input_shards": len(shards),
             "first_shard": packer.shards[0].name,
-            "energon": cfg.output.energon,
+            "energon_metadata": "yes" if cfg.output.energon else "no",
         }
     )
     width = max(6, len(str(total - 1))) if op != "join" and cfg.on_duplicate_key == "renumber" else None
@@ -138,8 +138,9 @@ def _input_summaries(cfg: Config, names: list[str], shards: list[Shard], summari
         for s, summ in zip(shards, summaries, strict=True):
             if s.input == i:
                 n += summ["samples"]
+                prefix = f"{cfg.inputs[i].prefix}." if cfg.inputs[i].prefix else ""
                 for e, c in summ["extensions"].items():
-                    ext[e] = ext.get(e, 0) + c
+                    ext[prefix + e] = ext.get(prefix + e, 0) + c
         if n == 0:
             raise InvalidInput(f"input {names[i]} ({cfg.inputs[i].path}): has zero samples")
         out.append({"samples": n, "extensions": ext})
@@ -186,8 +187,8 @@ def _join_report(cfg: Config, names: list[str], results: list[pipeline.BucketRes
         sec.rows_out = used
         sec.drop("key not in primary", sec.rows_in - matched)
         sec.drop("sample skipped by another input", matched - used)
-        if mode == "none" and missing:
-            report.details[f"samples_without_{names[k + 1]}"] = missing
+        if mode == "none" and rows_out > used:
+            report.details[f"samples_without_{names[k + 1]}"] = rows_out - used
 
 
 def _blend(
