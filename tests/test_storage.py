@@ -44,7 +44,7 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("x")
-    with pytest.raises(InvalidInput, match="already exists; set output.overwrite: true or pass --overwrite"):
+    with pytest.raises(InvalidInput, match=r"already exists; set output\.overwrite: true or pass --overwrite"):
         Staging(str(target)).open()
     assert (target / "keep.txt").read_text() == "x"
 
