@@ -9,6 +9,7 @@ authentication is on, with a token of its own, as a production cluster would run
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -50,17 +51,26 @@ class LocalCluster:
 
     def add_node(self, num_cpus: int = 1) -> None:
         args = ["--address", self.gcs_address, "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus)]
-        self.procs.append(_start([*args, *node_ports()], self.env))
+        self.procs.append(_start([*args, *node_ports()], self.env, self.temp_dir))
+
+    def node_ids(self) -> list[str]:
+        """The alive nodes, from the cluster's own state API."""
+        out = subprocess.run(
+            [str(BIN / "ray"), "list", "nodes", "--address", self.dashboard_url, "--format", "json",
+             "--filter", "state=ALIVE"],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        listed = out.returncode == 0 and out.stdout.lstrip().startswith("[")  # else "No resource in the cluster"
+        return sorted(n["node_id"] for n in json.loads(out.stdout)) if listed else []
 
     def wait_for_nodes(self, count: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = subprocess.run(
-                [str(BIN / "ray"), "list", "nodes", "--address", self.dashboard_url, "--filter", "state=ALIVE"],
-                env=self.env, capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            if out.returncode == 0 and out.stdout.count("ALIVE") >= count:
+            if len(self.node_ids()) >= count:
                 return
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a Ray node exited with {proc.returncode}: {_log_tail(proc)}")
             time.sleep(1)
         raise TimeoutError(f"{count} Ray nodes did not come up within {timeout}s")
 
@@ -100,6 +110,7 @@ def local_cluster(num_cpus: int = 1) -> Iterator[LocalCluster]:
             "--temp-dir", temp_dir, *node_ports(),
         ],
         env,
+        temp_dir,
     )  # fmt: skip
     cluster = LocalCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env, temp_dir, [head])
     try:
@@ -110,14 +121,29 @@ def local_cluster(num_cpus: int = 1) -> Iterator[LocalCluster]:
         cluster.stop()
 
 
-def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def _start(args: list[str], env: dict[str, str], temp_dir: str) -> subprocess.Popen:
+    log = Path(temp_dir) / f"ray-start-{secrets.token_hex(4)}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _LOGS[proc.pid] = log
+    return proc
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def _log_tail(proc: subprocess.Popen) -> str:
+    """The end of what `ray start` printed, for a failure message."""
+    try:
+        return _LOGS[proc.pid].read_text(errors="replace")[-3000:]
+    except (KeyError, OSError):
+        return ""
 
 
 def _stop(proc: subprocess.Popen) -> None:
