@@ -61,6 +61,13 @@ def check(cfg: Config) -> None:
             problems.append(f"inputs[{i}].prefix: only used by operation join")
         if inp.weight is not None and op != "blend":
             problems.append(f"inputs[{i}].weight: only used by operation blend")
+    weights = [inp.weight is not None for inp in cfg.inputs]
+    if op == "blend" and any(weights) and not all(weights):
+        problems.append("inputs[*].weight: give every input a weight, or none for round-robin")
+    if op == "blend" and cfg.stopping_strategy == "all_exhausted" and cfg.on_duplicate_key != "renumber":
+        problems.append(
+            "stopping_strategy: all_exhausted repeats samples, so their keys would repeat; set on_duplicate_key: renumber"
+        )
     if op == "join" and len(cfg.inputs) < 2:
         problems.append("inputs: a join needs a primary and at least one secondary input")
     if op == "blend" and cfg.output.shuffle is not None:

@@ -153,9 +153,10 @@ def run_buckets(
         ref = bucket_task.options(num_returns=returns).remote(
             operation, sizes, list(nonmatch), check_duplicates, boundaries, *pieces
         )
-        outs.append(ref if returns > 1 else [ref])
-    results = ray.get([o[0] for o in outs])
-    return results, [list(o[1:]) for o in outs]
+        outs.append(ref)
+    if returns == 1:  # a single return is the whole tuple
+        return [r[0] for r in ray.get(outs)], [[] for _ in outs]
+    return ray.get([o[0] for o in outs]), [list(o[1:]) for o in outs]
 
 
 def sort_ranges(range_refs: Sequence[Sequence[Any]], groups: int) -> tuple[list[int], list[Any]]:
@@ -194,14 +195,19 @@ def blend_chunks(
     return ray.get(counts), chunks, np.bincount(src, minlength=len(lengths)).tolist()
 
 
-def raise_duplicates(results: Sequence[BucketResult], groups: Sequence[str], shards: Sequence[Shard]) -> None:
+def raise_duplicates(
+    results: Sequence[BucketResult], groups: Sequence[str], shards: Sequence[Shard], input_names: Sequence[str]
+) -> None:
     """One error for every duplicated key found in any bucket: how many, and the first few with their shards."""
     for g, label in enumerate(groups):
         total = sum(r.duplicates[g][0] for r in results if r.duplicates)
         if not total:
             continue
         examples = sorted(ex for r in results if r.duplicates for ex in r.duplicates[g][1])[:10]
-        shown = "; ".join(f"{k!r} in {', '.join(shards[i].name for i in ids)}" for k, ids in examples)
+        shown = "; ".join(
+            f"{k!r} in {', '.join(f'{input_names[shards[i].input]}/{shards[i].name}' for i in ids)}"
+            for k, ids in examples
+        )
         raise InvalidInput(
             f"{label}: {total} sample key(s) occur more than once (keys must be unique across all shards): {shown}"
         )

@@ -90,7 +90,7 @@ def plan(cfg: Config, progress: Progress) -> WdsPlan:
         groups = (
             [f"input {names[i]}" for i in range(len(cfg.inputs))] if op == "join" else ["inputs " + ", ".join(names)]
         )
-        pipeline.raise_duplicates(results, groups, shards)
+        pipeline.raise_duplicates(results, groups, shards, names)
     if op == "join":
         _join_report(cfg, names, results, report)
     if boundaries is not None:
@@ -196,12 +196,6 @@ def _blend(
 ) -> tuple[list[int], list[Any]]:
     lengths = [r.rows_in for r in report.inputs]
     weights = [inp.weight for inp in cfg.inputs]
-    if any(w is None for w in weights) and any(w is not None for w in weights):
-        raise InvalidInput("inputs[*].weight: give every input a weight, or none for round-robin")
-    if cfg.stopping_strategy == "all_exhausted" and cfg.on_duplicate_key != "renumber":
-        raise InvalidInput(
-            "stopping_strategy all_exhausted repeats samples, so their keys repeat; set on_duplicate_key: renumber"
-        )
     frames: list[list[tuple[int, int, Any]]] = [[] for _ in cfg.inputs]
     starts = [0] * len(cfg.inputs)
     for s, summ, ref in zip(shards, summaries, wholes, strict=True):
