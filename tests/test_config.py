@@ -50,6 +50,13 @@ def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
         read_yaml(p)
 
 
+def test_a_key_given_twice_is_rejected_with_its_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("kind: lerobot\nsplit:\n  episodes:\n    train: '0:2'\n    train: '2:4'\n")
+    with pytest.raises(InvalidInput, match=r"key 'train' is given twice[\s\S]*line 5"):
+        read_yaml(p)
+
+
 def test_invalid_yaml_and_missing_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("kind: [unclosed\n")
