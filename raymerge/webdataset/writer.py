@@ -80,7 +80,7 @@ class RangeReader:
         shard = self.shards[src]
         fs = self.filesystems[shard.input]
         if not shard.compressed:
-            data = fs.cat_file(shard.path, start, end)
+            data = fs.cat_file(shard.path, start=start, end=end)
         else:
             f = self._gz.get(src)
             if f is None:
