@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from typing import ClassVar
 
 import yaml
 from megatron.energon import Cooker, DefaultTaskEncoder, WorkerConfig, get_loader, get_val_dataset, stateless
@@ -19,7 +20,7 @@ class RawSamples(DefaultTaskEncoder):
     """Undecoded bytes per member, so the test compares exactly what is stored."""
 
     decoder = None
-    cookers = [Cooker(stateless(lambda sample: dict(sample)))]
+    cookers: ClassVar = [Cooker(stateless(lambda sample: dict(sample)))]
 
     def encode_sample(self, sample):
         return sample
