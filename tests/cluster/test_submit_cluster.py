@@ -14,10 +14,14 @@ import yaml
 from tests.cluster.local_cluster import LocalCluster
 from tests.helpers import run_cli
 
+# Files that name the run that wrote them: raymerge's manifest and Energon's random index identity.
+RUN_IDENTITY = ("raymerge.json", ".nv-meta/index.uuid")
+
 
 def tree_bytes(fs, root: str) -> dict[str, bytes]:
-    """Every file of an output on S3 except the run manifest (which names its run), by relative path."""
-    return {p[len(root) + 1 :]: fs.cat(p) for p in sorted(fs.find(root)) if not p.endswith("/raymerge.json")}
+    """Every file of an output on S3 except those naming their run, by relative path."""
+    files = {p[len(root) + 1 :]: p for p in sorted(fs.find(root))}
+    return {rel: fs.cat(p) for rel, p in files.items() if rel not in RUN_IDENTITY}
 
 
 def submit_and_compare(cluster, submit_env, s3, tmp_path, config: dict) -> tuple[dict[str, bytes], dict]:
