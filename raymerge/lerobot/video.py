@@ -40,6 +40,8 @@ ENCODERS: dict[str, tuple[str, ...]] = {
 DEFAULT_CODECS = ("h264", "av1")
 PIX_FMT = "yuv420p"
 COPY_BUFFER = 16 * 1024 * 1024
+# Frames H.264 can hold back for reordering: decode times a run may borrow from the previous run's gap.
+MAX_REORDER = 16
 # Query timestamps further apart than this are served by a fresh seek instead of decoding the gap.
 SEEK_GAP_S = 2.0
 
@@ -464,8 +466,12 @@ class _ReencodedMismatch(RunFailed):
 class _Track:
     """The output track: runs of copied packets and re-encoded parts, each placed where the written part ends.
 
-    Timestamps are rebased in exact fractions of a second; a run whose decode times would fall before the
-    last written one (a longer B-frame delay than the previous source's) starts after a gap instead.
+    Presentation times are rebased in exact fractions of a second, so every run shows right after the
+    previous one. Decode times only order the packets: a run whose decode times would fall at or before the
+    last written one (a longer B-frame delay than what precedes it, e.g. a copied group after a re-encoded
+    head) has its first decode times raised by one tick each, which stays below their presentation times
+    as long as a frame spans more ticks than H.264 can reorder frames (only a coarser time base falls
+    back to starting the run after a gap).
     """
 
     def __init__(self, out: av.container.OutputContainer, scratch: str) -> None:
@@ -476,6 +482,7 @@ class _Track:
         self.end = Fraction(0)
         self.last_dts: int | None = None
         self.source_tb, self.shift, self.frame = Fraction(1), Fraction(0), Fraction(0)
+        self.where = ""
         self.options: dict[str, dict[str, str]] = {}
 
     def _options(self, segment: Segment, source: av.video.stream.VideoStream) -> dict[str, str]:
@@ -506,11 +513,13 @@ class _Track:
     def begin(self, stream: av.video.stream.VideoStream, head: av.Packet, where: str, reencoded: bool) -> None:
         """Start a run of `stream`'s packets whose first frame shows at `head`'s pts."""
         self._accept(stream, where, reencoded)
+        self.where = where
         self.source_tb = Fraction(stream.time_base)
         self.frame = 1 / _rate(stream)
         self.shift = self.end - head.pts * self.source_tb
         first_dts = round((head.dts * self.source_tb + self.shift) / self.time_base)
-        if self.last_dts is not None and first_dts <= self.last_dts:
+        room = round(self.end / self.time_base) - (self.last_dts or 0)
+        if self.last_dts is not None and first_dts <= self.last_dts and room <= MAX_REORDER:
             self.shift += (self.last_dts + 1 - first_dts) * self.time_base
 
     def add(self, p: av.Packet) -> None:
@@ -519,6 +528,10 @@ class _Track:
         lasts = p.duration * tb if p.duration else self.frame
         p.pts = round(shown / self.time_base)
         p.dts = round((p.dts * tb + self.shift) / self.time_base)
+        if self.last_dts is not None and p.dts <= self.last_dts:
+            p.dts = self.last_dts + 1
+        if p.dts > p.pts:
+            raise RunFailed(f"{self.where}: cannot remux, a packet would decode after it shows ({p.dts} > {p.pts})")
         p.duration = round(lasts / self.time_base)
         p.time_base = self.time_base
         p.stream = self.stream

@@ -182,6 +182,38 @@ def test_long_cut_segment_reencodes_only_its_cut_groups(tmp_path, encoder):
     assert video.probe(LOCAL, out).frames == 15
 
 
+def shown_times(path: str) -> list[float]:
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        return sorted(float(p.pts * s.time_base) for p in c.demux(s) if p.size)
+
+
+def has_reordering(path: str) -> bool:
+    """Whether some frame is decoded before an earlier-shown one (B-frames)."""
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        pts = [p.pts for p in c.demux(s) if p.size]
+    return pts != sorted(pts)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("head", [1, 2, 3])
+def test_copied_groups_follow_a_reencoded_head_without_a_gap(tmp_path, encoder, head):
+    """A segment starting `head` frames before a keyframe: its re-encoded head is followed by copied groups
+    whose frames show exactly one frame later each, with and without B-frames in the source."""
+    src = make(tmp_path, "file.mp4", 24, 3, gop=4, codec=encoder)
+    assert has_reordering(src) == (encoder == "libx264")  # both cases really occur
+    start, n = (8 - head) / FPS, head + 12
+    out = str(tmp_path / "cut.mp4")
+    (placed,) = video.concat([Segment(LOCAL, src, start, start + n / FPS)], LOCAL, out)
+    assert placed.reencoded and placed.from_timestamp == 0.0
+    assert shown_times(out) == pytest.approx([i / FPS for i in range(n)], abs=1e-9)
+    ts = [float(np.float32(i / FPS)) for i in range(head, n)]
+    expected = video.decode_at(LOCAL, src, [start + t for t in ts], tolerance_s=STRICT)
+    got = video.decode_at(LOCAL, out, ts, tolerance_s=STRICT)
+    assert np.array_equal(expected, got)  # the copied groups, bit-exact at their own times
+
+
 def test_concat_of_concatenated_files(tmp_path):
     """Inputs that are themselves merges: many episodes per file, several files per camera."""
     lengths = [10, 5, 15, 10]
