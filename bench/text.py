@@ -6,7 +6,7 @@ raymerge runs as a user runs it (`raymerge run`, a fresh process that starts Ray
 load + interleave_datasets + to_json with a fresh cache. Prints medians of the repeats, the
 ratio, Ray start-up separately, and whether both outputs are byte-identical.
 
-    python bench/text.py [--rows 1000000] [--repeats 3] [--workdir /tmp/raymerge-bench-text]
+    python bench/text.py [--rows 1000000] [--repeats 3] [--workdir DIR (default: a new temp folder)]
 """
 
 from __future__ import annotations
@@ -106,10 +106,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "raymerge-bench-text")
+    ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="raymerge-bench-text-"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
     src = make_sources(args.workdir / "src", args.rows)
     print(f"{args.rows:,} rows in 4 sources; interleave p={PROBABILITIES} seed={SEED} {STRATEGY} -> JSONL")
     ours, starts, theirs = [], [], []
