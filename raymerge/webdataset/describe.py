@@ -10,7 +10,7 @@ from raymerge import storage
 from raymerge.errors import InvalidInput
 from raymerge.webdataset import tarindex
 from raymerge.webdataset.energon import META
-from raymerge.webdataset.sources import Shard, is_shard_name, list_shards
+from raymerge.webdataset.sources import Shard, is_shard_name, list_shards, open_shard
 
 MAX_DUPLICATES_SHOWN = 10
 
@@ -25,7 +25,7 @@ def detect(fs: AbstractFileSystem, path: str) -> bool:
 
 
 def _scan(fs: AbstractFileSystem, shard: Shard) -> dict[str, list]:
-    with fs.open(shard.path, "rb") as f:
+    with open_shard(fs, shard) as f:
         return tarindex.scan_tar(
             f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
         )

@@ -22,7 +22,7 @@ from raymerge.errors import InvalidInput
 from raymerge.webdataset import keytable, tarindex
 from raymerge.webdataset.join import JoinStats, join_bucket
 from raymerge.webdataset.layout import blend_indices
-from raymerge.webdataset.sources import Shard
+from raymerge.webdataset.sources import Shard, open_shard
 
 BLEND_CHUNK = 65_536
 
@@ -46,7 +46,7 @@ class BucketResult:
 
 def scan_shard(shard: Shard, fs: AbstractFileSystem, shard_id: int, opts: ScanOptions) -> tuple[Any, ...]:
     """Summary, the whole key table (or None) and its hash buckets for one input shard."""
-    with fs.open(shard.path, "rb") as f:
+    with open_shard(fs, shard) as f:
         scanned = tarindex.scan_tar(
             f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
         )

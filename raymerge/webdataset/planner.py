@@ -99,6 +99,7 @@ def plan(cfg: Config, progress: Progress) -> WdsPlan:
         counts, chunks = _blend(cfg, names, shards, summaries, wholes, report)
     else:
         counts, chunks = [s["samples"] for s in summaries], wholes
+    if op in ("concat", "reshard"):
         for r in report.inputs:
             r.rows_out = r.rows_in
     total = sum(counts)

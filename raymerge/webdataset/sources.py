@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import braceexpand
 from fsspec import AbstractFileSystem
@@ -72,3 +72,8 @@ def _shard(fs: AbstractFileSystem, index: int, path: str, root: str) -> Shard:
 def _shard_from_info(index: int, path: str, root: str, info: dict[str, Any]) -> Shard:
     name = path[len(root) + 1 :] if path.startswith(root + "/") else storage.basename(path)
     return Shard(index, path, name, int(info.get("size") or 0), path.endswith(COMPRESSED_SUFFIXES))
+
+
+def open_shard(fs: AbstractFileSystem, shard: Shard) -> IO[bytes]:
+    """A plain file object for local shards (the header scan seeks per member), fsspec's otherwise."""
+    return open(shard.path, "rb") if storage.is_local(fs) else fs.open(shard.path, "rb")

@@ -7,6 +7,7 @@ uid/gid 0, so a PAX header appears only when a name needs one. Payload is copied
 from __future__ import annotations
 
 import gzip
+import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,31 @@ import numpy as np
 import polars as pl
 from fsspec import AbstractFileSystem
 
+from raymerge import storage
 from raymerge.webdataset.sources import Shard
 
 SPAN_GAP = 64 * 1024  # read across gaps this small rather than issuing another request
 SPAN_MAX = 32 * 1024 * 1024  # bound on the bytes one read holds in memory
 END_OF_ARCHIVE = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+# What tarfile writes for a regular file with mode 0644, uid/gid 0, no user/group names; the checksum
+# field holds spaces while the sum is taken.
+_USTAR_TEMPLATE = bytes(
+    bytearray(100)
+    + b"0000644\0"
+    + b"0000000\0"
+    + b"0000000\0"
+    + bytes(12)
+    + bytes(12)
+    + b" " * 8
+    + b"0"
+    + bytes(100)
+    + b"ustar\x0000"
+    + bytes(32)
+    + bytes(32)
+    + bytes(16)
+    + bytes(155)
+    + bytes(12)
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +53,19 @@ class Member:
 
 
 def member_header(name: str, size: int, mtime: int) -> bytes:
+    """A ustar header built directly when the name fits (the common case, and hot); tarfile otherwise."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= 100 and raw.isascii() and size < 8**11 and 0 <= mtime < 8**11:
+        h = bytearray(_USTAR_TEMPLATE)
+        h[0 : len(raw)] = raw
+        h[124:136] = b"%011o\0" % size
+        h[136:148] = b"%011o\0" % mtime
+        h[148:156] = b"%06o\0 " % sum(h)
+        return bytes(h)
+    return _tarfile_header(name, size, mtime)
+
+
+def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, mtime, 0o644
     info.uid = info.gid = 0
@@ -75,11 +109,17 @@ class RangeReader:
     def __init__(self, shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem]) -> None:
         self.shards, self.filesystems = shards, filesystems
         self._gz: dict[int, IO[bytes]] = {}
+        self._fds: dict[int, int] = {}
 
     def read(self, src: int, start: int, end: int) -> bytes:
         shard = self.shards[src]
         fs = self.filesystems[shard.input]
-        if not shard.compressed:
+        if not shard.compressed and storage.is_local(fs):
+            fd = self._fds.get(src)
+            if fd is None:
+                fd = self._fds[src] = os.open(shard.path, os.O_RDONLY)
+            data = os.pread(fd, end - start, start)
+        elif not shard.compressed:
             data = fs.cat_file(shard.path, start=start, end=end)
         else:
             f = self._gz.get(src)
@@ -96,7 +136,10 @@ class RangeReader:
     def close(self) -> None:
         for f in self._gz.values():
             f.close()
+        for fd in self._fds.values():
+            os.close(fd)
         self._gz.clear()
+        self._fds.clear()
 
 
 def member_data(reader: RangeReader, members: Sequence[Member]) -> Iterator[memoryview]:

@@ -1,0 +1,89 @@
+"""Plain-value logic without a cluster: key splitting, blend order, shard packing, splits, header bytes."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from datasets import Dataset, interleave_datasets
+
+from raymerge.webdataset.layout import ShardPacker, blend_indices, split_parts
+from raymerge.webdataset.tarindex import scan_tar, split_name
+from raymerge.webdataset.writer import _tarfile_header, member_header
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("a/b.seg.png", ("a/b", "seg.png")),
+        ("x.y/000123.jpg", ("x.y/000123", "jpg")),
+        ("README", None),
+        (".hidden", None),
+    ],
+)
+def test_split_name_matches_energon(name, parts):
+    assert split_name(name) == parts
+
+
+@pytest.mark.parametrize("weights", [None, [0.2, 0.5, 0.3]])
+@pytest.mark.parametrize("strategy", ["first_exhausted", "all_exhausted", "all_exhausted_without_replacement"])
+def test_blend_indices_equal_hugging_face(weights, strategy):
+    lengths = [13, 40, 7]
+    sets = [Dataset.from_dict({"s": [i] * n, "i": list(range(n))}) for i, n in enumerate(lengths)]
+    hf = interleave_datasets(sets, probabilities=weights, seed=5, stopping_strategy=strategy)
+    src, idx = blend_indices(lengths, weights, 5, strategy)
+    assert src.tolist() == hf["s"]
+    assert (idx % np.asarray(lengths)[src]).tolist() == hf["i"]
+
+
+def test_packer_rolls_over_across_chunks_and_keeps_oversized_samples_alone():
+    p = ShardPacker(maxcount=3, maxsize=100, pattern="s-%02d.tar")
+    p.add_chunk(0, np.array([10, 10, 10, 10, 95, 200, 5]))
+    p.add_chunk(1, np.array([5, 5]))
+    assert [(s.name, s.start, s.count, s.nbytes, s.pieces) for s in p.shards] == [
+        ("s-00.tar", 0, 3, 30, [(0, 0, 3)]),
+        ("s-01.tar", 3, 1, 10, [(0, 3, 4)]),
+        ("s-02.tar", 4, 1, 95, [(0, 4, 5)]),
+        ("s-03.tar", 5, 1, 200, [(0, 5, 6)]),
+        ("s-04.tar", 6, 3, 15, [(0, 6, 7), (1, 0, 2)]),
+    ]
+
+
+def test_split_parts_by_whole_shards():
+    names = [f"s{i}" for i in range(10)]
+    assert split_parts(names, None) == {"train": names}
+    assert split_parts(names, {"train": 0.8, "val": 0.1, "test": 0.1}) == {
+        "train": names[:8],
+        "val": names[8:9],
+        "test": names[9:],
+    }
+
+
+def test_headers_need_pax_only_for_long_or_non_ascii_names():
+    assert len(member_header("k/000001.jpg", 10, 0)) == 512
+    assert len(member_header("k/" + "x" * 120 + ".jpg", 10, 0)) > 512
+    assert len(member_header("k/café.jpg", 10, 0)) > 512
+
+
+def test_scan_reports_data_offsets_of_members():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in [("a.jpg", b"x" * 700), ("a.txt", b"hi"), ("b.jpg", b"y")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    table = scan_tar(buf, "t.tar", size=len(buf.getvalue()))
+    assert table["key"] == ["a", "b"]
+    assert table["exts"] == [["jpg", "txt"], ["jpg"]]
+    assert table["offsets"] == [[512, 512 + 1024 + 512], [512 + 1024 + 1024 + 512]]
+    assert table["sizes"] == [[700, 2], [1]]
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "mtime"), [("part_a/000001.jpg", 15000, 0), ("a.b.c", 0, 1_700_000_000), ("x" * 100, 1, 5)]
+)
+def test_fast_header_is_what_tarfile_writes(name, size, mtime):
+    assert member_header(name, size, mtime) == _tarfile_header(name, size, mtime)
