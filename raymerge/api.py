@@ -87,12 +87,13 @@ def run(
     stage.check()
     timer = Timer()
     t0 = time.perf_counter()
-    with _session(cfg, address, show_progress):
-        timer.timings["ray_start"] = time.perf_counter() - t0
-        progress(f"planning {cfg.kind} {cfg.operation} of {len(cfg.inputs)} input(s)")
-        with timer.phase("plan"):
-            the_plan = fam.plan(cfg, progress)
-        with stage:
+    try:
+        with _session(cfg, address, show_progress):
+            timer.timings["ray_start"] = time.perf_counter() - t0
+            progress(f"planning {cfg.kind} {cfg.operation} of {len(cfg.inputs)} input(s)")
+            with timer.phase("plan"):
+                the_plan = fam.plan(cfg, progress)
+            stage.open()
             progress(f"writing to staging {storage.url(stage.fs, stage.dir)}")
             with timer.phase("write"):
                 report = fam.execute(the_plan, stage, progress)
@@ -106,6 +107,9 @@ def run(
                 manifest = None if stage.is_file else _manifest(cfg, the_plan, report, stage.run_id)
                 stage.commit(manifest)
             progress(f"committed {report.output}")
+    finally:
+        # After the session ends: a failed or cancelled run's tasks are gone and cannot re-create staging.
+        stage.abort()
     report.timings.update(timer.timings)
     report.timings["total"] = time.perf_counter() - started
     return report
