@@ -44,7 +44,16 @@ def build_inputs(total_bytes: float, address: str) -> list[Path]:
     base = ROOT / "base"
     if not base.exists():
         samples.make(
-            None, str(base), version="v2.1", lengths=(60, 80, 70, 90), cameras=2, height=240, width=320, seed=9
+            None,
+            str(base),
+            version="v2.1",
+            lengths=(300, 240, 270, 330),
+            cameras=2,
+            fps=30,
+            height=240,
+            width=320,
+            seed=9,
+            grain=16,
         )
     copies = max(1, math.ceil(total_bytes / 4 / tree_bytes(base)))
     inputs = []

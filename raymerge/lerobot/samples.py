@@ -40,17 +40,21 @@ def camera_keys(cameras: int) -> list[str]:
     return [f"observation.images.cam{c}" for c in range(cameras)]
 
 
-def frames_of(seed: int, episode: int, camera: int, length: int, height: int, width: int) -> np.ndarray:
-    """Distinct, smooth frames (a moving bar on a tinted gradient) that survive lossy coding recognisably."""
+def frames_of(seed: int, episode: int, camera: int, length: int, height: int, width: int, grain: int = 0) -> np.ndarray:
+    """Distinct, smooth frames (a moving bar on a tinted gradient) that survive lossy coding recognisably;
+    `grain` adds deterministic sensor-like noise of that amplitude, so files compress to realistic sizes."""
     y, x = np.meshgrid(
         np.linspace(0, 160, height, dtype=np.float32), np.linspace(0, 160, width, dtype=np.float32), indexing="ij"
     )
     out = np.empty((length, height, width, 3), dtype=np.uint8)
+    rng = np.random.default_rng([seed, episode, camera])
     tint = np.array([(seed * 53 + camera * 90) % 256, (episode * 37) % 256, (seed * 11 + 70) % 256], np.float32)
     for i in range(length):
         img = np.stack([y + x * 0.2, x, (y + x) * 0.5], axis=-1) * 0.5 + tint * 0.4
         bar = (i * 5 + episode * 3) % width
         img[:, max(0, bar - 2) : bar + 2] = 250
+        if grain:
+            img += rng.integers(-grain, grain + 1, size=img.shape).astype(np.float32)
         out[i] = np.clip(img, 0, 255).astype(np.uint8)
     return out
 
@@ -146,6 +150,7 @@ def make(
     robot_type: str = "so100",
     codec: str | None = None,
     gop: int | None = None,
+    grain: int = 0,
 ) -> str:
     """Write a dataset at `root`; returns its path. v3.0 files hold `episodes_per_file` episodes each."""
     from raymerge.lerobot import video
@@ -164,7 +169,7 @@ def make(
     all_frames: dict[tuple[int, str], np.ndarray] = {}
     for ep in range(n):
         for c, key in enumerate(keys):
-            all_frames[(ep, key)] = frames_of(seed, ep, c, lengths[ep], height, width)
+            all_frames[(ep, key)] = frames_of(seed, ep, c, lengths[ep], height, width, grain)
         image = frames_of(seed + 1, ep, 9, 1, height, width)[0] if with_image else None
         task = used.index(tasks[ep_tasks[ep]])
         table = _episode_table(seed, ep, lengths[ep], int(starts[ep]), task, fps, image)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import math
 import os
 import re
 import shutil
 import tempfile
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -396,10 +398,11 @@ def _range_packets(
         if target <= 0:
             raise RunFailed(f"{where}: the video does not start with a keyframe")
         back = max(2 * back, Fraction(1))
+    end = math.ceil(hi / tb)  # in ticks: t * tb >= hi exactly when t >= end
     for p in itertools.chain([first], packets):
         if p.pts is None or p.dts is None:
             raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
-        if p.dts * tb >= hi:  # decode order: every later packet shows at or after its dts
+        if p.dts >= end:  # decode order: every later packet shows at or after its dts
             return
         yield p
 
@@ -459,6 +462,14 @@ def _signature(stream: av.video.stream.VideoStream) -> dict[str, Any]:
     }
 
 
+Ticks = int | Fraction
+
+
+def _ticks(x: Fraction) -> Ticks:
+    """`x` as an int when it is whole, so that arithmetic on it stays integer."""
+    return x.numerator if x.denominator == 1 else x
+
+
 class _ReencodedMismatch(RunFailed):
     """A re-encoded part's codec parameters differ from the copied ones: the file must be re-encoded whole."""
 
@@ -479,9 +490,15 @@ class _Track:
         self.stream: av.video.stream.VideoStream | None = None
         self.first: tuple[dict[str, Any], str, bool] | None = None
         self.time_base = Fraction(1)
-        self.end = Fraction(0)
+        # In ticks of the output time base: plain ints whenever the source's ticks map onto whole output
+        # ticks (the usual case), so the per-packet arithmetic below stays integer.
+        self.end: Ticks = 0
         self.last_dts: int | None = None
-        self.source_tb, self.shift, self.frame = Fraction(1), Fraction(0), Fraction(0)
+        self.written = array("q")  # every muxed packet's dts, checked against the file's index at the end
+        self.shown: tuple[int, int] | None = None  # the current piece's first and end presentation tick
+        self.scale: Ticks = 1
+        self.offset: Ticks = 0
+        self.frame: Ticks = 0
         self.where = ""
         self.options: dict[str, dict[str, str]] = {}
 
@@ -514,29 +531,32 @@ class _Track:
         """Start a run of `stream`'s packets whose first frame shows at `head`'s pts."""
         self._accept(stream, where, reencoded)
         self.where = where
-        self.source_tb = Fraction(stream.time_base)
-        self.frame = 1 / _rate(stream)
-        self.shift = self.end - head.pts * self.source_tb
-        first_dts = round((head.dts * self.source_tb + self.shift) / self.time_base)
-        room = round(self.end / self.time_base) - (self.last_dts or 0)
+        self.scale = _ticks(Fraction(stream.time_base) / self.time_base)
+        self.frame = _ticks(1 / (_rate(stream) * self.time_base))
+        self.offset = _ticks(self.end - head.pts * self.scale)
+        first_dts = round(head.dts * self.scale + self.offset)
+        room = round(self.end) - (self.last_dts or 0)
         if self.last_dts is not None and first_dts <= self.last_dts and room <= MAX_REORDER:
-            self.shift += (self.last_dts + 1 - first_dts) * self.time_base
+            self.offset += self.last_dts + 1 - first_dts
 
     def add(self, p: av.Packet) -> None:
-        tb = self.source_tb
-        shown = p.pts * tb + self.shift
-        lasts = p.duration * tb if p.duration else self.frame
-        p.pts = round(shown / self.time_base)
-        p.dts = round((p.dts * tb + self.shift) / self.time_base)
+        shown = p.pts * self.scale + self.offset
+        lasts = p.duration * self.scale if p.duration else self.frame
+        p.pts = round(shown)
+        p.dts = round(p.dts * self.scale + self.offset)
         if self.last_dts is not None and p.dts <= self.last_dts:
             p.dts = self.last_dts + 1
         if p.dts > p.pts:
             raise RunFailed(f"{self.where}: cannot remux, a packet would decode after it shows ({p.dts} > {p.pts})")
-        p.duration = round(lasts / self.time_base)
+        p.duration = round(lasts)
         p.time_base = self.time_base
         p.stream = self.stream
-        self.end = max(self.end, shown + lasts)
+        if shown + lasts > self.end:
+            self.end = shown + lasts
         self.last_dts = p.dts
+        self.written.append(p.dts)
+        lo, hi = self.shown or (p.pts, p.pts)
+        self.shown = (min(lo, p.pts), max(hi, p.pts + p.duration))
         self.out.mux(p)
 
     def add_reencoded(
@@ -555,12 +575,10 @@ class _Track:
         os.remove(local)
         return len(packets)
 
-    def add_segment(self, segment: Segment, *, reencode: bool) -> tuple[int, bool]:
-        """Append the frames of `segment`: whole groups of pictures copied, the cut ones re-encoded.
-
-        Returns how many frames were appended and whether any was re-encoded.
-        """
+    def add_segment(self, segment: Segment, *, reencode: bool) -> Placed:
+        """Append the frames of `segment`: whole groups of pictures copied, the cut ones re-encoded."""
         where = storage.url(segment.fs, segment.path)
+        self.shown = None
         with _open_input(segment.fs, segment.path) as container:
             stream = container.streams.video[0]
             half = 1 / (2 * _rate(stream))
@@ -570,9 +588,24 @@ class _Track:
                 count, reencoded = self.add_reencoded(segment, stream, _decoded(stream, packets, lo, hi), where), True
             else:
                 count, reencoded = self._copy_gops(segment, stream, packets, lo, hi, where)
-        if not count:
+        if not count or self.shown is None:
             raise InvalidInput(f"{where}: no video frame in [{segment.start_s:.6f}s, {segment.end_s:.6f}s)")
-        return count, reencoded
+        lo, hi = self.shown
+        return Placed(float(lo * self.time_base), float(hi * self.time_base), reencoded)
+
+    def check(self, local: str) -> None:
+        """The written file indexes exactly the packets muxed, at the decode times given (no data is read)."""
+        with av.open(local, "r") as container:
+            stream = container.streams.video[0]
+            entries = stream.index_entries
+            if Fraction(stream.time_base) != self.time_base:
+                raise RunFailed(f"{local}: the muxer changed the time base to {stream.time_base}")
+            found = array("q", (e.timestamp for e in entries))
+        if found != self.written:
+            raise RunFailed(
+                f"{local}: wrote {len(self.written)} video packets but the file indexes {len(found)}"
+                + (" at other decode times" if len(found) == len(self.written) else "")
+            )
 
     def _copy_gops(
         self,
@@ -584,9 +617,10 @@ class _Track:
         where: str,
     ) -> tuple[int, bool]:
         tb = Fraction(stream.time_base)
+        first, end = math.ceil(lo / tb), math.ceil(hi / tb)  # [lo, hi) in whole ticks
         count, reencoded, copying = 0, False, False
         for gop in _gops(packets):
-            kept = sum(1 for p in gop if lo <= p.pts * tb < hi)
+            kept = sum(1 for p in gop if first <= p.pts < end)
             if not kept:
                 continue
             # A group can be copied when all of it is kept and it decodes alone (or follows a copied group).
@@ -604,26 +638,6 @@ class _Track:
                 raise RunFailed(f"{where}: decoded {added} of the {kept} frames of a cut group of pictures")
             count += added
         return count, reencoded
-
-
-def _placements(local: str, pieces: list[tuple[int, bool]]) -> list[Placed]:
-    """Each piece's first and end display time in the written file, read back from its packets;
-    `pieces` holds each piece's packet count and whether it was re-encoded."""
-    with av.open(local, "r") as container:
-        stream = container.streams.video[0]
-        tb = Fraction(stream.time_base)
-        frame = 1 / _rate(stream)
-        shown = sorted((p.pts, p.duration) for p in container.demux(stream) if p.size)
-    expected = sum(count for count, _ in pieces)
-    if len(shown) != expected:
-        raise RunFailed(f"{local}: wrote {expected} video packets but read back {len(shown)}")
-    placed, at = [], 0
-    for count, reencoded in pieces:
-        first, (last, lasts) = shown[at][0], shown[at + count - 1]
-        end = last * tb + (lasts * tb if lasts else frame)
-        placed.append(Placed(float(first * tb), float(end), reencoded))
-        at += count
-    return placed
 
 
 def concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str) -> list[Placed]:
@@ -650,5 +664,6 @@ def _concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str, *, r
     ):
         with av.open(local, "w", format="mp4") as out:
             track = _Track(out, scratch)
-            written = [track.add_segment(segment, reencode=reencode) for segment in segments]
-        return _placements(local, written)
+            placed = [track.add_segment(segment, reencode=reencode) for segment in segments]
+        track.check(local)
+        return placed
