@@ -82,6 +82,8 @@ def ray_session(
             logging_level=logging.WARNING,
         )
     else:
+        # Ray's default for a local cluster; said explicitly so it is not announced as a warning on every run.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(**local_init_kwargs(num_cpus, object_store_memory, dashboard))
     try:
         _quiet_ray_data(show_progress)

@@ -185,5 +185,5 @@ def make_samples(root: str | Path) -> dict[str, Path]:
 if __name__ == "__main__":
     import sys
 
-    for name, path in make_samples(sys.argv[1] if len(sys.argv) > 1 else "demo-data").items():
+    for name, path in make_samples(sys.argv[1] if len(sys.argv) > 1 else "demo-data/text").items():
         print(f"{name:>13}: {path}")
