@@ -36,9 +36,22 @@ def _replace(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
     return table.set_column(i, fld, pa.array(values).cast(fld.type))
 
 
-def reindex(table: pa.Table, part: DataPart, task_map: np.ndarray) -> pa.Table:
+def episode_rows(table: pa.Table) -> dict[int, tuple[int, int]]:
+    """Each episode's (offset, rows) in a table that holds every episode's rows together, as LeRobot writes them;
+    empty when some episode's rows are not contiguous."""
+    eps = table["episode_index"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, eps[1:] != eps[:-1]]) if len(eps) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(eps)]
+    found = {int(eps[s]): (int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)}
+    return found if len(found) == len(starts) else {}
+
+
+def reindex(table: pa.Table, part: DataPart, task_map: np.ndarray, rows_of: dict[int, tuple[int, int]]) -> pa.Table:
     """One episode's rows with its new episode_index, global index and task_index."""
-    rows = table.filter(pc.equal(table["episode_index"], part.src_episode))
+    if rows_of:
+        rows = table.slice(*rows_of.get(part.src_episode, (0, 0)))
+    else:
+        rows = table.filter(pc.equal(table["episode_index"], part.src_episode))
     n = rows.num_rows
     rows = _replace(rows, "episode_index", np.full(n, part.episode, dtype=np.int64))
     rows = _replace(rows, "index", np.arange(part.frame_from, part.frame_from + n, dtype=np.int64))
@@ -61,8 +74,9 @@ def build_table(
         parts = list(run)
         table = _read(fs_of[source], path, [p.src_episode for p in parts])
         task_map = np.asarray(task_maps[source], dtype=np.int64)
+        rows_of = episode_rows(table)
         for part in parts:
-            pieces.append(reindex(table, part, task_map).select(schema.names).cast(schema))
+            pieces.append(reindex(table, part, task_map, rows_of).select(schema.names).cast(schema))
     return pa.concat_tables(pieces)
 
 
@@ -71,13 +85,19 @@ def summarise(
 ) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, Summary]]:
     """Exact per-episode stats and a mergeable per-file summary of every numeric feature."""
     values = {key: column_values(table[key]) for key in features}
+    # every feature side by side, so each episode's stats are a handful of numpy calls, not a few per feature
+    matrix = np.hstack(list(values.values()))
+    bounds = np.cumsum([0] + [v.shape[1] for v in values.values()]).tolist()
+    columns = list(zip(values, bounds[:-1], bounds[1:], strict=True))
     eps = table["episode_index"].to_numpy()
     starts = np.flatnonzero(np.r_[True, eps[1:] != eps[:-1]])
     ends = np.r_[starts[1:], len(eps)]
-    per_episode = {
-        int(eps[s]): {key: exact_stats(v[s:e], with_quantiles) for key, v in values.items()}
-        for s, e in zip(starts, ends, strict=True)
-    }
+    per_episode = {}
+    for s, e in zip(starts, ends, strict=True):
+        stats = exact_stats(matrix[s:e], with_quantiles)
+        per_episode[int(eps[s])] = {
+            key: {name: v if name == "count" else v[a:b] for name, v in stats.items()} for key, a, b in columns
+        }
     return per_episode, {key: Summary.of(v, features[key]) for key, v in values.items()}
 
 

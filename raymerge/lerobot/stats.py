@@ -184,8 +184,8 @@ def exact_stats(x: np.ndarray, with_quantiles: bool = True) -> dict[str, Any]:
         "count": [len(x)],
     }
     if with_quantiles:
-        for name, q in QUANTILES.items():
-            out[name] = np.quantile(x, q, axis=0).tolist()
+        for name, row in zip(QUANTILES, np.quantile(x, list(QUANTILES.values()), axis=0), strict=True):
+            out[name] = row.tolist()
     return out
 
 

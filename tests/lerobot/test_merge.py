@@ -113,3 +113,24 @@ def test_s3_in_and_out(ray_address, sources, s3, tmp_path):
     util.check_merged(local, [(a, [0, 1, 2, 3]), (b, [0, 1, 2])])
     util.check_stats(local)
     shutil.rmtree(local)
+
+
+def test_reindex_slices_contiguous_episodes_and_filters_scattered_ones():
+    import pyarrow as pa
+
+    from raymerge.lerobot import data
+    from raymerge.lerobot.layout import DataPart
+
+    def table(eps: list[int]) -> pa.Table:
+        n = len(eps)
+        return pa.table({"episode_index": eps, "index": list(range(n)), "task_index": [e % 2 for e in eps]})
+
+    contiguous, scattered = table([4, 4, 7, 7, 7]), table([4, 7, 4, 7, 7])
+    assert data.episode_rows(contiguous) == {4: (0, 2), 7: (2, 3)}
+    assert data.episode_rows(scattered) == {}
+    task_map = np.array([1, 0])
+    for t in (contiguous, scattered):
+        got = data.reindex(t, DataPart(0, "f", 7, 2, 100), task_map, data.episode_rows(t))
+        assert got["episode_index"].to_pylist() == [2, 2, 2]
+        assert got["index"].to_pylist() == [100, 101, 102]
+        assert got["task_index"].to_pylist() == [0, 0, 0]
