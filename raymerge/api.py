@@ -10,7 +10,7 @@ from typing import Any
 
 from raymerge import storage
 from raymerge.config import BaseConfig, load_config, redact
-from raymerge.errors import InvalidInput
+from raymerge.errors import InvalidInput, RunFailed
 from raymerge.families import FAMILIES, family
 from raymerge.plan import Plan
 from raymerge.report import Progress, Report, Timer
@@ -96,7 +96,10 @@ def run(
             stage.open()
             progress(f"writing to staging {storage.url(stage.fs, stage.dir)}")
             with timer.phase("write"):
-                report = fam.execute(the_plan, stage, progress)
+                try:
+                    report = fam.execute(the_plan, stage, progress)
+                except OSError as e:  # e.g. the disk filled up; a Ray task's error carries the original as `cause`
+                    raise RunFailed(f"writing {stage.target_url}: {getattr(e, 'cause', None) or e}") from e
             report.bytes_written = stage.written_bytes()
             nodes = task_node_ids()
             if nodes:

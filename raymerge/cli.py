@@ -22,7 +22,10 @@ from raymerge.submit import submit_config
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """Find our own error inside Ray's task/user-code wrappers, so the user sees its message."""
+    """Find our own error inside Ray's task/user-code wrappers, so the user sees its message.
+
+    Otherwise the error a Ray task raised, not the wrapper, whose text is the remote traceback.
+    """
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -30,7 +33,17 @@ def _unwrap(exc: BaseException) -> BaseException:
         if isinstance(cur, RaymergeError) and type(cur).__module__.startswith("raymerge"):
             return cur
         cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    while type(exc).__module__.startswith("ray.") and isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
     return exc
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """Storage that failed under the run (disk full, endpoint unreachable): the user's to fix, not a bug."""
+    from aiohttp import ClientError
+    from botocore.exceptions import BotoCoreError
+
+    return isinstance(exc, (OSError, BotoCoreError, ClientError))
 
 
 def _guarded(debug: bool, fn: Callable[[], Any]) -> Any:
@@ -43,9 +56,9 @@ def _guarded(debug: bool, fn: Callable[[], Any]) -> Any:
         err = _unwrap(exc)
         if debug:
             traceback.print_exception(exc)
-        if isinstance(err, RaymergeError):
+        if isinstance(err, RaymergeError) or _is_io_error(err):
             click.echo(f"raymerge: error: {err}", err=True)
-            sys.exit(err.exit_code)
+            sys.exit(getattr(err, "exit_code", 1))
         click.echo(f"raymerge: failed: {type(err).__name__}: {err}", err=True)
         if not debug:
             click.echo("(run again with --debug for the traceback)", err=True)
