@@ -72,8 +72,9 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
             )
             pending[ref] = (i, "data")
         lengths = {e.index: e.episode.length for e in layout.episodes} if cfg.recompute_video_stats else {}
-        for batch in batches(layout.video_jobs, parallelism):
-            ref = write_videos.remote(batch, fs_of, staging.fs, root, lengths, float(out.info["fps"]))
+        # one task per output video, longest first, so that the last ones to finish are short
+        for job in sorted(layout.video_jobs, key=lambda j: -sum(r.end_s - r.start_s for r in j.runs)):
+            ref = write_videos.remote([job], fs_of, staging.fs, root, lengths, float(out.info["fps"]))
             pending[ref] = (i, "video")
     collected = [Collected() for _ in plan.outputs]
     total, done = len(pending), 0

@@ -203,6 +203,11 @@ def _read_v30(position: int, fs: AbstractFileSystem, root: str, info: dict) -> t
     if not files:
         raise InvalidInput(f"{storage.url(fs, meta_dir)}: no episode metadata files")
     table = pa.concat_tables([read_parquet(fs, p) for p in files], promote_options="default")
+    # numeric stats are recomputed from the data: only the visual ones are carried
+    visual = {k for k, f in features.items() if f.get("dtype") in VISUAL}
+    table = table.select(
+        [c for c in table.column_names if not c.startswith("stats/") or c[len("stats/") :].rsplit("/", 1)[0] in visual]
+    )
     episodes = []
     keys = video_keys(features)
     for row in table.to_pylist():

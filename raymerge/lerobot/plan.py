@@ -133,9 +133,13 @@ def check_and_size(
                 raise _missing(src, ep, span.path, "video file")
             video_files[(ep.source, span.path)] = None
 
-    progress(f"scanning {len(data_files)} data file(s)")
+    progress(f"scanning {len(data_files)} data file(s) and probing {len(video_files)} video file(s)")
     data_keys = list(data_files)
-    rows = dict(zip(data_keys, scan.scan_data([(by_pos[s].fs, p) for s, p in data_keys], parallelism), strict=True))
+    scanned = scan.scan_data([(by_pos[s].fs, p) for s, p in data_keys], parallelism)
+    probed = (
+        scan.probe_videos([(by_pos[s].fs, p) for s, p in video_files], parallelism) if video_files else (lambda: [])
+    )
+    rows = dict(zip(data_keys, scanned(), strict=True))
     for ep in chosen:
         src = by_pos[ep.source]
         found = rows[(ep.source, ep.data_path)].get(ep.index)
@@ -154,7 +158,7 @@ def check_and_size(
                 )
 
     schema = _check_schemas(sources, chosen)
-    streams = _check_videos(sources, list(video_files), parallelism, progress, remux)
+    streams = _check_videos(sources, dict(zip(video_files, probed(), strict=True)), remux)
 
     file_rows = {k: sum(n for n, _ in v.values()) for k, v in rows.items()}
     sized: dict[tuple[int, int], Sized] = {}
@@ -198,23 +202,20 @@ def _check_schemas(sources: list[Source], chosen: list[SourceEpisode]) -> pa.Sch
     return ref
 
 
-def _check_videos(
-    sources: list[Source], files: list[tuple[int, str]], parallelism: int, progress: Any, remux: bool
-) -> dict[tuple[int, str], Any]:
-    if not files:
+def _check_videos(sources: list[Source], infos: dict[tuple[int, str], Any], remux: bool) -> dict[tuple[int, str], Any]:
+    """Every probed stream (by source position and path) against the first one of its camera."""
+    if not infos:
         return {}
     from raymerge.lerobot import video
 
     by_pos = {s.position: s for s in sources}
-    progress(f"probing {len(files)} video file(s)")
-    infos = dict(zip(files, scan.probe_videos([(by_pos[s].fs, p) for s, p in files], parallelism), strict=True))
     key_of = {}
     for src in sources:
         for ep in src.episodes:
             for key, span in ep.videos.items():
                 key_of[(src.position, span.path)] = key
     reference: dict[str, tuple[int, str]] = {}
-    for f in files:
+    for f in infos:
         key = key_of[f]
         ref = reference.setdefault(key, f)
         problems = video.incompatibilities(infos[f], infos[ref], remux=remux)

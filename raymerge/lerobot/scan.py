@@ -5,6 +5,7 @@ Only the small `episode_index`/`task_index` columns and mp4 headers are read; re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,8 +63,9 @@ def batches(items: list[Any], n: int) -> list[list[Any]]:
     return [items[bounds[i] : bounds[i + 1]] for i in range(n) if bounds[i] < bounds[i + 1]]
 
 
-def run_batched(fn: Any, work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> list[Any]:
-    """`fn(fs, paths)` in Ray tasks over (fs, path) pairs grouped by filesystem; results in input order."""
+def run_batched(fn: Any, work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> Callable[[], list[Any]]:
+    """`fn(fs, paths)` in Ray tasks over (fs, path) pairs grouped by filesystem, submitted now; the returned
+    function waits for the results, in input order (so that several scans run at the same time)."""
     import ray
 
     remote = ray.remote(fn)
@@ -75,16 +77,20 @@ def run_batched(fn: Any, work: list[tuple[AbstractFileSystem, str]], parallelism
         for batch in batches(idxs, parallelism):
             refs.append(remote.remote(fs, [work[i][1] for i in batch]))
             spans.append(batch)
-    results: list[Any] = [None] * len(work)
-    for batch, values in zip(spans, ray.get(refs), strict=True):
-        for i, v in zip(batch, values, strict=True):
-            results[i] = v
-    return results
+
+    def gather() -> list[Any]:
+        results: list[Any] = [None] * len(work)
+        for batch, values in zip(spans, ray.get(refs), strict=True):
+            for i, v in zip(batch, values, strict=True):
+                results[i] = v
+        return results
+
+    return gather
 
 
-def scan_data(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> list[EpisodeRows]:
+def scan_data(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> Callable[[], list[EpisodeRows]]:
     return run_batched(_scan_batch, work, parallelism)
 
 
-def probe_videos(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> list[Any]:
+def probe_videos(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> Callable[[], list[Any]]:
     return run_batched(_probe_batch, work, parallelism)
