@@ -81,7 +81,7 @@ def preview(fs: AbstractFileSystem, path: str, n: int) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for shard in shards:
         table = _scan(fs, shard)
-        for key, exts, sizes in zip(table["key"], table["exts"], table["sizes"], strict=True):
+        for key, exts, _, sizes in tarindex.samples(table):
             records.append(
                 {
                     "key": key,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 ORDINAL_BITS = 32
 SCHEMA = {
@@ -53,21 +54,34 @@ def frame(
     ext_prefix: str = "",
     shuffle_seed: int | None = None,
 ) -> pl.DataFrame:
-    """A scanned shard as a key table, with input-level renames (key prefix, member prefix) applied."""
+    """A scanned shard as a key table, with input-level renames (key prefix, member prefix) applied.
+
+    Member lists are built from the flat member columns through Arrow offsets: polars builds list
+    columns from nested Python lists two orders of magnitude slower.
+    """
+    n = len(scanned["key"])
     keys = [key_prefix + k for k in scanned["key"]] if key_prefix else scanned["key"]
-    order = shard_order(shard_id, scanned["ordinal"]) if shuffle_seed is None else shuffled_order(keys, shuffle_seed)
-    return pl.DataFrame(
+    order = shard_order(shard_id, range(n)) if shuffle_seed is None else shuffled_order(keys, shuffle_seed)
+    starts = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(scanned["members"], out=starts[1:])
+    starts_array = pa.array(starts)
+
+    def members(values: pa.Array) -> pa.ListArray:
+        return pa.ListArray.from_arrays(starts_array, values)
+
+    names = [ext_prefix + e for e in scanned["exts"]] if ext_prefix else scanned["exts"]
+    table = pa.table(
         {
-            "key": keys,
-            "order": order,
-            "names": [[ext_prefix + e for e in exts] for exts in scanned["exts"]] if ext_prefix else scanned["exts"],
-            "srcs": [[shard_id] * len(exts) for exts in scanned["exts"]],
-            "offsets": scanned["offsets"],
-            "sizes": scanned["sizes"],
-            "nbytes": scanned["nbytes"],
-        },
-        schema=SCHEMA,
+            "key": pa.array(keys, pa.string()),
+            "order": pa.array(order),
+            "names": members(pa.array(names, pa.string())),
+            "srcs": members(pa.array(np.full(int(starts[-1]), shard_id, dtype=np.int32))),
+            "offsets": members(pa.array(np.asarray(scanned["offsets"], dtype=np.int64))),
+            "sizes": members(pa.array(np.asarray(scanned["sizes"], dtype=np.int64))),
+            "nbytes": pa.array(np.asarray(scanned["nbytes"], dtype=np.int64)),
+        }
     )
+    return pl.from_arrow(table).cast(SCHEMA)  # type: ignore[return-value]
 
 
 def hash_buckets(keys: Sequence[str], n: int) -> np.ndarray:

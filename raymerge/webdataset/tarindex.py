@@ -6,8 +6,11 @@ Keys follow WebDataset/Energon: the member path up to the first dot of its last 
 
 from __future__ import annotations
 
+import os
 import re
 import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from raymerge.errors import InvalidInput
@@ -16,7 +19,8 @@ from raymerge.errors import InvalidInput
 _SAMPLE_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META_NAME = re.compile(r"__[^/]*__($|/)")
 
-COLUMNS = ("key", "ordinal", "exts", "offsets", "sizes", "nbytes")
+# Per sample: key, member count, payload bytes; per member (flat, in tar order): extension, data offset, size.
+COLUMNS = ("key", "members", "nbytes", "exts", "offsets", "sizes")
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -30,14 +34,19 @@ def is_meta(name: str) -> bool:
 
 
 def unsafe_reason(info: tarfile.TarInfo) -> str | None:
-    """Why a member must not be copied into a dataset (links, devices, names escaping the folder)."""
+    """Why a member of this type must not be copied into a dataset (links, devices)."""
     if info.issym() or info.islnk():
         return "is a link; only regular files are allowed"
     if not (info.isreg() or info.isdir()):
         return "is a device, fifo or other special file; only regular files are allowed"
-    if info.name.startswith("/"):
+    return None
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name must not be copied into a dataset (names escaping the folder)."""
+    if name.startswith("/"):
         return "has an absolute name"
-    if ".." in info.name.split("/"):
+    if ".." in name.split("/"):
         return "has a name with '..' (path traversal)"
     return None
 
@@ -46,46 +55,155 @@ def open_tar(fileobj: IO[bytes], compressed: bool) -> tarfile.TarFile:
     return tarfile.open(fileobj=fileobj, mode="r:gz" if compressed else "r:")
 
 
+# One member as the scan sees it: name, is a directory, data offset, data size.
+Member = tuple[str, bool, int, int]
+
+
 def scan_tar(fileobj: IO[bytes], shard: str, *, compressed: bool = False, size: int | None = None) -> dict[str, list]:
-    """The sample table of one shard, checked: adjacent keys, keyed members, safe names, complete data."""
-    table: dict[str, list] = {c: [] for c in COLUMNS}
-    seen: set[str] = set()
-    last: str | None = None
+    """The sample table of one shard, checked: adjacent keys, keyed members, safe names, complete data.
+
+    Plain ustar headers (what WebDataset writers produce) are parsed directly, one 512-byte read per
+    member; anything else (PAX or GNU long names, damage, links) goes through `tarfile`, which also
+    words the errors.
+    """
     try:
-        with open_tar(fileobj, compressed) as tar:
-            for info in tar:
-                reason = unsafe_reason(info)
-                if reason:
-                    raise InvalidInput(f"{shard}: member {info.name!r} {reason}")
-                if info.isdir() or is_meta(info.name):
-                    continue
-                parts = split_name(info.name)
-                if parts is None:
-                    raise InvalidInput(f"{shard}: member {info.name!r} has no key (expected a name like KEY.EXT)")
-                key, ext = parts
-                if size is not None and info.offset_data + info.size > size:
-                    raise InvalidInput(f"{shard}: truncated; member {info.name!r} ends past the end of the file")
-                if key != last:
-                    if key in seen:
-                        raise InvalidInput(
-                            f"{shard}: sample key {key!r} appears again after other samples; "
-                            "the members of a sample must be adjacent"
-                        )
-                    seen.add(key)
-                    last = key
-                    _append_sample(table, key)
-                elif ext in table["exts"][-1]:
-                    raise InvalidInput(f"{shard}: sample key {key!r} has member {ext!r} twice")
-                table["exts"][-1].append(ext)
-                table["offsets"][-1].append(info.offset_data)
-                table["sizes"][-1].append(info.size)
-                table["nbytes"][-1] += info.size
-            _check_end_marker(tar, shard)
+        members = None if compressed else ustar_members(fileobj)
+        if members is None:
+            fileobj.seek(0)
+            return _table(_tarfile_members(fileobj, shard, compressed), shard, size)
+        return _table(members, shard, size)
     except InvalidInput:
         raise
     except (tarfile.TarError, EOFError, OSError) as e:
         raise InvalidInput(f"{shard}: not a readable tar file ({type(e).__name__}: {e})") from None
+
+
+def ustar_members(fileobj: IO[bytes]) -> list[Member] | None:
+    """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
+
+    Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, name, prefix and
+    directory rules), so both paths give the same table; payload is skipped, never read.
+    """
+    read_at = _reader(fileobj)
+    out: list[Member] = []
+    pos = 0
+    while True:
+        block = read_at(pos, tarfile.BLOCKSIZE)
+        if len(block) != tarfile.BLOCKSIZE:
+            return None
+        if block == _ZERO_BLOCK:
+            return out if pos else None
+        kind = block[156:157]
+        if kind not in _PLAIN_TYPES or block[257:262] != b"ustar":
+            return None
+        try:
+            size = _octal(block[124:136])
+            if _octal(block[148:156]) != 256 + sum(block) - sum(block[148:156]):
+                return None
+        except ValueError:
+            return None
+        name = _nts(block[0:100])
+        prefix = _nts(block[345:500])
+        is_dir = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith("/"))
+        if is_dir:
+            if size:
+                return None
+            name = name.rstrip("/")
+        if prefix:
+            name = prefix + "/" + name
+        out.append((name, is_dir, pos + tarfile.BLOCKSIZE, size))
+        pos += tarfile.BLOCKSIZE + (0 if is_dir else -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+
+
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] in (b"\x80", b"\xff"):
+        raise ValueError("base-256 number")
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def _nts(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _reader(fileobj: IO[bytes]) -> Callable[[int, int], bytes]:
+    """Positional reads: `pread` on a real file (one system call per header), seek + read otherwise."""
+    try:
+        fd = fileobj.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is not None:
+        return lambda pos, n: os.pread(fd, n, pos)
+
+    def read_at(pos: int, n: int) -> bytes:
+        fileobj.seek(pos)
+        return fileobj.read(n)
+
+    return read_at
+
+
+def _tarfile_members(fileobj: IO[bytes], shard: str, compressed: bool) -> Iterator[Member]:
+    with open_tar(fileobj, compressed) as tar:
+        for info in tar:
+            reason = unsafe_reason(info)
+            if reason:
+                raise InvalidInput(f"{shard}: member {info.name!r} {reason}")
+            yield info.name, info.isdir(), info.offset_data, info.size
+        _check_end_marker(tar, shard)
+
+
+def _table(members: Iterable[Member], shard: str, size: int | None) -> dict[str, list]:
+    table: dict[str, list] = {c: [] for c in COLUMNS}
+    keys, counts, nbytes = table["key"], table["members"], table["nbytes"]
+    exts, offsets, sizes = table["exts"], table["offsets"], table["sizes"]
+    seen: set[str] = set()
+    last: str | None = None
+    sample_exts: list[str] = []
+    for name, is_dir, offset, length in members:
+        reason = unsafe_name(name)
+        if reason:
+            raise InvalidInput(f"{shard}: member {name!r} {reason}")
+        if is_dir or is_meta(name):
+            continue
+        parts = split_name(name)
+        if parts is None:
+            raise InvalidInput(f"{shard}: member {name!r} has no key (expected a name like KEY.EXT)")
+        key, ext = parts
+        if size is not None and offset + length > size:
+            raise InvalidInput(f"{shard}: truncated; member {name!r} ends past the end of the file")
+        if key != last:
+            if key in seen:
+                raise InvalidInput(
+                    f"{shard}: sample key {key!r} appears again after other samples; "
+                    "the members of a sample must be adjacent"
+                )
+            seen.add(key)
+            last = key
+            keys.append(key)
+            counts.append(0)
+            nbytes.append(0)
+            sample_exts = []
+        elif ext in sample_exts:
+            raise InvalidInput(f"{shard}: sample key {key!r} has member {ext!r} twice")
+        sample_exts.append(ext)
+        exts.append(ext)
+        offsets.append(offset)
+        sizes.append(length)
+        counts[-1] += 1
+        nbytes[-1] += length
     return table
+
+
+def samples(table: dict[str, list]) -> Iterator[tuple[str, list[str], list[int], list[int]]]:
+    """Per sample: key, member extensions, data offsets, sizes."""
+    start = 0
+    for key, n in zip(table["key"], table["members"], strict=True):
+        end = start + n
+        yield key, table["exts"][start:end], table["offsets"][start:end], table["sizes"][start:end]
+        start = end
 
 
 def _check_end_marker(tar: tarfile.TarFile, shard: str) -> None:
@@ -95,21 +213,9 @@ def _check_end_marker(tar: tarfile.TarFile, shard: str) -> None:
         raise InvalidInput(f"{shard}: truncated or damaged at byte {tar.offset} (no end-of-archive marker there)")
 
 
-def _append_sample(table: dict[str, list], key: str) -> None:
-    table["key"].append(key)
-    table["ordinal"].append(len(table["ordinal"]))
-    table["exts"].append([])
-    table["offsets"].append([])
-    table["sizes"].append([])
-    table["nbytes"].append(0)
-
-
 def summarize(table: dict[str, Any], examples: int = 5) -> dict[str, Any]:
     """Counts a driver may hold: samples, payload bytes, how often each extension occurs, first keys."""
-    ext_counts: dict[str, int] = {}
-    for exts in table["exts"]:
-        for e in exts:
-            ext_counts[e] = ext_counts.get(e, 0) + 1
+    ext_counts = dict(Counter(table["exts"]))
     return {
         "samples": len(table["key"]),
         "bytes": int(sum(table["nbytes"])),
