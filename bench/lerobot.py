@@ -5,8 +5,9 @@
 
 Inputs are built from a few encoded episodes repeated (a merge of one small dataset listed many times), under
 `bench-data/` (git-ignored), deleted afterwards. Prints medians of 3 repeats, the ratio of the merge wall time
-(excluding Ray start-up, reported separately) to the `cp -r` floor on the same disk, and the driver's peak RSS
-at both sizes (it should not grow with the data).
+(excluding Ray start-up, reported separately) to the `cp -r` floor on the same disk (both flushed with `sync`),
+and the driver's peak RSS at both sizes (it should not grow with the data). Each merge runs in a fresh driver
+process, a new Ray job whose workers start cold, as a `raymerge run` does.
 """
 
 from __future__ import annotations
@@ -71,17 +72,23 @@ def build_inputs(total_bytes: float, address: str) -> list[Path]:
 
 
 def merge_once(inputs: list[Path], out: Path, address: str) -> dict:
+    """One merge in a fresh driver process (a new Ray job: its workers start cold), flushed to disk like
+    the `cp -r` floor; `sync_s` is the flush."""
     cfg = {"kind": "lerobot", "inputs": [{"path": str(p)} for p in inputs], "output": {"path": str(out)}}
     shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(["sync"], check=True)
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(cfg), address], capture_output=True, text=True, check=True
     )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    t0 = time.perf_counter()
+    subprocess.run(["sync"], check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"sync_s": time.perf_counter() - t0}
 
 
 def copy_once(inputs: list[Path], out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    subprocess.run(["sync"], check=True)
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", *map(str, inputs), str(out)], check=True)
     subprocess.run(["sync"], check=True)
@@ -110,14 +117,19 @@ def main() -> None:
             for _ in range(args.repeats):
                 floors.append(copy_once(inputs, ROOT / "cp"))
                 run = merge_once(inputs, ROOT / "merged", address)
-                walls.append(run["timings"]["total"] - run["timings"].get("ray_start", 0.0))
+                walls.append(run["timings"]["total"] - run["timings"].get("ray_start", 0.0) + run["sync_s"])
                 rss.append(run["rss_mb"])
             print(f"  last run phases: {json.dumps({k: round(v, 2) for k, v in run['timings'].items()})}")
             floor, wall = statistics.median(floors), statistics.median(walls)
             print(
                 f"inputs {in_bytes / 1e9:.2f} GB: cp -r {floor:.2f}s, merge {wall:.2f}s "
                 f"(ratio {wall / floor:.2f}x, {in_bytes / 1e6 / wall:.0f} MB/s), driver peak RSS {np.median(rss):.0f} MB"
+                f"  [cp {', '.join(f'{x:.2f}' for x in floors)}; merge {', '.join(f'{x:.2f}' for x in walls)}]",
+                flush=True,
             )
+            if not args.keep:
+                for path in [ROOT / "cp", ROOT / "merged", *inputs]:
+                    shutil.rmtree(path, ignore_errors=True)
     finally:
         ray.shutdown()
         if not args.keep:

@@ -134,3 +134,39 @@ def test_reindex_slices_contiguous_episodes_and_filters_scattered_ones():
         assert got["episode_index"].to_pylist() == [2, 2, 2]
         assert got["index"].to_pylist() == [100, 101, 102]
         assert got["task_index"].to_pylist() == [0, 0, 0]
+
+
+def test_recompute_video_stats_decodes_the_written_videos(ray_address, sources, tmp_path):
+    """Per-episode camera stats come from the output's own decoded frames (not the sources' metadata), and
+    meta/stats.json pools them."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from raymerge.lerobot import video
+
+    a, _ = sources
+    out = tmp_path / "out"
+    cfg = {"kind": "lerobot", "inputs": [{"path": str(a)}], "output": {"path": str(out)}}
+    api.run(cfg | {"recompute_video_stats": True})
+    fps = util.info(out)["fps"]
+    key = "observation.images.cam1"
+    rows = util.episodes(out)
+    pixels = []
+    for row in rows:
+        path, start = util.video_ref(out, row["episode_index"], key)
+        decoded = video.decode_at(LocalFileSystem(), str(path), [start + i / fps for i in range(row["length"])])
+        x = decoded.reshape(-1, 3).astype(np.float64) / 255.0
+        pixels.append(x)
+        np.testing.assert_allclose(np.ravel(row[f"stats/{key}/mean"]), x.mean(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(np.ravel(row[f"stats/{key}/std"]), x.std(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(np.ravel(row[f"stats/{key}/max"]), x.max(axis=0))
+        assert np.ravel(row[f"stats/{key}/count"]).tolist() == [row["length"]]
+    pooled = json.loads((out / "meta/stats.json").read_text())[key]
+    every = np.concatenate(pixels)
+    np.testing.assert_allclose(np.ravel(pooled["mean"]), every.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(np.ravel(pooled["std"]), every.std(axis=0), rtol=1e-9)
+    # the sources' stats were computed from the frames before encoding: the recomputed ones differ
+    src = {r["episode_index"]: r for r in util.episodes(a)}
+    assert any(
+        not np.allclose(np.ravel(r[f"stats/{key}/mean"]), np.ravel(src[r["episode_index"]][f"stats/{key}/mean"]))
+        for r in rows
+    )
