@@ -25,6 +25,7 @@ from raymerge.webdataset.layout import blend_indices
 from raymerge.webdataset.sources import Shard, open_shard
 
 BLEND_CHUNK = 65_536
+SCAN_BATCH_MAX = 64  # shards per scan task
 
 
 @dataclass
@@ -44,22 +45,44 @@ class BucketResult:
     join: JoinStats | None = None
 
 
-def scan_shard(shard: Shard, fs: AbstractFileSystem, shard_id: int, opts: ScanOptions) -> tuple[Any, ...]:
-    """Summary, the whole key table (or None) and its hash buckets for one input shard."""
-    with open_shard(fs, shard) as f:
-        scanned = tarindex.scan_tar(
-            f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive shards of one input scanned by one task, and the ref of their whole key table (or None)."""
+
+    input: int
+    samples: int
+    whole: Any
+
+
+def scan_shards(shards: Sequence[Shard], fs: AbstractFileSystem, first_id: int, opts: ScanOptions) -> tuple[Any, ...]:
+    """Per-shard summaries, the batch's whole key table (or None) and its hash buckets.
+
+    Several shards per task: a shard's scan takes milliseconds, so a task per shard would be
+    mostly task overhead and many tiny objects.
+    """
+    frames, summaries = [], []
+    for k, shard in enumerate(shards):
+        with open_shard(fs, shard) as f:
+            scanned = tarindex.scan_tar(
+                f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
+            )
+        frames.append(
+            keytable.frame(
+                scanned,
+                first_id + k,
+                key_prefix=opts.key_prefix,
+                ext_prefix=opts.ext_prefix,
+                shuffle_seed=opts.shuffle_seed,
+            )
         )
-    df = keytable.frame(
-        scanned, shard_id, key_prefix=opts.key_prefix, ext_prefix=opts.ext_prefix, shuffle_seed=opts.shuffle_seed
-    )
-    summary = tarindex.summarize(scanned)
+        summaries.append(tarindex.summarize(scanned))
+    df = pl.concat(frames)
     buckets = (
         keytable.split_by(df, keytable.hash_buckets(df["key"].to_list(), opts.buckets), opts.buckets)
         if opts.buckets
         else []
     )
-    return (summary, df if opts.keep_whole else None, *buckets)
+    return (summaries, df if opts.keep_whole else None, *buckets)
 
 
 def check_and_join(
@@ -114,28 +137,49 @@ def chunk_sizes(df: pl.DataFrame) -> np.ndarray:
     return df["nbytes"].to_numpy()
 
 
-scan_task = ray.remote(scan_shard)
+scan_task = ray.remote(scan_shards)
 bucket_task = ray.remote(check_and_join)
 sort_task = ray.remote(sort_range).options(num_returns=2)
 blend_task = ray.remote(gather_blend).options(num_returns=2)
 sizes_task = ray.remote(chunk_sizes)
 
 
+def batches(shards: Sequence[Shard], tasks: int, most: int = SCAN_BATCH_MAX) -> list[tuple[int, int]]:
+    """(first, end) runs of consecutive shards of one input: about `tasks` runs, at most `most` shards each."""
+    per = max(1, min(most, -(-len(shards) // max(1, tasks))))
+    out, start = [], 0
+    for i in range(1, len(shards) + 1):
+        if i == len(shards) or i - start >= per or shards[i].input != shards[start].input:
+            out.append((start, i))
+            start = i
+    return out
+
+
 def scan_all(
-    shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem], options: Sequence[ScanOptions]
-) -> tuple[list[dict[str, Any]], list[Any], list[list[Any]]]:
-    """Summaries (fetched), whole-table refs and bucket refs of every shard; bad input raises here."""
-    refs = [
-        scan_task.options(num_returns=2 + options[s.input].buckets).remote(s, filesystems[s.input], i, options[s.input])
-        for i, s in enumerate(shards)
+    shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem], options: Sequence[ScanOptions], tasks: int
+) -> tuple[list[dict[str, Any]], list[Batch], list[list[Any]]]:
+    """Summaries per shard (fetched), the batches with their whole-table refs, bucket refs per batch.
+
+    Bad input raises here.
+    """
+    runs = batches(shards, tasks)
+    refs = []
+    for a, b in runs:
+        opts = options[shards[a].input]
+        refs.append(
+            scan_task.options(num_returns=2 + opts.buckets).remote(shards[a:b], filesystems[shards[a].input], a, opts)
+        )
+    summaries = [s for per_batch in ray.get([r[0] for r in refs]) for s in per_batch]
+    found = [
+        Batch(shards[a].input, sum(s["samples"] for s in summaries[a:b]), r[1])
+        for (a, b), r in zip(runs, refs, strict=True)
     ]
-    summaries = ray.get([r[0] for r in refs])
-    return summaries, [r[1] for r in refs], [list(r[2:]) for r in refs]
+    return summaries, found, [list(r[2:]) for r in refs]
 
 
 def run_buckets(
     operation: str,
-    shards: Sequence[Shard],
+    scanned: Sequence[Batch],
     n_inputs: int,
     bucket_refs: Sequence[Sequence[Any]],
     buckets: int,
@@ -144,7 +188,7 @@ def run_buckets(
     boundaries: Sequence[int] | None,
 ) -> tuple[list[BucketResult], list[list[Any]]]:
     """One task per bucket; returns their results and, when ordering, the refs of each range part."""
-    by_input = [[i for i, s in enumerate(shards) if s.input == k] for k in range(n_inputs)]
+    by_input = [[i for i, s in enumerate(scanned) if s.input == k] for k in range(n_inputs)]
     sizes = [len(ids) for ids in by_input]
     returns = 1 + (len(boundaries) if boundaries is not None else 0)
     outs = []

@@ -20,6 +20,7 @@ from raymerge.webdataset.sources import Shard, list_shards
 from raymerge.webdataset.writer import RangeReader, output_keys, write_shard
 
 MAX_BUCKETS = 64
+SCAN_TASKS_PER_CPU = 4  # enough scan tasks to balance uneven shards over the cores
 
 
 @dataclass
@@ -58,7 +59,9 @@ def plan(cfg: Config, progress: Progress) -> WdsPlan:
         for i, inp in enumerate(cfg.inputs)
     ]
     progress(f"scanning the headers of {len(shards)} shard(s)")
-    summaries, wholes, bucket_refs = pipeline.scan_all(shards, filesystems, options)
+    summaries, scanned, bucket_refs = pipeline.scan_all(
+        shards, filesystems, options, SCAN_TASKS_PER_CPU * cluster_cpus()
+    )
     report = Report(kind=cfg.kind, operation=op, output=cfg.output.path, unit="samples")
     per_input = _input_summaries(cfg, names, shards, summaries)
     for i, s in enumerate(per_input):
@@ -79,7 +82,7 @@ def plan(cfg: Config, progress: Progress) -> WdsPlan:
         progress(f"checking keys{' and joining' if op == 'join' else ''} in {buckets} hash bucket(s)")
         results, range_refs = pipeline.run_buckets(
             op,
-            shards,
+            scanned,
             len(cfg.inputs),
             bucket_refs,
             buckets,
@@ -96,9 +99,9 @@ def plan(cfg: Config, progress: Progress) -> WdsPlan:
     if boundaries is not None:
         counts, chunks = pipeline.sort_ranges(range_refs, len(boundaries))
     elif op == "blend":
-        counts, chunks = _blend(cfg, names, shards, summaries, wholes, report)
+        counts, chunks = _blend(cfg, scanned, report)
     else:
-        counts, chunks = [s["samples"] for s in summaries], wholes
+        counts, chunks = [b.samples for b in scanned], [b.whole for b in scanned]
     if op in ("concat", "reshard"):
         for r in report.inputs:
             r.rows_out = r.rows_in
@@ -106,9 +109,9 @@ def plan(cfg: Config, progress: Progress) -> WdsPlan:
     if total == 0:
         raise InvalidInput("no samples would be written (every sample was skipped)")
     packer = layout.ShardPacker(cfg.output.maxcount, cfg.output.maxsize, cfg.output.pattern)
-    for c, ref in enumerate(chunks):
-        if counts[c]:
-            packer.add_chunk(c, ray.get(pipeline.sizes_task.remote(ref)))
+    sizes = {c: pipeline.sizes_task.remote(ref) for c, ref in enumerate(chunks) if counts[c]}
+    for c in list(sizes):  # one chunk's sizes on the driver at a time
+        packer.add_chunk(c, ray.get(sizes.pop(c)))
     report.rows_out = total
     report.details.update(
         {
@@ -192,17 +195,15 @@ def _join_report(cfg: Config, names: list[str], results: list[pipeline.BucketRes
             report.details[f"samples_without_{names[k + 1]}"] = rows_out - used
 
 
-def _blend(
-    cfg: Config, names: list[str], shards: list[Shard], summaries: list[dict], wholes: list[Any], report: Report
-) -> tuple[list[int], list[Any]]:
+def _blend(cfg: Config, scanned: list[pipeline.Batch], report: Report) -> tuple[list[int], list[Any]]:
     lengths = [r.rows_in for r in report.inputs]
     weights = [inp.weight for inp in cfg.inputs]
     frames: list[list[tuple[int, int, Any]]] = [[] for _ in cfg.inputs]
     starts = [0] * len(cfg.inputs)
-    for s, summ, ref in zip(shards, summaries, wholes, strict=True):
-        if summ["samples"]:
-            frames[s.input].append((starts[s.input], summ["samples"], ref))
-            starts[s.input] += summ["samples"]
+    for b in scanned:
+        if b.samples:
+            frames[b.input].append((starts[b.input], b.samples, b.whole))
+            starts[b.input] += b.samples
     w = None if weights[0] is None else [float(x) for x in weights]  # type: ignore[arg-type]
     counts, chunks, used = pipeline.blend_chunks(lengths, w, cfg.seed, cfg.stopping_strategy, frames)
     for i, r in enumerate(report.inputs):
