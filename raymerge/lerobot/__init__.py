@@ -7,7 +7,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
-from raymerge.lerobot import meta
+from raymerge.lerobot import meta, scan
 from raymerge.lerobot.config import Config
 from raymerge.lerobot.execute import execute
 from raymerge.lerobot.plan import LeRobotPlan, build, choose, load_sources
@@ -18,6 +18,7 @@ __all__ = ["Config", "detect", "execute", "inspect", "plan", "preview", "preview
 
 
 def plan(cfg: Config, progress: Progress) -> LeRobotPlan:
+    scan.warm_up(cluster_cpus())
     return build(cfg, progress, cluster_cpus() * 4)
 
 

@@ -56,6 +56,21 @@ def _probe_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
     return out
 
 
+def _warm() -> None:
+    import raymerge.lerobot.data
+    import raymerge.lerobot.video  # noqa: F401
+
+
+def warm_up(workers: int) -> None:
+    """Start the job's workers and their imports now (not waited for), while the driver reads metadata:
+    a new Ray job's workers start cold, which otherwise delays the first scan."""
+    import ray
+
+    remote = ray.remote(_warm)
+    for _ in range(workers):
+        remote.remote()
+
+
 def batches(items: list[Any], n: int) -> list[list[Any]]:
     """Split into at most n contiguous, nearly equal batches (order kept)."""
     n = max(1, min(n, len(items)))
