@@ -188,7 +188,9 @@ class Staging:
             else:
                 self.fs.rm(old, recursive=True)
         for stale in self._siblings("staging"):
-            self.fs.rm(stale, recursive=True)
+            # Best effort: a killed run's last tasks may still be writing there; a later run retries.
+            with contextlib.suppress(OSError):
+                self.fs.rm(stale, recursive=True)
 
     # -- after writing --------------------------------------------------------------------
     def written_bytes(self) -> int:
