@@ -144,7 +144,9 @@ def test_rerun_needs_overwrite_and_replaces_the_output_only_at_commit(ray_addres
 
     stale = set(staged(tmp_path, "out"))
     replacing = start_cli("run", str(cfg), "--overwrite", "--address", ray_address, "--quiet")
-    wait_for(lambda: any(any(p.is_file() for p in s.rglob("*")) for s in set(staged(tmp_path, "out")) - stale), replacing)
+    wait_for(
+        lambda: any(any(p.is_file() for p in s.rglob("*")) for s in set(staged(tmp_path, "out")) - stale), replacing
+    )
     assert tree_digest(out) == old, "the old output stays complete while the new one is staged"
     code, _, stderr = finish(replacing)
     assert code == 0, stderr
