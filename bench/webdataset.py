@@ -16,6 +16,7 @@ import random
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,7 +69,7 @@ print(json.dumps({{"wall": time.perf_counter() - t0, "timings": r.timings, "rows
     "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
     shutil.rmtree(out, ignore_errors=True)
-    done = subprocess.run([shutil.which("python") or "python", "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     shutil.rmtree(out, ignore_errors=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

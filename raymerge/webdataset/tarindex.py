@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
+import numpy as np
+
 from raymerge.errors import InvalidInput
 
 # Energon 7.4's own patterns (megatron/energon/flavors/webdataset/config.py), so keys match exactly.
@@ -30,7 +32,7 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 
 def is_meta(name: str) -> bool:
-    return _META_NAME.search(name) is not None
+    return "__" in name and _META_NAME.search(name) is not None
 
 
 def unsafe_reason(info: tarfile.TarInfo) -> str | None:
@@ -46,7 +48,7 @@ def unsafe_name(name: str) -> str | None:
     """Why a member name must not be copied into a dataset (names escaping the folder)."""
     if name.startswith("/"):
         return "has an absolute name"
-    if ".." in name.split("/"):
+    if ".." in name and ".." in name.split("/"):
         return "has a name with '..' (path traversal)"
     return None
 
@@ -82,41 +84,59 @@ def ustar_members(fileobj: IO[bytes]) -> list[Member] | None:
     """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
 
     Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, name, prefix and
-    directory rules), so both paths give the same table; payload is skipped, never read.
+    directory rules), so both paths give the same table; payload is skipped, never read. The
+    checksums of all headers are verified together at the end.
     """
     read_at = _reader(fileobj)
     out: list[Member] = []
+    blocks: list[bytes] = []
     pos = 0
     while True:
         block = read_at(pos, tarfile.BLOCKSIZE)
         if len(block) != tarfile.BLOCKSIZE:
             return None
         if block == _ZERO_BLOCK:
-            return out if pos else None
+            return out if pos and _checksums_ok(blocks) else None
         kind = block[156:157]
         if kind not in _PLAIN_TYPES or block[257:262] != b"ustar":
             return None
         try:
-            size = _octal(block[124:136])
-            if _octal(block[148:156]) != 256 + sum(block) - sum(block[148:156]):
-                return None
+            # the common "%011o" + NUL or space; anything else the general way
+            size = int(block[124:135], 8) if block[135] in (0, 32) else _octal(block[124:136])
         except ValueError:
-            return None
-        name = _nts(block[0:100])
-        prefix = _nts(block[345:500])
+            try:
+                size = _octal(block[124:136])
+            except ValueError:
+                return None
+        end = block.find(0, 0, 100)
+        name = block[: end if end >= 0 else 100].decode("utf-8", "surrogateescape")
         is_dir = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith("/"))
         if is_dir:
             if size:
                 return None
             name = name.rstrip("/")
-        if prefix:
-            name = prefix + "/" + name
+        if block[345]:
+            name = _nts(block[345:500]) + "/" + name
+        blocks.append(block)
         out.append((name, is_dir, pos + tarfile.BLOCKSIZE, size))
         pos += tarfile.BLOCKSIZE + (0 if is_dir else -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
 
 
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
+
+
+def _checksums_ok(blocks: list[bytes]) -> bool:
+    """tarfile's (unsigned) header checksum: the byte sum with the checksum field counted as spaces."""
+    if not blocks:
+        return True
+    try:
+        stored = np.array([_octal(b[148:156]) for b in blocks], dtype=np.int64)  # "%06o\0 " mostly
+    except ValueError:
+        return False
+    raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
+    sums = raw.sum(axis=1, dtype=np.int64) - raw[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
+    return bool(np.array_equal(sums, stored))
 
 
 def _octal(field: bytes) -> int:
