@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -74,14 +75,16 @@ print(json.dumps({{"wall": time.perf_counter() - t0, "timings": r.timings, "rows
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of 100k samples")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep bench-data/ afterwards")
     args = ap.parse_args()
-    import os
-
     import ray
 
     t0 = time.perf_counter()
@@ -102,10 +105,13 @@ def main() -> None:
             floor, med = statistics.median(floors), statistics.median(work)
             rss = max(r["rss_mb"] for r in runs)
             rows.append((mult, n, size, floor, med, rss))
+            plan = statistics.median(r["timings"]["plan"] for r in runs)
+            write = statistics.median(r["timings"]["write"] for r in runs)
             print(
-                f"{mult}x: {n:,} samples, {size / 1e9:.2f} GB in; cp floor {floor:.2f}s; join (plan+write+commit) "
-                f"{med:.2f}s = {med / floor:.2f}x floor; wall incl. attach {statistics.median(r['wall'] for r in runs):.2f}s; "
-                f"rows out {runs[0]['rows_out']:,}; driver peak RSS {rss:.0f} MB"
+                f"{mult}x: {n:,} samples, {size / 1e9:.2f} GB in; cp floor {floor:.2f}s (runs {_fmt(floors)}); "
+                f"join (plan+write+commit) {med:.2f}s (runs {_fmt(work)}; plan {plan:.2f}s, write {write:.2f}s) "
+                f"= {med / floor:.2f}x floor; wall incl. attach {statistics.median(r['wall'] for r in runs):.2f}s; "
+                f"rows out {runs[0]['rows_out']:,}; driver peak RSS {rss:.0f} MB; load average {os.getloadavg()[0]:.1f}"
             )
             shutil.rmtree(root)
         print(f"driver RSS 5x / 1x: {rows[1][5] / rows[0][5]:.2f}")

@@ -124,21 +124,21 @@ class RangeReader:
 
     def __init__(self, shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem]) -> None:
         self.shards, self.filesystems = shards, filesystems
+        self._local = [storage.is_local(fs) for fs in filesystems]
         self._gz: dict[int, IO[bytes]] = {}
         self._fds: dict[int, int] = {}
 
     def gap(self, src: int) -> int:
         """Bytes worth reading across rather than issuing another request: small locally, large on S3."""
-        shard = self.shards[src]
-        return LOCAL_GAP if storage.is_local(self.filesystems[shard.input]) else REMOTE_GAP
+        return LOCAL_GAP if self._local[self.shards[src].input] else REMOTE_GAP
 
     def read(self, src: int, start: int, end: int) -> bytes:
         shard = self.shards[src]
         fs = self.filesystems[shard.input]
-        if not shard.compressed and storage.is_local(fs):
-            fd = self._fds.get(src)
-            if fd is None:
-                fd = self._fds[src] = os.open(shard.path, os.O_RDONLY)
+        fd = self._fds.get(src)
+        if fd is None and not shard.compressed and self._local[shard.input]:
+            fd = self._fds[src] = os.open(shard.path, os.O_RDONLY)
+        if fd is not None:
             data = os.pread(fd, end - start, start)
         elif not shard.compressed:
             data = fs.cat_file(shard.path, start=start, end=end)
