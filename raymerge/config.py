@@ -176,6 +176,8 @@ def read_yaml(path: str | Path) -> dict:
         raise InvalidInput(f"config {path}: file not found")
     try:
         data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"config {path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise InvalidInput(f"config {path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
