@@ -137,6 +137,8 @@ def _open_folder(fs: AbstractFileSystem, path: str, fmt: str, split: str | None,
     fmt = formats.pop()
     if fmt == "json":
         fmt = file_format(fs, files[0])
+        if fmt == "sqlite":
+            raise InvalidInput(f"{storage.url(fs, files[0])}: a SQLite database named .json; expected JSON text")
     return Source(where, fs, "hf", _file_chunks(fs, files, fmt), details)
 
 
@@ -436,6 +438,8 @@ def _read_json_array(fs: AbstractFileSystem, path: str, where: str) -> pa.Table:
         rows = json.loads(fs.cat_file(path))
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{where}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{where}: not valid JSON: not UTF-8 text at byte {e.start}") from None
     if isinstance(rows, dict) and len(rows) == 1 and isinstance(next(iter(rows.values())), list):
         rows = next(iter(rows.values()))  # {"data": [...]} style wrappers
     return rows_table(rows, where)
