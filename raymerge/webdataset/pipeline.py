@@ -25,7 +25,7 @@ from raymerge.webdataset.layout import blend_indices
 from raymerge.webdataset.sources import Shard, open_shard
 
 BLEND_CHUNK = 65_536
-SCAN_BATCH_MAX = 64  # shards per scan task
+SCAN_BATCH_MAX = 32  # shards per scan task: small enough that the last tasks finish together
 
 
 @dataclass

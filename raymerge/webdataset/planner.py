@@ -20,7 +20,7 @@ from raymerge.webdataset.sources import Shard, list_shards
 from raymerge.webdataset.writer import RangeReader, output_keys, write_shard
 
 MAX_BUCKETS = 64
-SCAN_TASKS_PER_CPU = 4  # enough scan tasks to balance uneven shards over the cores
+SCAN_TASKS_PER_CPU = 8  # enough scan tasks to balance uneven shards over the cores
 
 
 @dataclass
