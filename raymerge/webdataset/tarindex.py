@@ -90,9 +90,14 @@ def ustar_members(fileobj: IO[bytes]) -> list[Member] | None:
     read_at = _reader(fileobj)
     out: list[Member] = []
     blocks: list[bytes] = []
-    pos = 0
+    pos = window_start = 0
+    window = b""
     while True:
-        block = read_at(pos, tarfile.BLOCKSIZE)
+        if pos - window_start + tarfile.BLOCKSIZE <= len(window):  # small members: the next header is read already
+            block = window[pos - window_start : pos - window_start + tarfile.BLOCKSIZE]
+        else:
+            window, window_start = read_at(pos, HEADER_WINDOW), pos
+            block = window[: tarfile.BLOCKSIZE]
         if len(block) != tarfile.BLOCKSIZE:
             return None
         if block == _ZERO_BLOCK:
@@ -123,6 +128,7 @@ def ustar_members(fileobj: IO[bytes]) -> list[Member] | None:
 
 
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+HEADER_WINDOW = 4096  # one page per read: a run of small members' headers comes in one call
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
 
 
@@ -150,7 +156,7 @@ def _nts(field: bytes) -> str:
 
 
 def _reader(fileobj: IO[bytes]) -> Callable[[int, int], bytes]:
-    """Positional reads: `pread` on a real file (one system call per header), seek + read otherwise."""
+    """Positional reads: `pread` on a real file (one system call per read), seek + read otherwise."""
     try:
         fd = fileobj.fileno()
     except (AttributeError, OSError, ValueError):
