@@ -305,7 +305,13 @@ def list_sessions(db_path: str, where: str) -> list[dict]:
                 "FROM scrape_sessions s ORDER BY s.id"
             ).fetchall()
     except sqlite3.DatabaseError as e:
-        raise InvalidInput(f"{where}: not a FineFoundry database (scrape_sessions/scraped_pairs): {e}") from None
+        # "locked": another program held a write lock for longer than sqlite's busy timeout.
+        problem = (
+            "database is locked by another program; retry when it is done"
+            if "locked" in str(e)
+            else f"not a FineFoundry database (scrape_sessions/scraped_pairs): {e}"
+        )
+        raise InvalidInput(f"{where}: {problem}") from None
     return [{"id": r[0], "name": r[1], "source": r[2], "created_at": r[3], "pairs": r[4]} for r in rows]
 
 
