@@ -105,16 +105,14 @@ def run(
             if nodes:
                 report.details.setdefault("node_ids", nodes)
             with timer.phase("commit"):
-                report.timings.update(timer.timings)
-                report.timings["total"] = time.perf_counter() - started
+                report.timings = {**timer.timings, "total": time.perf_counter() - started}
                 manifest = None if stage.is_file else _manifest(cfg, the_plan, report, stage.run_id)
                 stage.commit(manifest)
             progress(f"committed {report.output}")
     finally:
         # After the session ends: a failed or cancelled run's tasks are gone and cannot re-create staging.
         stage.abort()
-    report.timings.update(timer.timings)
-    report.timings["total"] = time.perf_counter() - started
+    report.timings = {**timer.timings, "total": time.perf_counter() - started}
     return report
 
 
