@@ -10,8 +10,7 @@ import gzip
 import os
 import tarfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import polars as pl
@@ -47,14 +46,7 @@ _USTAR_TEMPLATE = bytes(
     + bytes(12)
 )
 _TEMPLATE_SUM = sum(_USTAR_TEMPLATE)
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    src: int
-    offset: int
-    size: int
+_PADS = [tarfile.NUL * n for n in range(tarfile.BLOCKSIZE)]
 
 
 def member_header(name: str, size: int, mtime: int) -> bytes:
@@ -88,34 +80,34 @@ def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def padding(size: int) -> bytes:
-    return tarfile.NUL * (-size % tarfile.BLOCKSIZE)
+def shard_members(rows: pl.DataFrame) -> pl.DataFrame:
+    """Every member of the rows' samples in tar order: by sample, then by extension inside a sample."""
+    return (
+        rows.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("sample"), "names", "srcs", "offsets", "sizes")
+        .explode("names", "srcs", "offsets", "sizes")
+        .filter(pl.col("names").is_not_null())
+        .sort("sample", "names", maintain_order=True)
+    )
 
 
-def sample_members(
-    key: str, names: Sequence[str], srcs: Sequence[int], offsets: Sequence[int], sizes: Sequence[int]
-) -> list[Member]:
-    """A sample's members under its output key, sorted by extension."""
-    members = [Member(f"{key}.{n}", s, o, z) for n, s, o, z in zip(names, srcs, offsets, sizes, strict=True)]
-    return sorted(members, key=lambda m: m.name)
-
-
-def spans(members: Sequence[Member], gap: Callable[[int], int]) -> list[tuple[int, int, int, list[int]]]:
+def spans(
+    src: Sequence[int], offset: Sequence[int], size: Sequence[int], gap: Callable[[int], int]
+) -> list[tuple[int, int, int, list[int]]]:
     """Coalesced reads (src, start, end, indices of the members covered), in source order.
 
     Members are taken in (shard, offset) order, so runs of one input shard become one read across
     headers and small gaps, whatever the output order.
     """
     out: list[tuple[int, int, int, list[int]]] = []
-    for i in sorted(range(len(members)), key=lambda j: (members[j].src, members[j].offset)):
-        m = members[i]
+    for i in sorted(range(len(src)), key=lambda j: (src[j], offset[j])):
+        s, o, z = src[i], offset[i], size[i]
         if out:
-            src, start, end, covered = out[-1]
-            if src == m.src and end <= m.offset <= end + gap(src) and m.offset + m.size - start <= SPAN_MAX:
-                out[-1] = (src, start, max(end, m.offset + m.size), covered)
+            last_src, start, end, covered = out[-1]
+            if last_src == s and end <= o <= end + gap(s) and o + z - start <= SPAN_MAX:
+                out[-1] = (s, start, max(end, o + z), covered)
                 covered.append(i)
                 continue
-        out.append((m.src, m.offset, m.offset + m.size, [i]))
+        out.append((s, o, o + z, [i]))
     return out
 
 
@@ -163,14 +155,15 @@ class RangeReader:
         self._fds.clear()
 
 
-def member_data(reader: RangeReader, members: Sequence[Member]) -> list[memoryview]:
+def member_data(
+    reader: RangeReader, src: Sequence[int], offset: Sequence[int], size: Sequence[int]
+) -> list[memoryview]:
     """The bytes of every member, in the order given, read span by span."""
-    data: list[memoryview] = [memoryview(b"")] * len(members)
-    for src, start, end, covered in spans(members, reader.gap):
-        buf = memoryview(reader.read(src, start, end))
+    data: list[memoryview] = [memoryview(b"")] * len(src)
+    for s, start, end, covered in spans(src, offset, size, reader.gap):
+        buf = memoryview(reader.read(s, start, end))
         for i in covered:
-            m = members[i]
-            data[i] = buf[m.offset - start : m.offset - start + m.size]
+            data[i] = buf[offset[i] - start : offset[i] - start + size[i]]
     return data
 
 
@@ -184,7 +177,7 @@ def write_pieces(out: IO[bytes], pieces: Sequence[bytes | memoryview]) -> None:
     for i in range(0, len(pieces), IOV_MAX):
         group = pieces[i : i + IOV_MAX]
         done = os.writev(fd, group)
-        rest = memoryview(b"".join(group))[done:] if done < sum(len(p) for p in group) else b""
+        rest = memoryview(b"".join(group))[done:] if done < sum(map(len, group)) else b""
         while rest:
             rest = rest[os.write(fd, rest) :]
 
@@ -205,46 +198,48 @@ def write_shard(
 ) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
     """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
 
-    Samples go in batches: each batch's members are read in source order (coalesced ranges) and its
-    tar bytes written with one call, so neither reads nor writes are per member.
+    Members go in batches: each batch is read in source order (coalesced ranges) and its tar bytes
+    written with one call; positions and index rows are computed with array arithmetic, so the
+    per-member work is a header and a slice.
     """
-    pos = 0
-    sample_offsets = np.empty(rows.height + 1, dtype="<u8")
-    sample_rows: dict[str, list[Any]] = {"sample_key": [], "byte_offset": [], "byte_size": []}
-    part_rows: dict[str, list[Any]] = {
-        "sample_index": [],
-        "part_name": [],
-        "content_byte_offset": [],
-        "content_byte_size": [],
-    }
-    cols = rows.select("names", "srcs", "offsets", "sizes").iter_rows()
-    batch: list[Member] = []
-    firsts: list[tuple[int, str, int]] = []  # (sample index, key, index of its first member in the batch)
-    batch_bytes = 0
-    for i, (key, (names, srcs, offsets, sizes)) in enumerate(zip(keys, cols, strict=True)):
-        firsts.append((i, key, len(batch)))
-        batch.extend(sample_members(key, names, srcs, offsets, sizes))
-        batch_bytes += sum(sizes)
-        if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_MEMBERS or i == rows.height - 1:
-            chunks: list[bytes | memoryview] = []
-            bounds = [f for _, _, f in firsts[1:]] + [len(batch)]
-            data = member_data(reader, batch)
-            for (s, skey, first), end in zip(firsts, bounds, strict=True):
-                sample_offsets[s] = pos
-                for m, payload in zip(batch[first:end], data[first:end], strict=True):
-                    header = member_header(m.name, m.size, mtime)
-                    pad = padding(m.size)
-                    chunks += (header, payload, pad)
-                    part_rows["sample_index"].append(s)
-                    part_rows["part_name"].append(m.name[len(skey) + 1 :])
-                    part_rows["content_byte_offset"].append(pos + len(header))
-                    part_rows["content_byte_size"].append(m.size)
-                    pos += len(header) + m.size + len(pad)
-                sample_rows["sample_key"].append(skey)
-                sample_rows["byte_offset"].append(int(sample_offsets[s]))
-                sample_rows["byte_size"].append(pos - int(sample_offsets[s]))
-            write_pieces(out, chunks)
-            batch, firsts, batch_bytes = [], [], 0
-    sample_offsets[rows.height] = pos
+    members = shard_members(rows)
+    sample = members["sample"].to_numpy()
+    sample_list = sample.tolist()
+    exts = members["names"].to_list()
+    src, offset = members["srcs"].to_list(), members["offsets"].to_list()
+    size = members["sizes"].to_numpy()
+    sizes = size.tolist()
+    pads = (-size % tarfile.BLOCKSIZE).tolist()
+    starts = np.empty(len(exts), dtype=np.int64)  # where each member's header begins
+    header_lens = np.empty(len(exts), dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(size)])
+    pos, b = 0, 0
+    while b < len(exts):
+        e = min(b + BATCH_MEMBERS, max(b + 1, int(np.searchsorted(cum, cum[b] + BATCH_BYTES, side="right")) - 1))
+        data = member_data(reader, src[b:e], offset[b:e], sizes[b:e])
+        pieces: list[bytes | memoryview] = []
+        for i, payload in zip(range(b, e), data, strict=True):
+            header = member_header(f"{keys[sample_list[i]]}.{exts[i]}", sizes[i], mtime)
+            pieces += (header, payload, _PADS[pads[i]])
+            starts[i], header_lens[i] = pos, len(header)
+            pos += len(header) + sizes[i] + pads[i]
+        write_pieces(out, pieces)
+        b = e
     write_pieces(out, [END_OF_ARCHIVE, tarfile.NUL * (-(pos + len(END_OF_ARCHIVE)) % tarfile.RECORDSIZE)])
-    return sample_offsets, pl.DataFrame(sample_rows), pl.DataFrame(part_rows)
+    sample_offsets = np.append(starts[np.searchsorted(sample, np.arange(rows.height))], pos).astype("<u8")
+    samples = pl.DataFrame(
+        {
+            "sample_key": list(keys),
+            "byte_offset": sample_offsets[:-1].astype(np.int64),
+            "byte_size": np.diff(sample_offsets).astype(np.int64),
+        }
+    )
+    parts = pl.DataFrame(
+        {
+            "sample_index": sample,
+            "part_name": exts,
+            "content_byte_offset": starts + header_lens,
+            "content_byte_size": size,
+        }
+    )
+    return sample_offsets, samples, parts
