@@ -12,8 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from raymerge import api
+from raymerge.cli import main
 from raymerge.storage import MANIFEST
 from raymerge.webdataset import samples as wds_samples
 from tests.faultproxy import FaultProxy
@@ -127,10 +129,10 @@ def test_rerun_needs_overwrite_and_replaces_the_output_only_at_commit(ray_addres
     old = tree_digest(out)
     cfg = write_config(tmp_path / "run.yaml", wds_config(wds_input, out, maxcount=7))
 
-    refused = run_cli("run", str(cfg), "--address", ray_address, "--quiet")
-    assert refused.returncode == 2
-    assert f"raymerge: error: output {out} already exists; set output.overwrite: true or pass --overwrite" in (
-        refused.stderr
+    refused = CliRunner().invoke(main, ["run", str(cfg), "--quiet"])
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith(
+        f"raymerge: error: output {out} already exists; set output.overwrite: true or pass --overwrite"
     )
     assert tree_digest(out) == old
 
