@@ -27,6 +27,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/text.py
+	$(BIN)/python bench/webdataset.py
+	$(BIN)/python bench/lerobot.py
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache
