@@ -6,7 +6,7 @@ in shuffled order, JSON metadata for half the keys. One join with `skip` (captio
 output's `sync` (as `cp` is); Ray's start-up and each new job's worker start-up are timed on their own.
 
     python bench/webdataset.py --scale 0.01        # quick
-    python bench/webdataset.py                     # 100k samples (~1.5 GB) and 5x (~7.5 GB) under bench-data/
+    python bench/webdataset.py                     # 100k samples (1.8 GB of tars) and 5x (9.2 GB) under bench-data/
 """
 
 from __future__ import annotations
