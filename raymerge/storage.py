@@ -30,6 +30,8 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Ab
     """An fsspec filesystem and the path inside it; `s3://b/k` and `./local` alike."""
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        if hasattr(fs, "connect"):  # s3fs takes unknown options at first use; check them here instead
+            fs.connect()
     except (ImportError, ValueError, TypeError) as e:
         raise InvalidInput(f"{url}: cannot open this location: {e}") from None
     if is_local(fs):

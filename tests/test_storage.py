@@ -119,3 +119,8 @@ def test_fingerprint_changes_when_an_input_changes(tmp_path):
     assert before["files"] == after["files"] == 1
     assert after["bytes"] == 2
     assert before["listing_sha256"] != after["listing_sha256"]
+
+
+def test_unknown_storage_option_is_invalid_input(s3):
+    with pytest.raises(InvalidInput, match=r"s3://b/x: cannot open this location: .*'retries'"):
+        storage.resolve("s3://b/x", {**s3["storage_options"], "retries": 1})
