@@ -48,12 +48,12 @@ def local_init_kwargs(num_cpus: int | None, object_store_memory: int | None, das
 def _quiet_ray_data(show_progress: bool) -> None:
     import ray.data
 
+    # raymerge prints its own progress lines; Ray Data's bars only on a terminal, and no notice when they are off.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = show_progress
     ctx.print_on_execution_start = False
     ctx.enable_operator_progress_bars = show_progress
-    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -82,8 +82,8 @@ def ray_session(
             logging_level=logging.WARNING,
         )
     else:
-        # Ray's default for a local cluster; said explicitly so it is not announced as a warning on every run.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray announces its default (token auth on a local cluster) as a warning on every start.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(**local_init_kwargs(num_cpus, object_store_memory, dashboard))
     try:
         _quiet_ray_data(show_progress)

@@ -42,3 +42,18 @@ def test_help_lists_every_command():
     assert res.returncode == 0
     for command in ("run", "plan", "inspect", "preview"):
         assert command in res.stdout
+
+
+def test_run_starts_an_embedded_local_ray_when_no_address_is_given(tmp_path):
+    """The default path users take: no cluster anywhere, `raymerge run` starts Ray itself and stops it."""
+    src = tmp_path / "pairs.jsonl"
+    src.write_text('{"prompt": "q1", "completion": "a1"}\n{"prompt": "q2", "completion": "a2"}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"kind: text\noperation: concat\ninputs: [{{path: {src}}}]\noutput: {{path: {tmp_path / 'out.jsonl'}}}\n")
+    res = run_cli("run", str(cfg), "--json", cwd=tmp_path, env={"RAY_ADDRESS": ""})
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out.jsonl").read_text().splitlines() == [
+        '{"input":"q1","output":"a1"}',
+        '{"input":"q2","output":"a2"}',
+    ]
+    assert "WARNING" not in res.stderr  # Ray's start-up notices are not shown to users
