@@ -68,7 +68,9 @@ def run_raymerge(src: dict[str, Path], out: Path) -> tuple[float, float]:
 
 def run_hf(src: dict[str, Path], out: Path) -> float:
     from datasets import Dataset, interleave_datasets, load_dataset, load_from_disk
+    from datasets.utils.logging import disable_progress_bar
 
+    disable_progress_bar()
     cache = Path(tempfile.mkdtemp(prefix="hf-cache-"))
     t0 = time.perf_counter()
     sets = [
