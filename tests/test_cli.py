@@ -49,7 +49,9 @@ def test_run_starts_an_embedded_local_ray_when_no_address_is_given(tmp_path):
     src = tmp_path / "pairs.jsonl"
     src.write_text('{"prompt": "q1", "completion": "a1"}\n{"prompt": "q2", "completion": "a2"}\n')
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"kind: text\noperation: concat\ninputs: [{{path: {src}}}]\noutput: {{path: {tmp_path / 'out.jsonl'}}}\n")
+    cfg.write_text(
+        f"kind: text\noperation: concat\ninputs: [{{path: {src}}}]\noutput: {{path: {tmp_path / 'out.jsonl'}}}\n"
+    )
     res = run_cli("run", str(cfg), "--json", cwd=tmp_path, env={"RAY_ADDRESS": ""})
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out.jsonl").read_text().splitlines() == [
