@@ -106,6 +106,7 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
             "videos_copied": got.copied,
             "videos_remuxed": len(out.layout.video_jobs) - got.copied,
             "episodes_reencoded": len(got.reencoded),
+            "reencoded_episodes": sorted(got.reencoded),
         }
         details[out.name] = s
     if len(plan.outputs) == 1 and not plan.outputs[0].name:

@@ -114,8 +114,10 @@ def _read_schema(src: Source, path: str) -> pa.Schema:
 
 def check_and_size(
     sources: list[Source], chosen: list[SourceEpisode], parallelism: int, progress: Any, remux: bool
-) -> tuple[dict[tuple[int, int], Sized], pa.Schema]:
+) -> tuple[dict[tuple[int, int], Sized], pa.Schema, dict[tuple[int, str], Any]]:
     """Verify files, rows, tasks and video streams of the chosen episodes; estimate their output bytes.
+
+    Also returns the probed streams by (source position, path), for planning which cuts re-encode.
 
     With `remux` (v3.0 output: episodes of different sources share a file) streams must also share codec headers.
     """
@@ -174,7 +176,7 @@ def check_and_size(
             videos[key] = span
             video_bytes[key] = listing[span.path] * min(max(share, 0.0), 1.0)
         sized[(ep.source, ep.index)] = Sized(dataclasses.replace(ep, videos=videos), data_bytes, video_bytes)
-    return sized, schema
+    return sized, schema, streams
 
 
 def _check_schemas(sources: list[Source], chosen: list[SourceEpisode]) -> pa.Schema:
@@ -239,7 +241,7 @@ def build(cfg: Config, progress: Any, parallelism: int) -> LeRobotPlan:
     groups, left_out = choose(cfg, sources)
     version = output_version(cfg, sources)
     chosen = [ep for eps in groups.values() for ep in eps]
-    sized, schema = check_and_size(sources, chosen, parallelism, progress, version == meta.V30)
+    sized, schema, streams = check_and_size(sources, chosen, parallelism, progress, version == meta.V30)
     video_keys = meta.video_keys(sources[0].features)
     source_tasks = {s.position: s.tasks for s in sources}
     outputs = []
@@ -254,12 +256,32 @@ def build(cfg: Config, progress: Any, parallelism: int) -> LeRobotPlan:
             chunks_size=cfg.output.chunks_size,
         )
         outputs.append(Output(name, layout, output_info(sources, version), schema))
-    report = _report(cfg, sources, outputs, left_out)
+    report = _report(cfg, sources, outputs, left_out, streams)
     fingerprints = [storage.fingerprint(s.fs, s.root) for s in sources]
     return LeRobotPlan(cfg, report, fingerprints, sources, outputs)
 
 
-def _report(cfg: Config, sources: list[Source], outputs: list[Output], left_out: list[int]) -> Report:
+def planned_videos(layout: Layout, streams: dict[tuple[int, str], Any]) -> dict[str, Any]:
+    """Which output videos `video.concat` will re-encode part of, and which output episodes that touches."""
+    from raymerge.lerobot import video
+
+    files, episodes = 0, set()
+    for job in layout.video_jobs:
+        if job.is_copy:
+            continue
+        cut = [
+            r
+            for r in job.runs
+            if (g := streams[(r.source, r.path)].gops) and video.cut_reencodes(g, r.start_s, r.end_s)
+        ]
+        files += bool(cut)
+        episodes.update(e for r in cut for e, _, _ in r.episodes)
+    return {"videos_reencoded": files, "episodes_reencoded": len(episodes), "reencoded_episodes": sorted(episodes)}
+
+
+def _report(
+    cfg: Config, sources: list[Source], outputs: list[Output], left_out: list[int], streams: dict[tuple[int, str], Any]
+) -> Report:
     fs, root = storage.resolve(cfg.output.path, cfg.output.storage_options)
     inputs = []
     for src in sources:
@@ -269,13 +291,17 @@ def _report(cfg: Config, sources: list[Source], outputs: list[Output], left_out:
         inputs.append(rep)
     report = Report("lerobot", cfg.operation, storage.url(fs, root), unit="frames", inputs=inputs)
     report.rows_out = sum(o.layout.frames for o in outputs)
+    summaries = {o.name: summary(o.layout) | planned_videos(o.layout, streams) for o in outputs}
     if cfg.operation == "merge":
-        report.details.update(summary(outputs[0].layout))
+        report.details.update(summaries[outputs[0].name])
     else:
-        report.details["splits"] = {o.name: summary(o.layout) for o in outputs}
-        for o in outputs:
-            s = summary(o.layout)
-            report.details[f"{o.name}"] = f"{s['episodes']} episodes, {s['frames']} frames, {s['tasks']} tasks"
+        report.details["splits"] = summaries
+        for name, s in summaries.items():
+            report.details[name] = (
+                f"{s['episodes']} episodes, {s['frames']} frames, {s['tasks']} tasks; videos: "
+                f"{s['videos_copied']} copied, {s['videos_remuxed']} remuxed ({s['videos_reencoded']} partly "
+                f"re-encoded: episodes {s['reencoded_episodes']})"
+            )
         report.details["episodes_in_no_split"] = left_out
         if left_out:
             report.warnings.append(f"{len(left_out)} episode(s) are in no split: {left_out[:20]}")

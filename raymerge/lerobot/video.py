@@ -22,7 +22,7 @@ import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -64,6 +64,21 @@ class StreamInfo:
     frames: int
     duration_s: float
     extradata: str = ""
+    gops: GopIndex | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class GopIndex:
+    """Where a file's groups of pictures are, from packet headers: enough to tell which cuts re-encode.
+
+    `groups` holds (keyframe pts, min pts, max pts) per group in decode order; `unsafe` the tick intervals
+    (dts, pts] of packets decoded before they are shown: a cut ending there drops a frame a kept one needs.
+    """
+
+    time_base: Fraction
+    rate: Fraction
+    groups: np.ndarray
+    unsafe: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -160,7 +175,8 @@ def probe(fs: AbstractFileSystem, path: str) -> StreamInfo:
     with _open_input(fs, path) as container:
         stream = container.streams.video[0]
         rate = _rate(stream)
-        frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+        gops, packets = _gop_index(container, stream, rate)
+        frames = stream.frames or packets
         duration = float(stream.duration * stream.time_base) if stream.duration else float(frames / rate)
         return StreamInfo(
             codec=_codec_name(stream),
@@ -171,7 +187,43 @@ def probe(fs: AbstractFileSystem, path: str) -> StreamInfo:
             frames=int(frames),
             duration_s=duration,
             extradata=_extradata_digest(stream),
+            gops=gops,
         )
+
+
+def _gop_index(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, rate: Fraction
+) -> tuple[GopIndex | None, int]:
+    """The file's groups of pictures and its packet count, demuxed without decoding (None without timestamps)."""
+    groups: list[list[int]] = []
+    unsafe: list[tuple[int, int]] = []
+    count, timed = 0, True
+    for p in container.demux(stream):
+        if not p.size:
+            continue
+        count += 1
+        if p.pts is None or p.dts is None:
+            timed = False
+            continue
+        if p.is_keyframe or not groups:
+            groups.append([p.pts, p.pts, p.pts])
+        else:
+            g = groups[-1]
+            g[1], g[2] = min(g[1], p.pts), max(g[2], p.pts)
+        if p.pts > p.dts:
+            if unsafe and p.dts <= unsafe[-1][1]:
+                unsafe[-1] = (unsafe[-1][0], max(unsafe[-1][1], p.pts))
+            else:
+                unsafe.append((p.dts, p.pts))
+    if not timed:
+        return None, count
+    index = GopIndex(
+        Fraction(stream.time_base),
+        rate,
+        np.array(groups, dtype=np.int64).reshape(-1, 3),
+        np.array(unsafe, dtype=np.int64).reshape(-1, 2),
+    )
+    return index, count
 
 
 def incompatibilities(a: StreamInfo, b: StreamInfo, *, remux: bool = False) -> list[str]:
@@ -638,6 +690,26 @@ class _Track:
                 raise RunFailed(f"{where}: decoded {added} of the {kept} frames of a cut group of pictures")
             count += added
         return count, reencoded
+
+
+def cut_reencodes(index: GopIndex, start_s: float, end_s: float) -> bool:
+    """Whether `concat` re-encodes part of the segment [start_s, end_s) of the file `index` describes.
+
+    The rule of `_copy_gops`, on the group index instead of packets: a group the segment keeps only part of
+    (it starts before the cut, or ends after it with a frame decoded before the end but shown after it), or
+    a first kept group whose keyframe is not its first frame shown (open GOP), is re-encoded.
+    """
+    tb, half = index.time_base, 1 / (2 * index.rate)
+    first = math.ceil((Fraction(start_s) - half) / tb)
+    end = math.ceil((Fraction(end_s) - half) / tb)
+    key, low, high = index.groups.T
+    touched = np.flatnonzero((high >= first) & (low < end))
+    if not len(touched):
+        return False
+    if (low[touched] < first).any() or key[touched[0]] != low[touched[0]]:
+        return True
+    dts, pts = index.unsafe.T
+    return bool((high[touched] >= end).any() and ((dts < end) & (end <= pts)).any())
 
 
 def concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str) -> list[Placed]:

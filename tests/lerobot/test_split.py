@@ -154,3 +154,29 @@ def test_unassigned_episodes_are_reported(ray_address, sources, tmp_path):
     report = split(sources["a"], tmp_path / "parts", {"episodes": {"x": [1]}})
     assert report.details["episodes_in_no_split"] == [0, 2, 3]
     assert any("in no split" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize(
+    "spec, reencoded",
+    [
+        # episode 0 ends and episode 1 starts inside a group of pictures of the first file
+        ({"first": [0, 2], "rest": [1, 3]}, {"first": [0], "rest": [0]}),
+        # the only cut is at episode 3, which starts on a keyframe of the second file
+        ({"first": [0, 1, 2], "rest": [3]}, {"first": [], "rest": []}),
+    ],
+)
+def test_plan_predicts_the_reencoded_episodes(ray_address, sources, tmp_path, spec, reencoded):
+    cfg = {
+        "kind": "lerobot",
+        "operation": "split",
+        "inputs": [{"path": str(sources["gop"])}],
+        "split": {"episodes": spec},
+        "output": {"path": str(tmp_path / "parts")},
+    }
+    planned = api.plan(cfg).report.details["splits"]
+    assert not (tmp_path / "parts").exists()
+    ran = api.run(cfg).details["splits"]
+    for name in spec:
+        assert planned[name]["reencoded_episodes"] == ran[name]["reencoded_episodes"] == reencoded[name]
+        assert planned[name]["episodes_reencoded"] == ran[name]["episodes_reencoded"]
+        assert planned[name]["videos_reencoded"] == (2 if reencoded[name] else 0)  # one file per camera
