@@ -165,7 +165,9 @@ def _extradata_digest(stream: av.video.stream.VideoStream) -> str:
 
 
 def _rate(stream: av.video.stream.VideoStream) -> Fraction:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    # The nominal rate first: the average comes from the container's duration, which is short of the last
+    # frame's end when a file mixes re-encoded groups (no B-frames) with copied ones (decode times ahead).
+    rate = stream.guessed_rate or stream.base_rate or stream.average_rate
     if not rate:
         raise InvalidInput(f"{stream.container.name}: video stream has no frame rate")
     return Fraction(rate)
@@ -177,7 +179,12 @@ def probe(fs: AbstractFileSystem, path: str) -> StreamInfo:
         rate = _rate(stream)
         gops, packets = _gop_index(container, stream, rate)
         frames = stream.frames or packets
-        duration = float(stream.duration * stream.time_base) if stream.duration else float(frames / rate)
+        if gops is not None and len(gops.groups):  # where the last frame really ends, from its packet
+            duration = float(int(gops.groups[:, 2].max()) * gops.time_base + 1 / rate)
+        elif stream.duration:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = float(frames / rate)
         return StreamInfo(
             codec=_codec_name(stream),
             pix_fmt=stream.codec_context.pix_fmt or "",

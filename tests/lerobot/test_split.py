@@ -180,3 +180,33 @@ def test_plan_predicts_the_reencoded_episodes(ray_address, sources, tmp_path, sp
         assert planned[name]["reencoded_episodes"] == ran[name]["reencoded_episodes"] == reencoded[name]
         assert planned[name]["episodes_reencoded"] == ran[name]["episodes_reencoded"]
         assert planned[name]["videos_reencoded"] == (2 if reencoded[name] else 0)  # one file per camera
+
+
+def test_split_and_merge_round_trip_on_s3(ray_address, sources, s3, tmp_path):
+    """The round trip with every input and output on object storage, on a source cut between keyframes."""
+    gop = sources["gop"]
+    fs, bucket, opts = s3["fs"], s3["bucket"], s3["storage_options"]
+    fs.put(str(gop), f"{bucket}/in/gop", recursive=True)
+    report = api.run(
+        {
+            "kind": "lerobot",
+            "operation": "split",
+            "inputs": [{"path": f"s3://{bucket}/in/gop", "storage_options": opts}],
+            "split": {"episodes": {"first": [0, 2], "rest": [1, 3]}},
+            "output": {"path": f"s3://{bucket}/parts", "storage_options": opts},
+        }
+    )
+    assert report.details["splits"]["first"]["episodes"] == 2
+    api.run(
+        {
+            "kind": "lerobot",
+            "operation": "merge",
+            "inputs": [{"path": f"s3://{bucket}/parts/{name}", "storage_options": opts} for name in ("first", "rest")],
+            "output": {"path": f"s3://{bucket}/back", "storage_options": opts},
+        }
+    )
+    local = tmp_path / "back"
+    fs.get(f"{bucket}/back", str(local), recursive=True)
+    assert (local / "raymerge.json").exists()
+    util.check_merged(local, [(gop, [0, 2, 1, 3])], reencoded=True)
+    util.check_stats(local)
