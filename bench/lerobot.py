@@ -23,16 +23,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from floor import cp_floor, fmt, start_ray
 
 from raymerge import api
 from raymerge.lerobot import samples
 
 ROOT = Path("bench-data/lerobot")
 DRIVER = """
-import json, resource, sys
+import json, sys
 from raymerge import api
 report = api.run(json.loads(sys.argv[1]), address=sys.argv[2])
-print(json.dumps({"timings": report.timings, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"timings": report.timings, "rss_mb": peak / 1024}))
 """
 
 
@@ -85,16 +88,6 @@ def merge_once(inputs: list[Path], out: Path, address: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1]) | {"sync_s": time.perf_counter() - t0}
 
 
-def copy_once(inputs: list[Path], out: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    subprocess.run(["sync"], check=True)
-    t0 = time.perf_counter()
-    subprocess.run(["cp", "-r", *map(str, inputs), str(out)], check=True)
-    subprocess.run(["sync"], check=True)
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 2 GB and 8 GB of inputs")
@@ -104,18 +97,14 @@ def main() -> None:
 
     import ray
 
-    t0 = time.perf_counter()
-    ctx = ray.init(include_dashboard=False, logging_level="WARNING")
-    ray_start = time.perf_counter() - t0
-    address = ctx.address_info["gcs_address"]
-    print(f"ray start-up (fixed, excluded below): {ray_start:.2f}s")
+    address, _ = start_ray()
     try:
         for size in (2e9 * args.scale, 8e9 * args.scale):
             inputs = build_inputs(size, address)
             in_bytes = sum(tree_bytes(p) for p in inputs)
             floors, walls, rss = [], [], []
             for _ in range(args.repeats):
-                floors.append(copy_once(inputs, ROOT / "cp"))
+                floors.append(cp_floor(inputs, ROOT / "cp"))
                 run = merge_once(inputs, ROOT / "merged", address)
                 walls.append(run["timings"]["total"] - run["timings"].get("ray_start", 0.0) + run["sync_s"])
                 rss.append(run["rss_mb"])
@@ -124,7 +113,7 @@ def main() -> None:
             print(
                 f"inputs {in_bytes / 1e9:.2f} GB: cp -r {floor:.2f}s, merge {wall:.2f}s "
                 f"(ratio {wall / floor:.2f}x, {in_bytes / 1e6 / wall:.0f} MB/s), driver peak RSS {np.median(rss):.0f} MB"
-                f"  [cp {', '.join(f'{x:.2f}' for x in floors)}; merge {', '.join(f'{x:.2f}' for x in walls)}]",
+                f"  [cp {fmt(floors)}; merge {fmt(walls)}]",
                 flush=True,
             )
             if not args.keep:

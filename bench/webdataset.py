@@ -20,9 +20,10 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from floor import cp_floor, fmt, start_ray
 
 from raymerge.webdataset import samples as S
 from raymerge.webdataset.writer import END_OF_ARCHIVE, member_header
@@ -64,16 +65,6 @@ def generate(root: Path, n: int) -> int:
     return sum(p.stat().st_size for p in root.rglob("*.tar"))
 
 
-def cp_floor(root: Path, dest: Path) -> float:
-    shutil.rmtree(dest, ignore_errors=True)
-    t0 = time.perf_counter()
-    subprocess.run(["cp", "-r", str(root), str(dest)], check=True)
-    subprocess.run(["sync"], check=True)
-    took = time.perf_counter() - t0
-    shutil.rmtree(dest)
-    return took
-
-
 def join_once(root: Path, out: Path) -> dict:
     """One join in a fresh process attached to the running Ray: wall time of the work, driver peak RSS.
 
@@ -81,7 +72,7 @@ def join_once(root: Path, out: Path) -> dict:
     timed on their own: that is Ray's per-job start-up, which every fresh driver pays.
     """
     code = f"""
-import json, resource, time
+import json, time
 import ray
 from raymerge import api
 t0 = time.perf_counter()
@@ -101,17 +92,15 @@ r = api.run({{"kind": "webdataset", "operation": "join", "inputs": [
     {{"path": "{root / "images"}"}}, {{"path": "{root / "captions"}", "nonmatch": "skip"}},
     {{"path": "{root / "meta"}", "nonmatch": "none"}}], "output": {{"path": "{out}", "maxcount": 5000}}}})
 import subprocess; subprocess.run(["sync"], check=True)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({{"wall": time.perf_counter() - t0, "attach": attach, "workers": workers, "timings": r.timings,
-    "rows_out": r.rows_out, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+    "rows_out": r.rows_out, "rss_mb": peak / 1024}}))
 """
     shutil.rmtree(out, ignore_errors=True)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     shutil.rmtree(out, ignore_errors=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def main() -> None:
@@ -122,10 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    t0 = time.perf_counter()
-    ctx = ray.init(include_dashboard=False, logging_level="ERROR")
-    os.environ["RAY_ADDRESS"] = ctx.address_info["gcs_address"]
-    print(f"ray start-up (fixed, excluded below): {time.perf_counter() - t0:.2f}s")
+    os.environ["RAY_ADDRESS"], _ = start_ray()
     base = Path("bench-data/webdataset")
     rows = []
     try:
@@ -134,7 +120,7 @@ def main() -> None:
             root = base / f"x{mult}"
             shutil.rmtree(root, ignore_errors=True)
             size = generate(root, n)
-            floors = [cp_floor(root, base / "cp") for _ in range(args.repeats)]
+            floors = [cp_floor([root], base / "cp") for _ in range(args.repeats)]
             runs = [join_once(root, base / "out") for _ in range(args.repeats)]
             work = [r["wall"] for r in runs]  # plan + write + commit + sync of the output
             floor, med = statistics.median(floors), statistics.median(work)
@@ -143,9 +129,9 @@ def main() -> None:
             write = statistics.median(r["timings"]["write"] for r in runs)
             workers = statistics.median(r["workers"] for r in runs)
             print(
-                f"{mult}x: {n:,} samples, {size / 1e9:.2f} GB in; cp floor {floor:.2f}s (runs {_fmt(floors)}); "
-                f"join (plan+write+commit+sync) {med:.2f}s (runs {_fmt(work)}; plan {plan:.2f}s, write {write:.2f}s) "
-                f"= {med / floor:.2f}x floor; per-job worker start-up {workers:.2f}s (runs {_fmt([r['workers'] for r in runs])}), "
+                f"{mult}x: {n:,} samples, {size / 1e9:.2f} GB in; cp floor {floor:.2f}s (runs {fmt(floors)}); "
+                f"join (plan+write+commit+sync) {med:.2f}s (runs {fmt(work)}; plan {plan:.2f}s, write {write:.2f}s) "
+                f"= {med / floor:.2f}x floor; per-job worker start-up {workers:.2f}s (runs {fmt([r['workers'] for r in runs])}), "
                 f"with it {(med + workers) / floor:.2f}x; attach {statistics.median(r['attach'] for r in runs):.2f}s; "
                 f"rows out {runs[0]['rows_out']:,}; driver peak RSS {rss:.0f} MB; load average {os.getloadavg()[0]:.1f}"
             )
