@@ -71,7 +71,8 @@ def test_default_encoder_and_encode_probe(tmp_path):
     info = video.probe(LOCAL, path)
     assert (info.codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", 32, 24)
     assert (info.fps, info.frames) == (FPS, 23)
-    assert info.duration_s == pytest.approx(2.3)
+    video_length_s = info.duration_s  # the stream's length (23 frames at 10 fps), not a wall-clock time
+    assert video_length_s == pytest.approx(23 / FPS)
     assert len(info.extradata) == 64
 
 
