@@ -12,20 +12,11 @@ def test_lerobot_merge_on_two_nodes_equals_the_single_node_output(ray_address, s
     import yaml
 
     import raymerge
-    from raymerge.lerobot import samples
-    from tests.cluster.test_submit_cluster import tree_bytes
+    from tests.cluster.test_submit_cluster import lerobot_merge_on_s3, tree_bytes
 
     fs, bucket = s3["fs"], s3["bucket"]
-    options = s3["storage_options"]
     lengths = {"a": (6, 5, 4, 7), "b": (4, 7, 3, 5)}
-    for name, lens in lengths.items():
-        samples.make(fs, f"{bucket}/in/{name}", lengths=lens, cameras=1, height=16, width=16, seed=len(name))
-    config = {
-        "kind": "lerobot",
-        "operation": "merge",
-        "inputs": [{"path": f"s3://{bucket}/in/{n}", "storage_options": options} for n in lengths],
-        "output": {"path": f"s3://{bucket}/out/two-nodes", "storage_options": options},
-    }
+    config = lerobot_merge_on_s3(s3, lengths, f"s3://{bucket}/out/two-nodes")
     path = tmp_path / "merge.yaml"
     path.write_text(yaml.safe_dump(config))
 

@@ -83,6 +83,27 @@ def text_config(s3: dict, urls: list[str]) -> dict:
     }
 
 
+def submit_text(cluster: LocalCluster, submit_env: dict, s3: dict, config: Path):
+    """`raymerge submit` of a text config whose endpoint comes from ${RAYMERGE_TEST_S3}, as a user runs it."""
+    env = {**submit_env, "RAYMERGE_TEST_S3": s3["endpoint_url"]}
+    return run_cli("submit", str(config), "--address", cluster.dashboard_url, env=env)
+
+
+def lerobot_merge_on_s3(s3: dict, lengths: dict[str, tuple[int, ...]], output: str) -> dict:
+    """Small LeRobot datasets written straight to the bucket, and the config that merges them."""
+    from raymerge.lerobot import samples
+
+    fs, bucket, options = s3["fs"], s3["bucket"], s3["storage_options"]
+    for name, lens in lengths.items():
+        samples.make(fs, f"{bucket}/in/{name}", lengths=lens, cameras=1, height=16, width=16, seed=len(lens))
+    return {
+        "kind": "lerobot",
+        "operation": "merge",
+        "inputs": [{"path": f"s3://{bucket}/in/{n}", "storage_options": options} for n in lengths],
+        "output": {"path": output, "storage_options": options},
+    }
+
+
 def read_jsonl(s3: dict, key: str) -> list[dict]:
     with s3["fs"].open(f"{s3['bucket']}/{key}", "rb") as f:
         return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
@@ -91,16 +112,15 @@ def read_jsonl(s3: dict, key: str) -> list[dict]:
 def test_submit_text_concat_reads_and_writes_s3_on_the_cluster(cluster, submit_env, s3, tmp_path):
     urls, expected = upload_text_inputs(s3, tmp_path)
     config = write_config(tmp_path, text_config(s3, urls))
-    env = {**submit_env, "RAYMERGE_TEST_S3": s3["endpoint_url"]}
 
-    result = run_cli("submit", str(config), "--address", cluster.dashboard_url, env=env)
+    result = submit_text(cluster, submit_env, s3, config)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "raymerge text concat: ok" in result.stdout  # the job's own report, streamed back
     assert read_jsonl(s3, "out/merged.jsonl") == expected
     # Forwarded names are shown, never their values.
     assert "RAYMERGE_TEST_S3" in result.stderr and "AWS_SECRET_ACCESS_KEY" in result.stderr
-    for secret in (env["RAY_AUTH_TOKEN"], "testing"):
+    for secret in (submit_env["RAY_AUTH_TOKEN"], "testing"):
         assert secret not in result.stdout + result.stderr
 
 
@@ -109,13 +129,7 @@ def test_run_rejected_on_the_cluster_exits_2_and_keeps_the_existing_output(clust
     s3["fs"].pipe(f"{s3['bucket']}/out/merged.jsonl", b"previous\n")
     config = write_config(tmp_path, text_config(s3, urls))
 
-    result = run_cli(
-        "submit",
-        str(config),
-        "--address",
-        cluster.dashboard_url,
-        env={**submit_env, "RAYMERGE_TEST_S3": s3["endpoint_url"]},
-    )
+    result = submit_text(cluster, submit_env, s3, config)
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert "already exists" in result.stdout + result.stderr
@@ -129,13 +143,7 @@ def test_invalid_config_submits_nothing(cluster, submit_env, s3, tmp_path):
     config = write_config(tmp_path, data)
     before = submitted_jobs(cluster)
 
-    result = run_cli(
-        "submit",
-        str(config),
-        "--address",
-        cluster.dashboard_url,
-        env={**submit_env, "RAYMERGE_TEST_S3": s3["endpoint_url"]},
-    )
+    result = submit_text(cluster, submit_env, s3, config)
 
     assert result.returncode == 2
     assert "inputs[1].nonmatch: unknown key" in result.stderr
@@ -187,19 +195,8 @@ def test_submit_webdataset_join_on_the_cluster_equals_a_local_run(ray_address, c
 
 
 def test_submit_lerobot_merge_on_the_cluster_equals_a_local_run(ray_address, cluster, submit_env, s3, tmp_path):
-    from raymerge.lerobot import samples
-
-    fs, bucket = s3["fs"], s3["bucket"]
-    options = s3["storage_options"]
     lengths = {"a": (6, 5), "b": (4, 7, 3)}
-    for name, lens in lengths.items():
-        samples.make(fs, f"{bucket}/in/{name}", lengths=lens, cameras=1, height=16, width=16, seed=len(lens))
-    config = {
-        "kind": "lerobot",
-        "operation": "merge",
-        "inputs": [{"path": f"s3://{bucket}/in/{n}", "storage_options": options} for n in lengths],
-        "output": {"path": "", "storage_options": options},
-    }
+    config = lerobot_merge_on_s3(s3, lengths, "")
 
     produced, _ = submit_and_compare(cluster, submit_env, s3, tmp_path, config)
 
