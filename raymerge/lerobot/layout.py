@@ -8,6 +8,7 @@ size cap, and chunk folders up to `chunks_size` files.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,48 @@ def _chunk_file(n: int, chunks_size: int) -> tuple[int, int]:
     return n // chunks_size, n % chunks_size
 
 
+def units(chosen: list[Sized], key: str, file_episodes: dict[tuple[int, str], int]) -> list[tuple[int, int, bool]]:
+    """Runs `(first, end, whole)` of chosen positions for camera `key`: a whole source file when all of its
+    episodes come consecutively in their file order (it can be copied as it is), single episodes otherwise."""
+    out: list[tuple[int, int, bool]] = []
+    i = 0
+    while i < len(chosen):
+        ep = chosen[i].episode
+        span = ep.videos[key]
+        j = i + 1
+        while (
+            j < len(chosen)
+            and chosen[j].episode.source == ep.source
+            and chosen[j].episode.videos[key].path == span.path
+        ):
+            j += 1
+        spans = [c.episode.videos[key] for c in chosen[i:j]]
+        ordered = all(
+            a.end_s is not None and a.end_s <= b.start_s + _CONTIGUOUS_S for a, b in itertools.pairwise(spans)
+        )
+        if j - i == file_episodes.get((ep.source, span.path), 0) and ordered:
+            out.append((i, j, True))
+        else:
+            out.extend((k, k + 1, False) for k in range(i, j))
+        i = j
+    return out
+
+
+def _video_units(
+    chosen: list[Sized], key: str, file_episodes: dict[tuple[int, str], int], cap_bytes: float
+) -> tuple[list[tuple[int, int, bool]], list[int]]:
+    """v3.0 video units per camera and the file number of each: whole source files are kept whole unless
+    they pass the cap alone (then their episodes are packed one by one)."""
+    sized: list[tuple[int, int, bool]] = []
+    for first, end, whole in units(chosen, key, file_episodes):
+        if whole and end - first > 1 and sum(c.video_bytes.get(key, 0.0) for c in chosen[first:end]) > cap_bytes:
+            sized.extend((k, k + 1, False) for k in range(first, end))
+        else:
+            sized.append((first, end, whole))
+    sizes = [sum(c.video_bytes.get(key, 0.0) for c in chosen[a:b]) for a, b, _ in sized]
+    return sized, _pack(sizes, cap_bytes)
+
+
 def plan_layout(
     chosen: list[Sized],
     source_tasks: dict[int, list[str]],
@@ -131,28 +174,39 @@ def plan_layout(
     data_files_size_in_mb: float,
     video_files_size_in_mb: float,
     chunks_size: int,
+    file_episodes: dict[tuple[int, str], int] | None = None,
 ) -> Layout:
+    """`file_episodes`: how many episodes each source video file (source, path) holds, to find whole files."""
     tasks, task_maps = union_tasks([s.episode for s in chosen], source_tasks)
-    episodes: list[OutEpisode] = []
-    frame = 0
+    video_units: dict[str, list[tuple[int, int, bool]]] = {}
+    video_slots: dict[str, list[tuple[int, int]]] = {}
     if version == meta.V21:
         data_slots = [(i // chunks_size, i) for i in range(len(chosen))]
-        video_slots = {k: data_slots for k in video_keys}
+        for k in video_keys:
+            video_units[k] = [(i, i + 1, s.episode.videos[k].whole_file) for i, s in enumerate(chosen)]
+            video_slots[k] = data_slots
     else:
         data_files = _pack([s.data_bytes for s in chosen], data_files_size_in_mb * 1024**2)
         data_slots = [_chunk_file(n, chunks_size) for n in data_files]
-        video_slots = {
-            k: [
-                _chunk_file(n, chunks_size)
-                for n in _pack([s.video_bytes.get(k, 0.0) for s in chosen], video_files_size_in_mb * 1024**2)
-            ]
-            for k in video_keys
-        }
+        for k in video_keys:
+            video_units[k], files = _video_units(chosen, k, file_episodes or {}, video_files_size_in_mb * 1024**2)
+            video_slots[k] = [_chunk_file(n, chunks_size) for n in files]
+    episodes = []
+    frame = 0
     for i, s in enumerate(chosen):
-        episodes.append(OutEpisode(s.episode, i, frame, data_slots[i], {k: video_slots[k][i] for k in video_keys}))
+        episodes.append(OutEpisode(s.episode, i, frame, data_slots[i]))
         frame += s.episode.length
+    for k in video_keys:
+        for (first, end, _), slot in zip(video_units[k], video_slots[k], strict=True):
+            for e in episodes[first:end]:
+                e.videos[k] = slot
     return Layout(
-        version, episodes, tasks, task_maps, data_jobs(episodes, version), video_jobs(episodes, version, video_keys)
+        version,
+        episodes,
+        tasks,
+        task_maps,
+        data_jobs(episodes, version),
+        [job for k in video_keys for job in video_jobs(episodes, version, k, video_units[k])],
     )
 
 
@@ -176,40 +230,34 @@ def data_jobs(episodes: list[OutEpisode], version: str) -> list[DataJob]:
     return list(jobs.values())
 
 
-def video_jobs(episodes: list[OutEpisode], version: str, video_keys: list[str]) -> list[VideoJob]:
-    """Per camera and output file, runs of source video to concatenate (or a whole file to copy)."""
-    jobs: list[VideoJob] = []
-    for key in video_keys:
-        by_file: dict[tuple[int, int], VideoJob] = {}
-        for e in episodes:
-            span = e.episode.videos[key]
-            assert span.end_s is not None, "video spans are probed before layout"
-            job = by_file.get(e.videos[key])
-            if job is None:
-                job = by_file[e.videos[key]] = VideoJob(key, video_path(version, key, e.videos[key]), [])
-            last = job.runs[-1] if job.runs else None
-            duration = span.end_s - span.start_s
-            if (
-                last is not None
-                and last.source == e.episode.source
-                and last.path == span.path
-                and abs(last.end_s - span.start_s) < _CONTIGUOUS_S
-            ):
-                last.episodes.append((e.index, span.start_s - last.start_s, duration))
-                last.end_s = span.end_s
-            else:
-                job.runs.append(
-                    VideoRun(
-                        e.episode.source,
-                        span.path,
-                        span.start_s,
-                        span.end_s,
-                        [(e.index, 0.0, duration)],
-                        span.whole_file,
-                    )
-                )
-        jobs.extend(by_file.values())
-    return jobs
+def video_jobs(
+    episodes: list[OutEpisode], version: str, key: str, file_units: list[tuple[int, int, bool]]
+) -> list[VideoJob]:
+    """One camera's output files: runs of source video to concatenate, or one whole file to copy."""
+    by_file: dict[tuple[int, int], VideoJob] = {}
+    for first, end, whole in file_units:
+        head = episodes[first]
+        slot, span = head.videos[key], head.episode.videos[key]
+        assert span.end_s is not None, "video spans are probed before layout"
+        job = by_file.get(slot)
+        if job is None:
+            job = by_file[slot] = VideoJob(key, video_path(version, key, slot), [])
+        last = job.runs[-1] if job.runs else None
+        if whole or not (
+            last is not None
+            and not last.whole_file
+            and last.source == head.episode.source
+            and last.path == span.path
+            and abs(last.end_s - span.start_s) < _CONTIGUOUS_S
+        ):
+            last = VideoRun(head.episode.source, span.path, span.start_s, span.start_s, [], whole)
+            job.runs.append(last)
+        for e in episodes[first:end]:
+            s = e.episode.videos[key]
+            assert s.end_s is not None
+            last.episodes.append((e.index, s.start_s - last.start_s, s.end_s - s.start_s))
+            last.end_s = max(last.end_s, s.end_s)
+    return list(by_file.values())
 
 
 def summary(layout: Layout) -> dict[str, Any]:

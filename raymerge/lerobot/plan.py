@@ -8,6 +8,7 @@ per-file scans (episode rows, task indices, video probes) run as Ray tasks. Ever
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,6 +245,7 @@ def build(cfg: Config, progress: Any, parallelism: int) -> LeRobotPlan:
     sized, schema, streams = check_and_size(sources, chosen, parallelism, progress, version == meta.V30)
     video_keys = meta.video_keys(sources[0].features)
     source_tasks = {s.position: s.tasks for s in sources}
+    file_episodes = Counter((s.position, span.path) for s in sources for e in s.episodes for span in e.videos.values())
     outputs = []
     for name, eps in groups.items():
         layout = plan_layout(
@@ -254,11 +256,34 @@ def build(cfg: Config, progress: Any, parallelism: int) -> LeRobotPlan:
             data_files_size_in_mb=cfg.output.data_files_size_in_mb,
             video_files_size_in_mb=cfg.output.video_files_size_in_mb,
             chunks_size=cfg.output.chunks_size,
+            file_episodes=file_episodes,
         )
         outputs.append(Output(name, layout, output_info(sources, version), schema))
+    streams |= index_cut_files(sources, outputs, parallelism, progress)
     report = _report(cfg, sources, outputs, left_out, streams)
     fingerprints = [storage.fingerprint(s.fs, s.root) for s in sources]
     return LeRobotPlan(cfg, report, fingerprints, sources, outputs)
+
+
+def index_cut_files(
+    sources: list[Source], outputs: list[Output], parallelism: int, progress: Any
+) -> dict[tuple[int, str], Any]:
+    """Groups of pictures of the source videos the layouts cut (not copied or remuxed whole), to predict
+    which cuts re-encode; this reads those files, so whole-file work never pays for it."""
+    cut = {
+        (r.source, r.path): None
+        for o in outputs
+        for job in o.layout.video_jobs
+        if not job.is_copy
+        for r in job.runs
+        if not r.whole_file
+    }
+    if not cut:
+        return {}
+    progress(f"indexing the groups of pictures of {len(cut)} video file(s) the layout cuts")
+    by_pos = {s.position: s for s in sources}
+    found = scan.probe_videos([(by_pos[pos].fs, path) for pos, path in cut], parallelism, index=True)()
+    return dict(zip(cut, found, strict=True))
 
 
 def planned_videos(layout: Layout, streams: dict[tuple[int, str], Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Metadata scans in Ray tasks: rows and task indices per episode of each data file, video stream probes.
 
-Only the small `episode_index`/`task_index` columns and mp4 headers are read; results are tiny tables.
+Only the small `episode_index`/`task_index` columns and mp4 headers (plus the last groups of pictures) are
+read, unless a plan asks for the groups of pictures of files it cuts; results are tiny tables.
 """
 
 from __future__ import annotations
@@ -42,18 +43,26 @@ def _scan_batch(fs: AbstractFileSystem, paths: list[str]) -> list[EpisodeRows]:
     return [episode_rows(fs, p) for p in paths]
 
 
-def _probe_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
+def _probe_all(fs: AbstractFileSystem, paths: list[str], index: bool) -> list[Any]:
     from raymerge.lerobot import video
 
     out = []
     for p in paths:
         try:
-            out.append(video.probe(fs, p))
+            out.append(video.probe(fs, p, index=index))
         except FileNotFoundError:
             raise InvalidInput(f"{storage.url(fs, p)}: video file is missing") from None
         except Exception as e:
             raise InvalidInput(f"{storage.url(fs, p)}: not a readable video: {e}") from None
     return out
+
+
+def _probe_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
+    return _probe_all(fs, paths, index=False)
+
+
+def _index_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
+    return _probe_all(fs, paths, index=True)
 
 
 def _warm() -> None:
@@ -107,5 +116,8 @@ def scan_data(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> C
     return run_batched(_scan_batch, work, parallelism)
 
 
-def probe_videos(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> Callable[[], list[Any]]:
-    return run_batched(_probe_batch, work, parallelism)
+def probe_videos(
+    work: list[tuple[AbstractFileSystem, str]], parallelism: int, *, index: bool = False
+) -> Callable[[], list[Any]]:
+    """Stream probes; with `index` also each file's groups of pictures (reads the files whole)."""
+    return run_batched(_index_batch if index else _probe_batch, work, parallelism)

@@ -173,14 +173,25 @@ def _rate(stream: av.video.stream.VideoStream) -> Fraction:
     return Fraction(rate)
 
 
-def probe(fs: AbstractFileSystem, path: str) -> StreamInfo:
+def probe(fs: AbstractFileSystem, path: str, *, index: bool = False) -> StreamInfo:
+    """The stream's parameters and true length from its headers and last groups of pictures.
+
+    With `index`, every packet is demuxed to record the groups of pictures (reads the whole file); without,
+    only the headers and the last two groups are read, which is all a copy or a whole-file remux needs.
+    """
     with _open_input(fs, path) as container:
         stream = container.streams.video[0]
         rate = _rate(stream)
-        gops, packets = _gop_index(container, stream, rate)
+        gops, packets, last_pts = None, len(stream.index_entries), None
+        if not index:
+            last_pts = _last_pts(container, stream)
+        if index or last_pts is None:
+            gops, packets = _gop_index(container, stream, rate)
+            if gops is not None and len(gops.groups):
+                last_pts = int(gops.groups[:, 2].max())
         frames = stream.frames or packets
-        if gops is not None and len(gops.groups):  # where the last frame really ends, from its packet
-            duration = float(int(gops.groups[:, 2].max()) * gops.time_base + 1 / rate)
+        if last_pts is not None:  # where the last frame really ends, from its packet
+            duration = float(last_pts * Fraction(stream.time_base) + 1 / rate)
         elif stream.duration:
             duration = float(stream.duration * stream.time_base)
         else:
@@ -196,6 +207,23 @@ def probe(fs: AbstractFileSystem, path: str) -> StreamInfo:
             extradata=_extradata_digest(stream),
             gops=gops,
         )
+
+
+def _last_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
+    """The latest presentation time, demuxing from the second-to-last keyframe the file's index lists
+    (B-frames can show a group's last frame after the next keyframe's); None without an index."""
+    keys = [e.timestamp for e in stream.index_entries if e.is_keyframe]
+    if len(keys) > 2:
+        container.seek(keys[-2], stream=stream)
+    elif not keys:
+        return None
+    last = None
+    for p in container.demux(stream):
+        if p.size and p.pts is not None and (last is None or p.pts > last):
+            last = p.pts
+    if last is None:  # no timestamps: the caller demuxes from the start
+        container.seek(0, stream=stream)
+    return last
 
 
 def _gop_index(

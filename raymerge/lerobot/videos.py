@@ -63,8 +63,9 @@ def _write(job: VideoJob, fs_of: dict[int, AbstractFileSystem], out_fs: Abstract
     if job.is_copy:
         run = job.runs[0]
         video.copy(fs_of[run.source], run.path, out_fs, path)
-        ((episode, _, _),) = run.episodes
-        return VideoResult(job.key, job.path, {episode: (0.0, run.end_s - run.start_s)}, copied=True)
+        # the bytes are the source's: each episode stays where the source has it
+        placements = {ep: (run.start_s + offset, run.start_s + offset + d) for ep, offset, d in run.episodes}
+        return VideoResult(job.key, job.path, placements, copied=True)
     segments = [video.Segment(fs_of[r.source], r.path, r.start_s, r.end_s) for r in job.runs]
     placed = video.concat(segments, out_fs, path)
     placements: dict[int, tuple[float, float]] = {}

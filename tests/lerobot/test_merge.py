@@ -170,3 +170,22 @@ def test_recompute_video_stats_decodes_the_written_videos(ray_address, sources, 
         not np.allclose(np.ravel(r[f"stats/{key}/mean"]), np.ravel(src[r["episode_index"]][f"stats/{key}/mean"]))
         for r in rows
     )
+
+
+def test_whole_source_video_files_are_copied_byte_for_byte(ray_address, sources, tmp_path):
+    """A v3.0 file whose episodes all come, in order, and fill an output file alone is copied as it is; the
+    episodes keep their places in it. The rest is remuxed; every frame still reads back as the source's."""
+    a, b = sources
+    sizes = [p.stat().st_size for p in (a / "videos").rglob("*.mp4")]
+    cap_mb = max(sizes) * 1.01 / 1024**2
+    assert 2 * min(sizes) > max(sizes) * 1.01  # two source files never share an output file
+    out = tmp_path / "copied"
+    report = merge([{"path": str(a)}, {"path": str(b)}], out, video_files_size_in_mb=cap_mb)
+    theirs = set(tree_digest(a / "videos").values())
+    ours = tree_digest(out / "videos").values()
+    assert theirs <= set(ours)  # every file of `a` is in the output as it is
+    assert report.details["videos_copied"] == sum(d in theirs | set(tree_digest(b / "videos").values()) for d in ours)
+    util.check_merged(out, [(a, [0, 1, 2, 3]), (b, [0, 1, 2])])
+    mine, theirs = util.episodes(out)[:4], util.episodes(a)
+    for key in ("videos/observation.images.cam0/from_timestamp", "videos/observation.images.cam1/to_timestamp"):
+        assert [r[key] for r in mine] == [r[key] for r in theirs]
