@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ class Collected:
     """What the tasks of one output dataset returned: stats pieces and video placements."""
 
     summaries: dict[str, Summary] = field(default_factory=dict)
-    episode_stats: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    numeric: list[data.EpisodeStats] = field(default_factory=list)
+    where: dict[int, tuple[int, int]] = field(default_factory=dict)  # episode -> (numeric block, row)
     placements: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
     video_stats: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     reencoded: set[int] = field(default_factory=set)
@@ -35,9 +37,15 @@ class Collected:
     def add_data(self, results: list[data.DataResult]) -> None:
         for r in results:
             merge_all(self.summaries, r.summaries)
-            for ep, stats in r.episode_stats.items():
-                self.episode_stats.setdefault(ep, {}).update(stats)
+            block = len(self.numeric)
+            self.numeric.append(r.episode_stats)
+            for row, ep in enumerate(r.episode_stats.episodes.tolist()):
+                self.where[ep] = (block, row)
             self.files.append(r.path)
+
+    def numeric_stats(self, episode: int) -> dict[str, dict[str, Any]]:
+        found = self.where.get(episode)
+        return self.numeric[found[0]].row(found[1]) if found else {}
 
     def add_videos(self, results: list[videos.VideoResult]) -> None:
         for r in results:
@@ -118,28 +126,35 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
     return report
 
 
-def _pooled(stats: list[dict[str, Any]]) -> dict[str, Any] | None:
-    summaries = [Summary.from_stats(s) for s in stats if s and all(k in s for k in MOMENTS)]
-    if not summaries or len(summaries) != len(stats):
-        return None
-    pooled = summaries[0]
-    for s in summaries[1:]:
-        pooled = pooled.merge(s)
-    return pooled.to_stats(with_quantiles=False)
+class VisualPool:
+    """Image/video stats pooled over episodes one at a time; none for a feature some episode has no stats for."""
+
+    def __init__(self) -> None:
+        self.pooled: dict[str, Summary | None] = {}
+
+    def add(self, key: str, stats: dict[str, Any] | None) -> None:
+        one = Summary.from_stats(stats) if stats and all(k in stats for k in MOMENTS) else None
+        if key not in self.pooled:
+            self.pooled[key] = one
+        elif self.pooled[key] is not None:
+            self.pooled[key] = None if one is None else self.pooled[key].merge(one)
+
+    def stats(self, key: str) -> dict[str, Any] | None:
+        pooled = self.pooled.get(key)
+        return pooled.to_stats(with_quantiles=False) if pooled is not None else None
 
 
 def episode_stats(out: Output, got: Collected, index: int, version: str, recompute: bool) -> dict[str, Any]:
     """One episode's stats in feature order: numeric from the data, visual from the source (or decoded)."""
     e = out.layout.episodes[index]
-    visual = got.video_stats.get(e.index, {}) if recompute else {}
+    numeric = got.numeric_stats(e.index)
+    visual = e.episode.visual_stats() | (got.video_stats.get(e.index, {}) if recompute else {})
     stats: dict[str, Any] = {}
     for key in out.info["features"]:
-        if key in got.episode_stats.get(e.index, {}):
-            stats[key] = got.episode_stats[e.index][key]
+        if key in numeric:
+            stats[key] = numeric[key]
         elif key in visual:
             stats[key] = visual[key]
-        elif key in e.episode.visual_stats:
-            stats[key] = e.episode.visual_stats[key]
         else:
             continue
         if version == meta.V21:
@@ -147,15 +162,24 @@ def episode_stats(out: Output, got: Collected, index: int, version: str, recompu
     return stats
 
 
-def global_stats(out: Output, got: Collected, per_episode: list[dict[str, Any]]) -> dict[str, Any]:
+def per_episode_stats(out: Output, got: Collected, recompute: bool, pool: VisualPool) -> Iterator[dict[str, Any]]:
+    """Each output episode's stats in order, made one at a time (the driver never holds them all as
+    dicts); their visual stats are folded into `pool` on the way."""
+    visual_keys = [k for k, ft in out.info["features"].items() if ft.get("dtype") in meta.VISUAL]
+    for i in range(len(out.layout.episodes)):
+        stats = episode_stats(out, got, i, out.layout.version, recompute)
+        for key in visual_keys:
+            pool.add(key, stats.get(key))
+        yield stats
+
+
+def global_stats(out: Output, got: Collected, pool: VisualPool) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     for key, ft in out.info["features"].items():
         if key in got.summaries:
             stats[key] = got.summaries[key].to_stats(with_quantiles=True)
-        elif ft.get("dtype") in meta.VISUAL:
-            pooled = _pooled([ep.get(key, {}) for ep in per_episode])
-            if pooled is not None:
-                stats[key] = pooled
+        elif ft.get("dtype") in meta.VISUAL and (pooled := pool.stats(key)) is not None:
+            stats[key] = pooled
     return stats
 
 
@@ -167,7 +191,8 @@ def write_metadata(out: Output, got: Collected, fs: Any, root: str, options: Any
     """info, episodes, tasks and stats of one output dataset; returns the paths written (relative)."""
     layout = out.layout
     version = layout.version
-    per_episode = [episode_stats(out, got, i, version, recompute) for i in range(len(layout.episodes))]
+    pool = VisualPool()
+    per_episode = per_episode_stats(out, got, recompute, pool)
     video_keys = meta.video_keys(out.info["features"])
     n_eps = len(layout.episodes)
     info: dict[str, Any] = {
@@ -195,7 +220,7 @@ def write_metadata(out: Output, got: Collected, fs: Any, root: str, options: Any
         meta.write_jsonl(
             fs,
             storage.join(root, meta.V21_EPISODES_STATS),
-            [{"episode_index": e.index, "stats": s} for e, s in zip(layout.episodes, per_episode, strict=True)],
+            ({"episode_index": e.index, "stats": s} for e, s in zip(layout.episodes, per_episode, strict=True)),
         )
         meta.write_jsonl(
             fs, storage.join(root, meta.V21_TASKS), [{"task_index": i, "task": t} for i, t in enumerate(layout.tasks)]
@@ -213,15 +238,18 @@ def write_metadata(out: Output, got: Collected, fs: Any, root: str, options: Any
         written.append(meta.V30_TASKS)
         paths = {"data_path": meta.V30_DATA_PATH, "video_path": meta.V30_VIDEO_PATH if video_keys else None}
     info |= {"fps": out.info["fps"], "splits": {"train": f"0:{n_eps}"}, **paths, "features": out.info["features"]}
-    meta.write_json(fs, storage.join(root, meta.STATS), global_stats(out, got, per_episode))
+    meta.write_json(fs, storage.join(root, meta.STATS), global_stats(out, got, pool))
     meta.write_json(fs, storage.join(root, meta.INFO), info)
     return written
 
 
+EPISODE_BLOCK = 512  # episode rows (about 25 KB each as dicts) turned into Arrow at a time
+
+
 def write_v30_episodes(
-    out: Output, got: Collected, per_episode: list[dict[str, Any]], fs: Any, root: str, options: Any
+    out: Output, got: Collected, per_episode: Iterable[dict[str, Any]], fs: Any, root: str, options: Any
 ) -> list[str]:
-    rows = []
+    blocks, rows = [], []
     for e, stats in zip(out.layout.episodes, per_episode, strict=True):
         row: dict[str, Any] = {
             "episode_index": e.index,
@@ -241,9 +269,14 @@ def write_v30_episodes(
                 f"videos/{key}/to_timestamp": end,
             }
         rows.append(row | meta.flat_stats(stats))
-    table = pa.Table.from_pylist(rows)
+        if len(rows) == EPISODE_BLOCK:
+            blocks.append(pa.Table.from_pylist(rows))
+            rows = []
+    if rows or not blocks:
+        blocks.append(pa.Table.from_pylist(rows))
+    table = pa.concat_tables(blocks, promote_options="default")
     n_files = max(1, math.ceil(table.nbytes / (options.data_files_size_in_mb * 1024**2)))
-    bounds = np.linspace(0, len(rows), n_files + 1).astype(int)
+    bounds = np.linspace(0, table.num_rows, n_files + 1).astype(int)
     written = []
     for n in range(n_files):
         chunk, file = divmod(n, options.chunks_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,11 @@ class SourceEpisode:
     tasks: tuple[str, ...]
     data_path: str
     videos: dict[str, VideoSpan] = field(default_factory=dict)
-    visual_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the source's image/video stats as JSON: nested lists of floats would cost the driver kilobytes per episode
+    visual_json: bytes = b"{}"
+
+    def visual_stats(self) -> dict[str, dict[str, Any]]:
+        return json.loads(self.visual_json)
 
 
 @dataclass
@@ -155,8 +160,8 @@ def read_source(position: int, name: str, fs: AbstractFileSystem, root: str) -> 
     return Source(position, name, fs, root, info, tasks, episodes)
 
 
-def _visual_stats(stats: dict[str, Any], features: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in stats.items() if features.get(k, {}).get("dtype") in VISUAL}
+def _visual_json(stats: dict[str, Any], features: dict[str, dict[str, Any]]) -> bytes:
+    return json.dumps({k: v for k, v in stats.items() if features.get(k, {}).get("dtype") in VISUAL}).encode()
 
 
 def _read_v21(position: int, fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], list[SourceEpisode]]:
@@ -184,7 +189,7 @@ def _read_v21(position: int, fs: AbstractFileSystem, root: str, info: dict) -> t
                 tasks=tuple(row.get("tasks", ())),
                 data_path=storage.join(root, info["data_path"].format(**fmt)),
                 videos=videos,
-                visual_stats=_visual_stats(stats.get(ep, {}), features),
+                visual_json=_visual_json(stats.get(ep, {}), features),
             )
         )
     return tasks, episodes
@@ -210,18 +215,21 @@ def _read_v30(position: int, fs: AbstractFileSystem, root: str, info: dict) -> t
     )
     episodes = []
     keys = video_keys(features)
-    for row in table.to_pylist():
+    paths: dict[str, str] = {}  # one string per file and task, shared by the episodes
+    for row in (r for batch in table.to_batches(max_chunksize=1024) for r in batch.to_pylist()):
         stats: dict[str, dict[str, Any]] = {}
         for col, value in row.items():
             if col.startswith("stats/"):
                 feat, stat = col[len("stats/") :].rsplit("/", 1)
                 stats.setdefault(feat, {})[stat] = value
         fmt = {"chunk_index": row["data/chunk_index"], "file_index": row["data/file_index"]}
+        data_rel = info["data_path"].format(**fmt)
         videos = {}
         for key in keys:
             vfmt = {"chunk_index": row[f"videos/{key}/chunk_index"], "file_index": row[f"videos/{key}/file_index"]}
+            rel = info["video_path"].format(video_key=key, **vfmt)
             videos[key] = VideoSpan(
-                storage.join(root, info["video_path"].format(video_key=key, **vfmt)),
+                paths.setdefault(rel, storage.join(root, rel)),
                 float(row[f"videos/{key}/from_timestamp"]),
                 float(row[f"videos/{key}/to_timestamp"]),
             )
@@ -230,10 +238,10 @@ def _read_v30(position: int, fs: AbstractFileSystem, root: str, info: dict) -> t
                 source=position,
                 index=int(row["episode_index"]),
                 length=int(row["length"]),
-                tasks=tuple(row.get("tasks") or ()),
-                data_path=storage.join(root, info["data_path"].format(**fmt)),
+                tasks=tuple(paths.setdefault(t, t) for t in row.get("tasks") or ()),
+                data_path=paths.setdefault(data_rel, storage.join(root, data_rel)),
                 videos=videos,
-                visual_stats=_visual_stats(stats, features),
+                visual_json=_visual_json(stats, features),
             )
         )
     episodes.sort(key=lambda e: e.index)
@@ -253,7 +261,7 @@ def write_json(fs: AbstractFileSystem, path: str, value: Any) -> None:
     _write_bytes(fs, path, json.dumps(value, indent=4, ensure_ascii=False).encode())
 
 
-def write_jsonl(fs: AbstractFileSystem, path: str, rows: list[dict[str, Any]]) -> None:
+def write_jsonl(fs: AbstractFileSystem, path: str, rows: Iterable[dict[str, Any]]) -> None:
     _write_bytes(fs, path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
 
