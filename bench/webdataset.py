@@ -23,10 +23,12 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 from floor import cp_floor, fmt, start_ray
 
 from raymerge.webdataset import samples as S
-from raymerge.webdataset.writer import END_OF_ARCHIVE, member_header
+from raymerge.webdataset.writer import END_OF_ARCHIVE, member_headers
 
 IMAGE = 15_000
 PER_SHARD = 1000
@@ -35,13 +37,14 @@ PER_SHARD = 1000
 def write_tar(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> None:
     """A plain ustar shard, written with the output writer's headers (tarfile is too slow for 7.5 GB)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    members = [(f"{key}.{ext}", data) for key, sample in samples for ext, data in sample.items()]
+    sizes = np.array([len(data) for _, data in members], dtype=np.int64)
+    headers, bounds = member_headers(pa.array([name for name, _ in members], pa.large_string()), sizes, 0)
     pieces, pos = [], 0
-    for key, members in samples:
-        for ext, data in members.items():
-            header = member_header(f"{key}.{ext}", len(data), 0)
-            pad = bytes(-len(data) % tarfile.BLOCKSIZE)
-            pieces += (header, data, pad)
-            pos += len(header) + len(data) + len(pad)
+    for (_, data), start, end in zip(members, bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        pad = bytes(-len(data) % tarfile.BLOCKSIZE)
+        pieces += (headers[start:end], data, pad)
+        pos += end - start + len(data) + len(pad)
     pieces += (END_OF_ARCHIVE, bytes(-(pos + len(END_OF_ARCHIVE)) % tarfile.RECORDSIZE))
     path.write_bytes(b"".join(pieces))
 

@@ -7,6 +7,7 @@ uid/gid 0, so a PAX header appears only when a name needs one. Payload is copied
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import tarfile
 from collections.abc import Callable, Sequence
@@ -14,6 +15,8 @@ from typing import IO
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
@@ -25,6 +28,7 @@ BATCH_BYTES = 16 * 1024 * 1024  # payload gathered and written per batch of samp
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 BATCH_MEMBERS = 1024  # bounds the gap bytes a batch of tiny members may read
 SPAN_MAX = 32 * 1024 * 1024  # bound on the bytes one read holds in memory
+_UNKNOWN, _NOT_MAPPED = -2, -1  # RangeReader's state of a shard that is not mapped
 END_OF_ARCHIVE = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
 # What tarfile writes for a regular file with mode 0644, uid/gid 0, no user/group names; the checksum
 # field holds spaces while the sum is taken.
@@ -45,31 +49,51 @@ _USTAR_TEMPLATE = bytes(
     + bytes(155)
     + bytes(12)
 )
-_TEMPLATE_SUM = sum(_USTAR_TEMPLATE)
 _PADS = [tarfile.NUL * n for n in range(tarfile.BLOCKSIZE)]
+_OCTAL_LIMIT = 8**11  # what an 11-digit size or mtime field holds; beyond it tarfile writes PAX
+_SIZE_SHIFTS = 3 * np.arange(10, -1, -1, dtype=np.int64)  # the 11 digits of "%011o", most significant first
+_CHECKSUM_SHIFTS = 3 * np.arange(5, -1, -1, dtype=np.int64)  # "%06o"
 
 
-def member_header(name: str, size: int, mtime: int) -> bytes:
-    """A ustar header built directly when the name fits (the common case, and hot); tarfile otherwise.
+def member_headers(names: pa.LargeStringArray, sizes: np.ndarray, mtime: int) -> tuple[bytes, np.ndarray]:
+    """The tar headers of members, concatenated, and where each begins (n + 1 bounds).
 
-    The checksum is the template's byte sum plus the bytes of the fields filled in.
+    Names that fit a ustar header (ASCII, at most 100 bytes) get one built for all members at once
+    with array arithmetic, byte for byte what tarfile writes; the rest (long or non-ASCII names,
+    huge sizes) go through tarfile, which adds a PAX header.
     """
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) <= 100 and raw.isascii() and size < 8**11 and 0 <= mtime < 8**11:
-        size_field, mtime_field = b"%011o\0" % size, b"%011o\0" % mtime
-        checksum = _TEMPLATE_SUM + sum(raw) + sum(size_field) + sum(mtime_field)
-        return b"".join(
-            (
-                raw,
-                bytes(100 - len(raw)),
-                _USTAR_TEMPLATE[100:124],
-                size_field,
-                mtime_field,
-                b"%06o\0 " % checksum,
-                _USTAR_TEMPLATE[156:],
-            )
-        )
-    return _tarfile_header(name, size, mtime)
+    bounds = np.frombuffer(names.buffers()[1], dtype=np.int64)[names.offset : names.offset + len(names) + 1]
+    lengths = np.diff(bounds)
+    fits = (lengths <= 100) & (sizes < _OCTAL_LIMIT) & pc.string_is_ascii(names).to_numpy(zero_copy_only=False)
+    fits &= 0 <= mtime < _OCTAL_LIMIT
+    rows = _ustar_rows(names, bounds, fits, sizes, mtime)
+    if fits.all():
+        return rows.tobytes(), np.arange(len(sizes) + 1, dtype=np.int64) * tarfile.BLOCKSIZE
+    pieces = [
+        rows[i].tobytes() if ok else _tarfile_header(name, size, mtime)
+        for i, (ok, name, size) in enumerate(zip(fits.tolist(), names.to_pylist(), sizes.tolist(), strict=True))
+    ]
+    return b"".join(pieces), np.cumsum([0] + [len(p) for p in pieces], dtype=np.int64)
+
+
+def _ustar_rows(
+    names: pa.LargeStringArray, bounds: np.ndarray, fits: np.ndarray, sizes: np.ndarray, mtime: int
+) -> np.ndarray:
+    """One 512-byte ustar header per member; rows where `fits` is False are not valid headers."""
+    n = len(sizes)
+    rows = np.tile(np.frombuffer(_USTAR_TEMPLATE, dtype=np.uint8), (n, 1))
+    row_of_byte = np.repeat(np.arange(n), np.diff(bounds))
+    byte = np.arange(bounds[0], bounds[-1])
+    keep = fits[row_of_byte]
+    data = np.frombuffer(names.buffers()[2], dtype=np.uint8) if bounds[-1] else np.empty(0, np.uint8)
+    rows[row_of_byte[keep], (byte - bounds[row_of_byte])[keep]] = data[byte[keep]]
+    rows[:, 124:135] = 48 + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)
+    rows[:, 136:147] = np.frombuffer(b"%011o" % (mtime % _OCTAL_LIMIT), dtype=np.uint8)  # unused unless it fits
+    rows[:, 135] = rows[:, 147] = 0
+    checksum = rows.sum(axis=1, dtype=np.int64)  # the checksum field holds spaces while summed
+    rows[:, 148:154] = 48 + ((checksum[:, None] >> _CHECKSUM_SHIFTS) & 7)
+    rows[:, 154] = 0
+    return rows
 
 
 def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
@@ -112,59 +136,82 @@ def spans(
 
 
 class RangeReader:
-    """Byte ranges of input shards: one request per span; compressed shards are decompressed forward."""
+    """Member bytes of input shards. Local plain shards are mapped into memory, so payload goes from the
+    page cache to the output with one copy and no read calls; other shards are read span by span
+    (one request per span), compressed ones decompressed forward."""
 
     def __init__(self, shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem]) -> None:
         self.shards, self.filesystems = shards, filesystems
         self._local = [storage.is_local(fs) for fs in filesystems]
         self._gz: dict[int, IO[bytes]] = {}
-        self._fds: dict[int, int] = {}
+        self._maps: dict[int, memoryview] = {}
+        self._mapped = np.full(len(shards), _UNKNOWN, dtype=np.int64)  # mapped length, or why not mapped
 
     def gap(self, src: int) -> int:
         """Bytes worth reading across rather than issuing another request: small locally, large on S3."""
         return LOCAL_GAP if self._local[self.shards[src].input] else REMOTE_GAP
 
-    def read(self, src: int, start: int, end: int) -> bytes:
+    def member_bytes(self, src: np.ndarray, offset: np.ndarray, size: np.ndarray) -> list[memoryview]:
+        """The bytes of every member, in the order given: slices of mapped shards, else read span by span."""
+        for s in np.unique(src[self._mapped[src] == _UNKNOWN]).tolist():
+            self._map(s)
+        end = offset + size
+        if (self._mapped[src] >= 0).all():
+            short = np.flatnonzero(end > self._mapped[src])
+            if len(short):
+                i = short[0]
+                self._changed(int(src[i]), int(offset[i]), int(size[i]), max(0, int(self._mapped[src[i]] - offset[i])))
+            maps = self._maps
+            return [maps[s][o:e] for s, o, e in zip(src.tolist(), offset.tolist(), end.tolist(), strict=True)]
+        data: list[memoryview] = [memoryview(b"")] * len(src)
+        offsets, sizes = offset.tolist(), size.tolist()
+        for s, start, stop, covered in spans(src.tolist(), offsets, sizes, self.gap):
+            buf = self.read(s, start, stop)
+            for i in covered:
+                data[i] = buf[offsets[i] - start : offsets[i] - start + sizes[i]]
+        return data
+
+    def read(self, src: int, start: int, end: int) -> memoryview:
         shard = self.shards[src]
-        fs = self.filesystems[shard.input]
-        fd = self._fds.get(src)
-        if fd is None and not shard.compressed and self._local[shard.input]:
-            fd = self._fds[src] = os.open(shard.path, os.O_RDONLY)
-        if fd is not None:
-            data = os.pread(fd, end - start, start)
+        if self._mapped[src] >= 0:
+            data = self._maps[src][start:end]
         elif not shard.compressed:
-            data = fs.cat_file(shard.path, start=start, end=end)
+            data = memoryview(self.filesystems[shard.input].cat_file(shard.path, start=start, end=end))
         else:
             f = self._gz.get(src)
             if f is None:
-                f = self._gz[src] = gzip.GzipFile(fileobj=fs.open(shard.path, "rb"))
+                f = self._gz[src] = gzip.GzipFile(fileobj=self.filesystems[shard.input].open(shard.path, "rb"))
             f.seek(start)
-            data = f.read(end - start)
+            data = memoryview(f.read(end - start))
         if len(data) != end - start:
-            raise OSError(
-                f"{shard.name}: expected {end - start} bytes at {start}, got {len(data)}; did the input change?"
-            )
+            self._changed(src, start, end - start, len(data))
         return data
 
+    def _map(self, src: int) -> None:
+        """Map a local plain shard (the mapping holds no file descriptor open); others stay unmapped."""
+        shard = self.shards[src]
+        self._mapped[src] = _NOT_MAPPED
+        if shard.compressed or not self._local[shard.input]:
+            return
+        try:
+            with open(shard.path, "rb") as f:
+                self._maps[src] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError):  # empty or special file, no address space left: read it instead
+            return
+        self._mapped[src] = len(self._maps[src])
+
+    def _changed(self, src: int, start: int, expected: int, got: int) -> None:
+        raise OSError(
+            f"{self.shards[src].name}: expected {expected} bytes at {start}, got {got}; did the input change?"
+        )
+
     def close(self) -> None:
+        """Drop the mappings (each unmaps once no written piece refers to it any more) and the open files."""
         for f in self._gz.values():
             f.close()
-        for fd in self._fds.values():
-            os.close(fd)
         self._gz.clear()
-        self._fds.clear()
-
-
-def member_data(
-    reader: RangeReader, src: Sequence[int], offset: Sequence[int], size: Sequence[int]
-) -> list[memoryview]:
-    """The bytes of every member, in the order given, read span by span."""
-    data: list[memoryview] = [memoryview(b"")] * len(src)
-    for s, start, end, covered in spans(src, offset, size, reader.gap):
-        buf = memoryview(reader.read(s, start, end))
-        for i in covered:
-            data[i] = buf[offset[i] - start : offset[i] - start + size[i]]
-    return data
+        self._maps.clear()
+        self._mapped[:] = _UNKNOWN
 
 
 def write_pieces(out: IO[bytes], pieces: Sequence[bytes | memoryview]) -> None:
@@ -188,6 +235,14 @@ def output_keys(rows: pl.DataFrame, start: int, renumber_width: int | None) -> l
     return [f"{i:0{renumber_width}d}" for i in range(start, start + rows.height)]
 
 
+def member_names(keys: Sequence[str], members: pl.DataFrame) -> pa.LargeStringArray:
+    """`KEY.EXT` of every member as one Arrow array: no Python string per member."""
+    names = members.select(
+        pl.concat_str(pl.Series(keys, dtype=pl.String).gather(members["sample"]), pl.lit("."), pl.col("names"))
+    )
+    return names.to_series().to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.large_string())
+
+
 def write_shard(
     rows: pl.DataFrame,
     reader: RangeReader,
@@ -198,33 +253,30 @@ def write_shard(
 ) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
     """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
 
-    Members go in batches: each batch is read in source order (coalesced ranges) and its tar bytes
-    written with one call; positions and index rows are computed with array arithmetic, so the
-    per-member work is a header and a slice.
+    Members go in batches: headers are built for a whole batch with array arithmetic, payload comes
+    as slices of mapped shards (or coalesced reads), and the batch is written with `writev`; the
+    per-member Python work is three slices.
     """
     members = shard_members(rows)
     sample = members["sample"].to_numpy()
-    sample_list = sample.tolist()
-    exts = members["names"].to_list()
-    src, offset = members["srcs"].to_list(), members["offsets"].to_list()
+    src, offset = members["srcs"].to_numpy(), members["offsets"].to_numpy()
     size = members["sizes"].to_numpy()
-    sizes = size.tolist()
-    pads = (-size % tarfile.BLOCKSIZE).tolist()
-    starts = np.empty(len(exts), dtype=np.int64)  # where each member's header begins
-    header_lens = np.empty(len(exts), dtype=np.int64)
+    pads = -size % tarfile.BLOCKSIZE
+    names = member_names(keys, members)
+    header_lens = np.empty(len(size), dtype=np.int64)
     cum = np.concatenate([[0], np.cumsum(size)])
-    pos, b = 0, 0
-    while b < len(exts):
+    b = 0
+    while b < len(size):
         e = min(b + BATCH_MEMBERS, max(b + 1, int(np.searchsorted(cum, cum[b] + BATCH_BYTES, side="right")) - 1))
-        data = member_data(reader, src[b:e], offset[b:e], sizes[b:e])
-        pieces: list[bytes | memoryview] = []
-        for i, payload in zip(range(b, e), data, strict=True):
-            header = member_header(f"{keys[sample_list[i]]}.{exts[i]}", sizes[i], mtime)
-            pieces += (header, payload, _PADS[pads[i]])
-            starts[i], header_lens[i] = pos, len(header)
-            pos += len(header) + sizes[i] + pads[i]
-        write_pieces(out, pieces)
+        headers, bounds = member_headers(names.slice(b, e - b), size[b:e], mtime)
+        header_lens[b:e] = np.diff(bounds)
+        write_pieces(
+            out, _interleave(headers, bounds, reader.member_bytes(src[b:e], offset[b:e], size[b:e]), pads[b:e])
+        )
         b = e
+    ends = np.cumsum(header_lens + size + pads)
+    pos = int(ends[-1]) if len(ends) else 0
+    starts = ends - header_lens - size - pads  # where each member's header begins
     write_pieces(out, [END_OF_ARCHIVE, tarfile.NUL * (-(pos + len(END_OF_ARCHIVE)) % tarfile.RECORDSIZE)])
     sample_offsets = np.append(starts[np.searchsorted(sample, np.arange(rows.height))], pos).astype("<u8")
     samples = pl.DataFrame(
@@ -237,9 +289,21 @@ def write_shard(
     parts = pl.DataFrame(
         {
             "sample_index": sample,
-            "part_name": exts,
+            "part_name": members["names"],
             "content_byte_offset": starts + header_lens,
             "content_byte_size": size,
         }
     )
     return sample_offsets, samples, parts
+
+
+def _interleave(
+    headers: bytes, bounds: np.ndarray, data: list[memoryview], pads: np.ndarray
+) -> list[bytes | memoryview]:
+    """Header, payload and padding of each member, in order, as pieces for one `writev`."""
+    view, at = memoryview(headers), bounds.tolist()
+    return [
+        piece
+        for k, (payload, pad) in enumerate(zip(data, pads.tolist(), strict=True))
+        for piece in (view[at[k] : at[k + 1]], payload, _PADS[pad])
+    ]

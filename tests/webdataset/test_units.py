@@ -1,4 +1,4 @@
-"""Plain-value logic without a cluster: key splitting, blend order, shard packing, splits, header bytes."""
+"""Plain-value logic without a cluster: key splitting, blend order, shard packing, splits."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from datasets import Dataset, interleave_datasets
 
 from raymerge.webdataset.layout import ShardPacker, blend_indices, split_parts
 from raymerge.webdataset.tarindex import _tarfile_members, samples, scan_tar, split_name, ustar_members
-from raymerge.webdataset.writer import _tarfile_header, member_header
 
 
 @pytest.mark.parametrize(
@@ -61,12 +60,6 @@ def test_split_parts_by_whole_shards():
     }
 
 
-def test_headers_need_pax_only_for_long_or_non_ascii_names():
-    assert len(member_header("k/000001.jpg", 10, 0)) == 512
-    assert len(member_header("k/" + "x" * 120 + ".jpg", 10, 0)) > 512
-    assert len(member_header("k/café.jpg", 10, 0)) > 512
-
-
 def test_scan_reports_data_offsets_of_members():
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -81,13 +74,6 @@ def test_scan_reports_data_offsets_of_members():
         ("a", ["jpg", "txt"], [512, 512 + 1024 + 512], [700, 2]),
         ("b", ["jpg"], [512 + 1024 + 1024 + 512], [1]),
     ]
-
-
-@pytest.mark.parametrize(
-    ("name", "size", "mtime"), [("part_a/000001.jpg", 15000, 0), ("a.b.c", 0, 1_700_000_000), ("x" * 100, 1, 5)]
-)
-def test_fast_header_is_what_tarfile_writes(name, size, mtime):
-    assert member_header(name, size, mtime) == _tarfile_header(name, size, mtime)
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
