@@ -52,7 +52,7 @@ def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
         for ext, c in summary["extensions"].items():
             extensions[ext] = extensions.get(ext, 0) + c
         examples.extend(summary["first_keys"][: 5 - len(examples)])
-        for key in table["key"]:
+        for key in table["key"].to_pylist():
             if key in seen:
                 n_duplicates += 1
                 if len(duplicates) < MAX_DUPLICATES_SHOWN:

@@ -60,23 +60,18 @@ def scan_shards(shards: Sequence[Shard], fs: AbstractFileSystem, first_id: int, 
     Several shards per task: a shard's scan takes milliseconds, so a task per shard would be
     mostly task overhead and many tiny objects.
     """
-    frames, summaries = [], []
-    for k, shard in enumerate(shards):
+    tables = []
+    for shard in shards:
         with open_shard(fs, shard) as f:
-            scanned = tarindex.scan_tar(
-                f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
+            tables.append(
+                tarindex.scan_tar(
+                    f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
+                )
             )
-        frames.append(
-            keytable.frame(
-                scanned,
-                first_id + k,
-                key_prefix=opts.key_prefix,
-                ext_prefix=opts.ext_prefix,
-                shuffle_seed=opts.shuffle_seed,
-            )
-        )
-        summaries.append(tarindex.summarize(scanned))
-    df = pl.concat(frames)
+    df = keytable.frame(
+        tables, first_id, key_prefix=opts.key_prefix, ext_prefix=opts.ext_prefix, shuffle_seed=opts.shuffle_seed
+    )
+    summaries = [tarindex.summarize(t) for t in tables]
     buckets = (
         keytable.split_by(df, keytable.hash_buckets(df["key"].to_list(), opts.buckets), opts.buckets)
         if opts.buckets

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import numpy as np
 import pytest
 from datasets import Dataset, interleave_datasets
 
 from raymerge.webdataset.layout import ShardPacker, blend_indices, split_parts
-from raymerge.webdataset.tarindex import _tarfile_members, samples, scan_tar, split_name, ustar_members
+from raymerge.webdataset.tarindex import split_name
 
 
 @pytest.mark.parametrize(
@@ -58,42 +55,3 @@ def test_split_parts_by_whole_shards():
         "val": names[8:9],
         "test": names[9:],
     }
-
-
-def test_scan_reports_data_offsets_of_members():
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in [("a.jpg", b"x" * 700), ("a.txt", b"hi"), ("b.jpg", b"y")]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    table = scan_tar(buf, "t.tar", size=len(buf.getvalue()))
-    assert table["key"] == ["a", "b"]
-    assert list(samples(table)) == [
-        ("a", ["jpg", "txt"], [512, 512 + 1024 + 512], [700, 2]),
-        ("b", ["jpg"], [512 + 1024 + 1024 + 512], [1]),
-    ]
-
-
-@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
-def test_direct_header_scan_equals_tarfile(fmt):
-    """Plain ustar headers are parsed directly (prefix-split long names too); PAX/GNU long names fall back."""
-    buf = io.BytesIO()
-    names = ["d/", "d/a.seg.png", "d/a.txt", "p" * 90 + "/" + "q" * 90 + ".jpg", "x" * 120 + ".jpg", "b.cls"]
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
-        for i, name in enumerate(names):
-            if fmt == tarfile.USTAR_FORMAT and name.startswith("x"):
-                continue
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
-            info.size = 0 if info.isdir() else 700 * i
-            tar.addfile(info, io.BytesIO(b"z" * info.size))
-    direct = ustar_members(io.BytesIO(buf.getvalue()))
-    via_tarfile = list(_tarfile_members(io.BytesIO(buf.getvalue()), "t.tar", False))
-    if fmt == tarfile.USTAR_FORMAT:
-        assert direct == via_tarfile and len(direct) == 5
-    else:
-        assert direct is None  # long names need PAX or GNU headers: tarfile reads them
-    long_keys = ["p" * 90 + "/" + "q" * 90] + ([] if fmt == tarfile.USTAR_FORMAT else ["x" * 120])
-    assert scan_tar(io.BytesIO(buf.getvalue()), "t.tar")["key"] == ["d/a", *long_keys, "b"]

@@ -80,7 +80,7 @@ def test_shard_is_byte_for_byte_what_tarfile_writes(tmp_path, inputs, to_file, u
     frames = []
     for i, shard in enumerate(shards[:used]):
         with filesystems[i].open(shard.path, "rb") as f:
-            frames.append(keytable.frame(tarindex.scan_tar(f, shard.name, compressed=shard.compressed, size=None), i))
+            frames.append(keytable.frame([tarindex.scan_tar(f, shard.name, compressed=shard.compressed, size=None)], i))
     rows = pl.concat(frames).sample(fraction=1.0, shuffle=True, seed=3)
     by_key = dict(made)
     keys = [k if j % 5 else k + ("/é" if j % 2 else "/" + "x" * 110) for j, k in enumerate(rows["key"].to_list())]
@@ -108,7 +108,7 @@ def test_shard_is_byte_for_byte_what_tarfile_writes(tmp_path, inputs, to_file, u
 def test_input_changed_since_the_plan_is_reported(tmp_path, inputs):
     shards, filesystems, _ = inputs
     with open(shards[0].path, "rb") as f:
-        rows = keytable.frame(tarindex.scan_tar(f, shards[0].name, size=None), 0)
+        rows = keytable.frame([tarindex.scan_tar(f, shards[0].name, size=None)], 0)
     Path(shards[0].path).write_bytes(Path(shards[0].path).read_bytes()[:5000])
     reader = RangeReader(shards, filesystems)
     with pytest.raises(OSError, match=r"s0.tar: expected \d+ bytes at \d+, got \d+; did the input change\?"):
