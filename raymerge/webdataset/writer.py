@@ -11,6 +11,7 @@ import mmap
 import os
 import tarfile
 from collections.abc import Callable, Sequence
+from itertools import chain, pairwise
 from typing import IO
 
 import numpy as np
@@ -79,21 +80,37 @@ def member_headers(names: pa.LargeStringArray, sizes: np.ndarray, mtime: int) ->
 def _ustar_rows(
     names: pa.LargeStringArray, bounds: np.ndarray, fits: np.ndarray, sizes: np.ndarray, mtime: int
 ) -> np.ndarray:
-    """One 512-byte ustar header per member; rows where `fits` is False are not valid headers."""
+    """One 512-byte ustar header per member; rows where `fits` is False are not valid headers.
+
+    The checksum is the template's byte sum (mtime filled in, checksum field as spaces) plus the
+    bytes of each name and size field.
+    """
     n = len(sizes)
-    rows = np.tile(np.frombuffer(_USTAR_TEMPLATE, dtype=np.uint8), (n, 1))
+    template = _template(mtime)
+    rows = np.tile(template, (n, 1))
     row_of_byte = np.repeat(np.arange(n), np.diff(bounds))
     byte = np.arange(bounds[0], bounds[-1])
     keep = fits[row_of_byte]
     data = np.frombuffer(names.buffers()[2], dtype=np.uint8) if bounds[-1] else np.empty(0, np.uint8)
     rows[row_of_byte[keep], (byte - bounds[row_of_byte])[keep]] = data[byte[keep]]
-    rows[:, 124:135] = 48 + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)
-    rows[:, 136:147] = np.frombuffer(b"%011o" % (mtime % _OCTAL_LIMIT), dtype=np.uint8)  # unused unless it fits
-    rows[:, 135] = rows[:, 147] = 0
-    checksum = rows.sum(axis=1, dtype=np.int64)  # the checksum field holds spaces while summed
+    digits = 48 + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)
+    rows[:, 124:135] = digits
+    name_sums = np.concatenate([[0], np.cumsum(data[bounds[0] : bounds[-1]], dtype=np.int64)])
+    checksum = (
+        int(template.sum(dtype=np.int64))
+        + name_sums[bounds[1:] - bounds[0]]
+        - name_sums[bounds[:-1] - bounds[0]]
+        + digits.sum(axis=1)
+    )
     rows[:, 148:154] = 48 + ((checksum[:, None] >> _CHECKSUM_SHIFTS) & 7)
     rows[:, 154] = 0
     return rows
+
+
+def _template(mtime: int) -> np.ndarray:
+    row = np.frombuffer(_USTAR_TEMPLATE, dtype=np.uint8).copy()
+    row[136:148] = np.frombuffer(b"%011o\0" % (mtime % _OCTAL_LIMIT), dtype=np.uint8)  # unused unless it fits
+    return row
 
 
 def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
@@ -302,8 +319,5 @@ def _interleave(
 ) -> list[bytes | memoryview]:
     """Header, payload and padding of each member, in order, as pieces for one `writev`."""
     view, at = memoryview(headers), bounds.tolist()
-    return [
-        piece
-        for k, (payload, pad) in enumerate(zip(data, pads.tolist(), strict=True))
-        for piece in (view[at[k] : at[k + 1]], payload, _PADS[pad])
-    ]
+    heads = [view[a:b] for a, b in pairwise(at)]
+    return list(chain.from_iterable(zip(heads, data, [_PADS[p] for p in pads.tolist()], strict=True)))
