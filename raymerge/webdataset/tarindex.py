@@ -109,15 +109,16 @@ def ustar_members(fileobj: IO[bytes]) -> Members | None:
     blocks, starts, sizes = chain
     raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
     kind = raw[:, 156]
-    if not (np.isin(kind, _PLAIN_TYPES).all() and (raw[:, 257:262] == _MAGIC).all() and _checksums_ok(raw)):
+    plain = (kind == _REGTYPE) | (kind == _AREGTYPE) | (kind == _DIRTYPE)
+    if not (plain.all() and (raw[:, 257:262] == _MAGIC).all() and _checksums_ok(raw)):
         return None
     names = _strings(raw[:, :100])
     if names is None:
         return None  # not UTF-8: tarfile's surrogate escapes
     size = np.asarray(sizes, dtype=np.int64)
-    is_dir = kind == ord(tarfile.DIRTYPE)
-    if (kind == ord(tarfile.AREGTYPE)).any():  # old-style regular files, directories by a trailing slash
-        is_dir |= (kind == ord(tarfile.AREGTYPE)) & np.array([n.endswith("/") for n in names.to_pylist()], dtype=bool)
+    is_dir = kind == _DIRTYPE
+    if (kind == _AREGTYPE).any():  # old-style regular files, directories by a trailing slash
+        is_dir |= (kind == _AREGTYPE) & np.array([n.endswith("/") for n in names.to_pylist()], dtype=bool)
     if (size[is_dir] != 0).any():
         return None
     if is_dir.any() or raw[:, 345].any():
@@ -130,7 +131,7 @@ def ustar_members(fileobj: IO[bytes]) -> Members | None:
 
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 HEADER_WINDOW = 4096  # one page per read where the file cannot be mapped: small members' headers come together
-_PLAIN_TYPES = np.frombuffer(tarfile.REGTYPE + tarfile.AREGTYPE + tarfile.DIRTYPE, dtype=np.uint8)
+_REGTYPE, _AREGTYPE, _DIRTYPE = tarfile.REGTYPE[0], tarfile.AREGTYPE[0], tarfile.DIRTYPE[0]
 _MAGIC = np.frombuffer(b"ustar", dtype=np.uint8)
 
 
@@ -371,7 +372,6 @@ def _table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
     Directories and meta members (`__...__`) are skipped; the rest must carry a key, lie inside
     the file, and form runs of one key each (no key again later, no extension twice in a run).
     """
-    n = len(members.sizes)
     flags = _name_flags(members.names)
     kept = np.flatnonzero(~(members.is_dir | flags["meta"]))
     keys, exts = split_names(members.names.take(kept))
@@ -379,18 +379,18 @@ def _table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
     key_code = _codes(keys)
     first = np.r_[True, key_code[1:] != key_code[:-1]] if len(kept) else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(first)
-    again = np.zeros(len(kept), dtype=bool)
-    again[starts] = ~_first_occurrences(key_code[starts])
-    pairs = (np.cumsum(first) - 1) * (len(kept) + 1) + _codes(exts)  # (sample, extension)
+    again = np.zeros(len(kept), dtype=bool)  # codes count up by one per new key; a key seen before breaks the count
+    again[starts] = key_code[starts] != np.arange(len(starts))
     checks = {
         "absolute": flags["absolute"],
         "traversal": flags["traversal"],
-        "no_key": _spread(kept, key_code < 0, n),
-        "truncated": _spread(kept, offsets + sizes > size if size is not None else np.zeros(len(kept), bool), n),
-        "again": _spread(kept, again, n),
-        "twice": _spread(kept, ~_first_occurrences(pairs), n),
+        "no_key": key_code < 0,
+        "truncated": offsets + sizes > size if size is not None else np.zeros(len(kept), dtype=bool),
+        "again": again,
+        "twice": ~_first_occurrences((np.cumsum(first) - 1) * (len(kept) + 1) + _codes(exts)),  # (sample, ext)
     }
-    _raise_first(checks, members.names, keys, exts, kept, shard)
+    if any(c.any() for c in checks.values()):
+        _raise_first(checks, members.names, keys, exts, kept, shard)
     return {
         "key": keys.take(starts),
         "members": np.diff(np.append(starts, len(kept))),
@@ -412,13 +412,6 @@ def _first_occurrences(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _spread(kept: np.ndarray, flags: np.ndarray, n: int) -> np.ndarray:
-    """Flags of the kept members, placed among all members."""
-    out = np.zeros(n, dtype=bool)
-    out[kept] = flags
-    return out
-
-
 def _raise_first(
     checks: dict[str, np.ndarray],
     names: pa.Array,
@@ -427,11 +420,12 @@ def _raise_first(
     kept: np.ndarray,
     shard: str,
 ) -> None:
-    """The error of the first member with any problem (the checks in `checks` order at that member)."""
-    bad = np.logical_or.reduce(list(checks.values()))
-    if not bad.any():
-        return
-    i = int(bad.argmax())
+    """The error of the first member with a problem (the checks in `checks` order at that member).
+
+    The name checks cover all members; the others only the kept ones (`kept` says which those are).
+    """
+    at_member = {p: f if len(f) == len(names) else _spread(kept, f, len(names)) for p, f in checks.items()}
+    i = int(np.logical_or.reduce(list(at_member.values())).argmax())
     k = int(np.searchsorted(kept, i))  # its place among kept members, if kept
     name = names[i].as_py()
     messages = {
@@ -445,8 +439,15 @@ def _raise_first(
         ),
         "twice": lambda: f"sample key {keys[k].as_py()!r} has member {exts[k].as_py()!r} twice",
     }
-    problem = next(p for p, f in checks.items() if f[i])
+    problem = next(p for p, f in at_member.items() if f[i])
     raise InvalidInput(f"{shard}: {messages[problem]()}")
+
+
+def _spread(kept: np.ndarray, flags: np.ndarray, n: int) -> np.ndarray:
+    """Flags of the kept members, placed among all members."""
+    out = np.zeros(n, dtype=bool)
+    out[kept] = flags
+    return out
 
 
 def samples(table: dict[str, Any]) -> Iterator[tuple[str, list[str], list[int], list[int]]]:
