@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,46 @@ def start_ray() -> tuple[str, float]:
     took = time.perf_counter() - t0
     print(f"ray start-up (fixed, excluded below): {took:.2f}s", flush=True)
     return ctx.address_info["gcs_address"], took
+
+
+DRIVER = """
+import json, subprocess, sys, time
+import ray
+from raymerge import api
+cfg, warm_module = json.loads(sys.argv[1]), sys.argv[2]
+t0 = time.perf_counter()
+ray.init(logging_level="ERROR")
+attach = time.perf_counter() - t0
+
+@ray.remote
+def warm():
+    __import__(warm_module)
+    time.sleep(0.5)  # so each core's worker takes one
+
+t0 = time.perf_counter()
+ray.get([warm.remote() for _ in range(int(ray.cluster_resources()["CPU"]))])
+workers = time.perf_counter() - t0 - 0.5
+t0 = time.perf_counter()
+report = api.run(cfg)
+subprocess.run(["sync"], check=True)
+wall = time.perf_counter() - t0
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"wall": wall, "attach": attach, "workers": workers, "timings": report.timings,
+                  "rows_out": report.rows_out, "rss_mb": peak / 1024}))
+"""
+
+
+def fresh_driver(cfg: dict, warm_module: str) -> dict:
+    """One run in a fresh driver process attached to the running Ray (`RAY_ADDRESS`), as a submitted job runs.
+
+    Attaching and the new job's worker start-up (one worker per core importing `warm_module`) are Ray's
+    fixed per-job costs, timed apart; `wall` is the run plus the `sync` of its output (as the `cp` floor).
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(cfg), warm_module], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cp_floor(sources: Sequence[Path], dest: Path) -> float:

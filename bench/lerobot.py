@@ -5,38 +5,28 @@
 
 Inputs are built from a few encoded episodes repeated (a merge of one small dataset listed many times), under
 `bench-data/` (git-ignored), deleted afterwards. Prints medians of 3 repeats, the ratio of the merge wall time
-(excluding Ray start-up, reported separately) to the `cp -r` floor on the same disk (both flushed with `sync`),
-and the driver's peak RSS at both sizes (it should not grow with the data). Each merge runs in a fresh driver
-process, a new Ray job whose workers start cold, as a `raymerge run` does.
+to the `cp -r` floor on the same disk (both flushed with `sync`), and the driver's peak RSS at both sizes (it
+should not grow with the data). Each merge runs in a fresh driver process attached to the running Ray, a new
+job; Ray's start-up and the job's worker start-up are fixed costs, timed and printed apart from the merge.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from floor import cp_floor, fmt, start_ray
+from floor import cp_floor, fmt, fresh_driver, start_ray
 
 from raymerge import api
 from raymerge.lerobot import samples
 
 ROOT = Path("bench-data/lerobot")
-DRIVER = """
-import json, sys
-from raymerge import api
-report = api.run(json.loads(sys.argv[1]), address=sys.argv[2])
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"timings": report.timings, "rss_mb": peak / 1024}))
-"""
 
 
 def tree_bytes(path: Path) -> int:
@@ -74,18 +64,11 @@ def build_inputs(total_bytes: float, address: str) -> list[Path]:
     return inputs
 
 
-def merge_once(inputs: list[Path], out: Path, address: str) -> dict:
-    """One merge in a fresh driver process (a new Ray job: its workers start cold), flushed to disk like
-    the `cp -r` floor; `sync_s` is the flush."""
+def merge_once(inputs: list[Path], out: Path) -> dict:
     cfg = {"kind": "lerobot", "inputs": [{"path": str(p)} for p in inputs], "output": {"path": str(out)}}
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run(["sync"], check=True)
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps(cfg), address], capture_output=True, text=True, check=True
-    )
-    t0 = time.perf_counter()
-    subprocess.run(["sync"], check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"sync_s": time.perf_counter() - t0}
+    return fresh_driver(cfg, "raymerge.lerobot.execute")
 
 
 def main() -> None:
@@ -98,21 +81,24 @@ def main() -> None:
     import ray
 
     address, _ = start_ray()
+    os.environ["RAY_ADDRESS"] = address
     try:
         for size in (2e9 * args.scale, 8e9 * args.scale):
             inputs = build_inputs(size, address)
             in_bytes = sum(tree_bytes(p) for p in inputs)
-            floors, walls, rss = [], [], []
+            floors, runs = [], []
             for _ in range(args.repeats):
                 floors.append(cp_floor(inputs, ROOT / "cp"))
-                run = merge_once(inputs, ROOT / "merged", address)
-                walls.append(run["timings"]["total"] - run["timings"].get("ray_start", 0.0) + run["sync_s"])
-                rss.append(run["rss_mb"])
-            print(f"  last run phases: {json.dumps({k: round(v, 2) for k, v in run['timings'].items()})}")
+                runs.append(merge_once(inputs, ROOT / "merged"))
+            walls = [r["wall"] for r in runs]  # plan + write + commit + sync of the output
             floor, wall = statistics.median(floors), statistics.median(walls)
+            workers = statistics.median(r["workers"] for r in runs)
+            phases = {k: round(statistics.median(r["timings"][k] for r in runs), 2) for k in ("plan", "write")}
             print(
-                f"inputs {in_bytes / 1e9:.2f} GB: cp -r {floor:.2f}s, merge {wall:.2f}s "
-                f"(ratio {wall / floor:.2f}x, {in_bytes / 1e6 / wall:.0f} MB/s), driver peak RSS {np.median(rss):.0f} MB"
+                f"inputs {in_bytes / 1e9:.2f} GB, {runs[0]['rows_out']:,} frames: cp -r {floor:.2f}s, merge {wall:.2f}s "
+                f"(ratio {wall / floor:.2f}x, {in_bytes / 1e6 / wall:.0f} MB/s; {phases}); per-job worker start-up "
+                f"{workers:.2f}s, with it {(wall + workers) / floor:.2f}x; driver peak RSS "
+                f"{np.median([r['rss_mb'] for r in runs]):.0f} MB; load average {os.getloadavg()[0]:.1f}"
                 f"  [cp {fmt(floors)}; merge {fmt(walls)}]",
                 flush=True,
             )
