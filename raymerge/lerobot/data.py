@@ -19,7 +19,7 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.lerobot.layout import DataJob, DataPart
-from raymerge.lerobot.stats import Summary, column_values, exact_stats
+from raymerge.lerobot.stats import Summary, episode_stats, feature_matrix
 
 
 @dataclass
@@ -102,24 +102,12 @@ def summarise(
     table: pa.Table, features: dict[str, tuple[int, ...]], with_quantiles: bool
 ) -> tuple[EpisodeStats, dict[str, Summary]]:
     """Exact per-episode stats and a mergeable per-file summary of every numeric feature."""
-    values = {key: column_values(table[key]) for key in features}
-    # every feature side by side, so each episode's stats are a handful of numpy calls, not a few per feature
-    matrix = np.hstack(list(values.values()))
-    bounds = np.cumsum([0] + [v.shape[1] for v in values.values()]).tolist()
-    columns = list(zip(values, bounds[:-1], bounds[1:], strict=True))
+    matrix, columns = feature_matrix(table, list(features))
     eps = table["episode_index"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, eps[1:] != eps[:-1]])
-    ends = np.r_[starts[1:], len(eps)]
-    names: tuple[str, ...] = ()
-    out = np.empty((len(starts), 0, matrix.shape[1]))
-    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
-        stats = exact_stats(matrix[s:e], with_quantiles)
-        if not names:
-            names = tuple(stats)
-            out = np.empty((len(starts), len(names), matrix.shape[1]))
-        out[i] = [stats[name] * (matrix.shape[1] if name == "count" else 1) for name in names]
-    per_episode = EpisodeStats(eps[starts].astype(np.int64), names, out, columns)
-    return per_episode, {key: Summary.of(v, features[key]) for key, v in values.items()}
+    starts = np.flatnonzero(np.r_[True, eps[1:] != eps[:-1]]) if len(eps) else np.zeros(0, dtype=np.intp)
+    names, values = episode_stats(matrix, starts, with_quantiles)
+    per_episode = EpisodeStats(eps[starts].astype(np.int64), names, values, columns)
+    return per_episode, {key: Summary.of(matrix[a:b].T, features[key]) for key, a, b in columns}
 
 
 def write_job(

@@ -24,14 +24,30 @@ _LOG_GAMMA = float(np.log1p(2 * RELATIVE_ACCURACY))
 _TINY = 1e-30
 
 
-def column_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A numeric (possibly list-valued) column as float64 (rows, dims)."""
+def _flat(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric (possibly list-valued) column as (rows, dims), in its own dtype."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = len(arr)
     while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
         arr = pc.list_flatten(arr)
-    values = arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    values = arr.to_numpy(zero_copy_only=False)
     return values.reshape(rows, -1) if rows else values.reshape(0, 1)
+
+
+def column_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric (possibly list-valued) column as float64 (rows, dims)."""
+    return _flat(column).astype(np.float64, copy=False)
+
+
+def feature_matrix(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """The features' dimensions as rows of one float64 (dims, rows) matrix, each contiguous so that per-episode
+    reductions run along memory (cast while copied in); and each feature's (key, first, end) rows."""
+    raw = [_flat(table[key]) for key in keys]
+    bounds = np.cumsum([0] + [r.shape[1] for r in raw]).tolist()
+    matrix = np.empty((bounds[-1], table.num_rows))
+    for r, a, b in zip(raw, bounds[:-1], bounds[1:], strict=True):
+        matrix[a:b] = r.T
+    return matrix, list(zip(keys, bounds[:-1], bounds[1:], strict=True))
 
 
 def snap(values: np.ndarray) -> np.ndarray:
@@ -42,13 +58,24 @@ def snap(values: np.ndarray) -> np.ndarray:
     return np.where(mag > _TINY, np.sign(values) * snapped, 0.0)
 
 
-def _distinct(values: np.ndarray, counts: np.ndarray, rounded: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+def _distinct(values: np.ndarray, counts: np.ndarray | None, rounded: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Sorted distinct values and their counts (`counts` None: one each), snapped to buckets when `rounded`
+    or past MAX_EXACT_VALUES. A sort and run boundaries: no inverse index, and snapping keeps the order."""
+    if counts is None:
+        values, counts = np.sort(values), np.ones(len(values), dtype=np.int64)
+    else:
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
     if rounded:
         values = snap(values)
-    uniq, inverse = np.unique(values, return_inverse=True)
-    if not rounded and len(uniq) > MAX_EXACT_VALUES:
-        return _distinct(uniq, np.bincount(inverse, weights=counts).astype(np.int64), True)
-    return uniq, np.bincount(inverse, weights=counts, minlength=len(uniq)).astype(np.int64), rounded
+        if len(values) > 1 and not (values[1:] >= values[:-1]).all():  # exp is monotonic; guard all the same
+            order = np.argsort(values, kind="stable")
+            values, counts = values[order], counts[order]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.zeros(0, dtype=np.intp)
+    values, counts = values[starts], np.add.reduceat(counts, starts) if len(starts) else counts[:0]
+    if not rounded and len(values) > MAX_EXACT_VALUES:
+        return _distinct(values, counts, True)
+    return values, counts, rounded
 
 
 def quantile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
@@ -83,7 +110,7 @@ class Summary:
         mean = x.mean(axis=0)
         values, counts, rounded = [], [], False
         for d in range(x.shape[1]):
-            v, c, r = _distinct(x[:, d], np.ones(len(x), dtype=np.int64), False)
+            v, c, r = _distinct(x[:, d], None, False)
             values.append(v)
             counts.append(c)
             rounded = rounded or r
@@ -186,6 +213,47 @@ def exact_stats(x: np.ndarray, with_quantiles: bool = True) -> dict[str, Any]:
     if with_quantiles:
         for name, row in zip(QUANTILES, np.quantile(x, list(QUANTILES.values()), axis=0), strict=True):
             out[name] = row.tolist()
+    return out
+
+
+def episode_stats(
+    xt: np.ndarray, starts: np.ndarray, with_quantiles: bool = True
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """`exact_stats` of every episode at once, for (dims, rows) values whose episodes start at `starts`:
+    stat names and a (episodes, stats, dims) array ("count" repeated over dims). Moments by `reduceat`;
+    quantiles from each episode's sorted values with numpy's linear interpolation, so they equal np.quantile."""
+    names = MOMENTS + (tuple(QUANTILES) if with_quantiles else ())
+    out = np.empty((len(starts), len(names), xt.shape[0]))
+    if not len(starts):
+        return names, out
+    n = np.diff(np.r_[starts, xt.shape[1]])
+    out[:, 0] = np.minimum.reduceat(xt, starts, axis=1).T
+    out[:, 1] = np.maximum.reduceat(xt, starts, axis=1).T
+    mean = np.add.reduceat(xt, starts, axis=1) / n
+    out[:, 2] = mean.T
+    dev = np.repeat(mean, n, axis=1)
+    np.subtract(xt, dev, out=dev)
+    np.square(dev, out=dev)
+    out[:, 3] = np.sqrt(np.add.reduceat(dev, starts, axis=1) / n).T
+    out[:, 4] = n[:, None]
+    if with_quantiles:
+        qs = np.fromiter(QUANTILES.values(), dtype=np.float64)
+        for i, (s, k) in enumerate(zip(starts.tolist(), n.tolist(), strict=True)):
+            out[i, 5:] = _linear_quantiles(np.sort(xt[:, s : s + k], axis=1), qs).T
+    return names, out
+
+
+def _linear_quantiles(sorted_values: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """numpy's default quantiles of (dims, k) values sorted along k, with its own two-sided interpolation:
+    (dims, len(qs))."""
+    v = (sorted_values.shape[1] - 1) * qs
+    lo = np.floor(v).astype(np.intp)
+    hi = np.minimum(lo + 1, sorted_values.shape[1] - 1)
+    gamma = v - lo
+    a, b = sorted_values[:, lo], sorted_values[:, hi]
+    diff = b - a
+    out = a + diff * gamma
+    np.subtract(b, diff * (1 - gamma), out=out, where=np.broadcast_to(gamma >= 0.5, out.shape))
     return out
 
 

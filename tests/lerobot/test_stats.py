@@ -67,3 +67,24 @@ def test_image_stats_pool_from_per_episode_stats():
     np.testing.assert_allclose(np.asarray(out["mean"]).reshape(3), whole.mean(0), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(out["std"]).reshape(3), whole.std(0), rtol=1e-10)
     assert np.asarray(out["min"]).shape == (3, 1, 1) and out["count"] == [137]
+
+
+def test_per_episode_stats_at_once_equal_numpy_per_episode():
+    from raymerge.lerobot.stats import episode_stats, exact_stats
+
+    rng = np.random.default_rng(3)
+    lengths = [1, 2, 3, 5, 100, 290, 7]
+    x = np.concatenate([rng.normal(size=(n, 4)) ** 3 for n in lengths])
+    x[:, 3] = np.round(x[:, 3])  # ties
+    starts = np.cumsum([0, *lengths[:-1]])
+    names, out = episode_stats(np.ascontiguousarray(x.T), starts)
+    assert out.shape == (len(lengths), len(names), 4)
+    for i, (s, n) in enumerate(zip(starts, lengths, strict=True)):
+        ref = exact_stats(x[s : s + n])
+        for j, name in enumerate(names):
+            if name == "count":
+                assert (out[i, j] == n).all()
+            elif name in QUANTILES:  # numpy's interpolation, bit for bit
+                np.testing.assert_array_equal(out[i, j], ref[name], err_msg=f"{name} of episode {i}")
+            else:
+                np.testing.assert_allclose(out[i, j], ref[name], rtol=1e-12, atol=1e-300, err_msg=name)
