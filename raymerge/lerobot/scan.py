@@ -30,12 +30,16 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
         raise InvalidInput(f"{storage.url(fs, path)}: data file is missing") from None
     except (pa.ArrowException, OSError) as e:
         raise InvalidInput(f"{storage.url(fs, path)}: corrupt parquet file: {e}") from None
-    eps = table["episode_index"].to_numpy()
-    tasks = table["task_index"].to_numpy()
-    out: EpisodeRows = {}
-    for ep in np.unique(eps):
-        mask = eps == ep
-        out[int(ep)] = (int(mask.sum()), sorted(int(t) for t in np.unique(tasks[mask])))
+    eps = table["episode_index"].to_numpy().astype(np.int64)
+    tasks = table["task_index"].to_numpy().astype(np.int64)
+    found, counts = np.unique(eps, return_counts=True)
+    out: EpisodeRows = {int(ep): (int(n), []) for ep, n in zip(found, counts, strict=True)}
+    if len(tasks):  # distinct (episode, task) pairs with one sort, then grouped by episode
+        low = int(tasks.min())
+        span = int(tasks.max()) - low + 1
+        for pair in np.unique((eps - int(found[0])) * span + (tasks - low)).tolist():
+            ep, task = divmod(pair, span)
+            out[ep + int(found[0])][1].append(task + low)
     return out
 
 
