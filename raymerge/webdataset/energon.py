@@ -12,7 +12,6 @@ import os
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -98,42 +97,49 @@ def write_meta(
     return [f"{META}/{name}" for name in files]
 
 
-def build_index_sqlite(
-    fs: AbstractFileSystem, root: str, shards: Iterable[tuple[int, pl.DataFrame, pl.DataFrame]]
-) -> list[str]:
-    """`index.sqlite` from each shard's sample and part rows, built locally and put in place; then `index.uuid`."""
-    with tempfile.TemporaryDirectory(prefix="raymerge-energon-") as tmp:
-        local = os.path.join(tmp, "index.sqlite")
-        db = sqlite3.connect(local)
-        try:
-            # a scratch file, copied into place whole: no journal and no fsync (which on a busy disk can
-            # wait for the output's own dirty pages); the file's bytes are the same
-            db.execute("PRAGMA journal_mode=OFF")
-            db.execute("PRAGMA synchronous=OFF")
-            for statement in _SCHEMA:
-                db.execute(statement)
-            for tar_id, samples, parts in shards:
-                db.executemany(
-                    "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        (tar_id, key, i, off, size)
-                        for i, (key, off, size) in enumerate(
-                            samples.select("sample_key", "byte_offset", "byte_size").iter_rows()
-                        )
-                    ),
+class IndexBuilder:
+    """`index.sqlite` built shard by shard in a scratch file as the writers finish, then put in place with
+    `index.uuid` (`executemany` per shard, the indexes created after all inserts, one transaction)."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="raymerge-energon-")
+        self._local = os.path.join(self._tmp.name, "index.sqlite")
+        self._db = sqlite3.connect(self._local)
+        # a scratch file, copied into place whole: no journal and no fsync (which on a busy disk can wait
+        # for the output's own dirty pages); the file's bytes are the same
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        for statement in _SCHEMA:
+            self._db.execute(statement)
+
+    def add(self, tar_id: int, samples: pl.DataFrame, parts: pl.DataFrame) -> None:
+        """One shard's rows; shards must come in `tar_id` order (the file is the same for the same order)."""
+        self._db.executemany(
+            "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) VALUES (?, ?, ?, ?, ?)",
+            (
+                (tar_id, key, i, off, size)
+                for i, (key, off, size) in enumerate(
+                    samples.select("sample_key", "byte_offset", "byte_size").iter_rows()
                 )
-                db.executemany(
-                    "INSERT INTO sample_parts (tar_file_id, sample_index, part_name, content_byte_offset, "
-                    "content_byte_size) VALUES (?, ?, ?, ?, ?)",
-                    ((tar_id, *row) for row in parts.iter_rows()),
-                )
-            for statement in _INDEXES:
-                db.execute(statement)
-            db.commit()
-        finally:
-            db.close()
+            ),
+        )
+        self._db.executemany(
+            "INSERT INTO sample_parts (tar_file_id, sample_index, part_name, content_byte_offset, "
+            "content_byte_size) VALUES (?, ?, ?, ?, ?)",
+            ((tar_id, *row) for row in parts.iter_rows()),
+        )
+
+    def finish(self, fs: AbstractFileSystem, root: str) -> list[str]:
+        """Indexes, commit, and the file put under `root`; returns the paths written, relative to `root`."""
+        for statement in _INDEXES:
+            self._db.execute(statement)
+        self._db.commit()
+        self._db.close()
         fs.makedirs(storage.join(root, META), exist_ok=True)
-        fs.put_file(local, storage.join(root, META, "index.sqlite"))
-    write_text(fs, storage.join(root, META, "index.uuid"), str(uuid.uuid4()))
-    return [f"{META}/index.sqlite", f"{META}/index.uuid"]
+        fs.put_file(self._local, storage.join(root, META, "index.sqlite"))
+        write_text(fs, storage.join(root, META, "index.uuid"), str(uuid.uuid4()))
+        return [f"{META}/index.sqlite", f"{META}/index.uuid"]
+
+    def close(self) -> None:
+        self._db.close()
+        self._tmp.cleanup()

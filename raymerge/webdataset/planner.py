@@ -222,7 +222,7 @@ def write_output_shard(
     renumber_width: int | None,
     *chunks: pl.DataFrame,
 ) -> tuple[dict[str, Any], tuple[pl.DataFrame, pl.DataFrame]]:
-    """One output tar and its .tar.idx; the Energon index rows go back as an object for the sqlite task."""
+    """One output tar and its .tar.idx; the Energon index rows go back as an object for index.sqlite."""
     rows = pl.concat([chunks[k][a:b] for k, (_, a, b) in enumerate(spec.pieces)])
     keys = output_keys(rows, spec.start, renumber_width)
     path = storage.join(root, spec.name)
@@ -240,46 +240,56 @@ def write_output_shard(
     return {"name": spec.name, "samples": rows.height, "bytes": int(offsets[-1])}, (samples, parts)
 
 
-def build_sqlite(fs: AbstractFileSystem, root: str, refs: list[tuple[int, Any]]) -> list[str]:
-    return energon.build_index_sqlite(fs, root, ((tar_id, *ray.get(ref)) for tar_id, ref in refs))
-
-
 write_task = ray.remote(write_output_shard).options(num_returns=2)
-sqlite_task = ray.remote(build_sqlite)
 
 
 def execute(the_plan: WdsPlan, staging: storage.Staging, progress: Progress) -> Report:
-    """One writer task per output shard (range reads from the inputs), then Energon's metadata."""
+    """One writer task per output shard (range reads from the inputs); Energon's metadata by the driver.
+
+    `index.sqlite` takes each shard's index rows as soon as that shard and the ones before it are
+    written, while the other writers run: the driver holds one shard's rows at a time.
+    """
     cfg: Config = the_plan.config  # type: ignore[assignment]
     out = cfg.output
     fs, root = staging.fs, staging.path
-    progress(f"writing {len(the_plan.output_shards)} shard(s) of {the_plan.report.rows_out:,} samples")
+    specs = the_plan.output_shards
+    progress(f"writing {len(specs)} shard(s) of {the_plan.report.rows_out:,} samples")
     pending, index_refs = {}, []
-    for spec in the_plan.output_shards:
+    for spec in specs:
         used = [the_plan.chunks[c] for c, _, _ in spec.pieces]
         summary, index = write_task.remote(
             spec, the_plan.shards, the_plan.filesystems, fs, root, out.mtime, the_plan.renumber_width, *used
         )
         pending[summary] = spec.name
-        index_refs.append((spec.index, index))
+        index_refs.append(index)
     written: dict[str, dict[str, Any]] = {}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            result = ray.get(ref)
-            written[result["name"]] = result
-            del pending[ref]
-        if len(written) % max(1, len(the_plan.output_shards) // 10) == 0 or not pending:
-            progress(f"  {len(written)}/{len(the_plan.output_shards)} shards written")
-    names = [s.name for s in the_plan.output_shards]
-    files = [f for n in names for f in (n, n + energon.IDX_SUFFIX)]
-    if out.energon:
-        progress("writing Energon metadata (.nv-meta)")
-        counts = {n: written[n]["samples"] for n in names}
-        files += energon.write_meta(
-            fs, root, counts, layout.split_parts(names, out.split_ratio), out.sample_type, out.field_map
-        )
-        files += ray.get(sqlite_task.remote(fs, root, index_refs))
+    sqlite = energon.IndexBuilder() if out.energon else None
+    try:
+        indexed = 0
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                result = ray.get(ref)
+                written[result["name"]] = result
+                del pending[ref]
+            while sqlite is not None and indexed < len(specs) and specs[indexed].name in written:
+                sqlite.add(specs[indexed].index, *ray.get(index_refs[indexed]))
+                index_refs[indexed] = None  # the rows are in; the object store may drop them
+                indexed += 1
+            if len(written) % max(1, len(specs) // 10) == 0 or not pending:
+                progress(f"  {len(written)}/{len(specs)} shards written")
+        names = [s.name for s in specs]
+        files = [f for n in names for f in (n, n + energon.IDX_SUFFIX)]
+        if sqlite is not None:
+            progress("writing Energon metadata (.nv-meta)")
+            counts = {n: written[n]["samples"] for n in names}
+            files += energon.write_meta(
+                fs, root, counts, layout.split_parts(names, out.split_ratio), out.sample_type, out.field_map
+            )
+            files += sqlite.finish(fs, root)
+    finally:
+        if sqlite is not None:
+            sqlite.close()
     report = the_plan.report
     report.status = "ok"
     report.files_written = files
