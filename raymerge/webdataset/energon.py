@@ -115,7 +115,8 @@ class IndexBuilder:
     def add(self, tar_id: int, samples: pl.DataFrame, parts: pl.DataFrame) -> None:
         """One shard's rows; shards must come in `tar_id` order (the file is the same for the same order)."""
         self._db.executemany(
-            "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) "
+            "VALUES (?, ?, ?, ?, ?)",
             (
                 (tar_id, key, i, off, size)
                 for i, (key, off, size) in enumerate(
