@@ -50,16 +50,30 @@ print(json.dumps({"wall": wall, "attach": attach, "workers": workers, "timings":
 """
 
 
-def fresh_driver(cfg: dict, warm_module: str) -> dict:
-    """One run in a fresh driver process attached to the running Ray (`RAY_ADDRESS`), as a submitted job runs.
+def fresh_driver(cfg: dict, warm_module: str, warm_paths: Sequence[Path]) -> dict:
+    """One run in a fresh driver process attached to the running Ray (`RAY_ADDRESS`), as a submitted job runs,
+    its inputs (`warm_paths`) in the page cache as for the `cp` floor.
 
     Attaching and the new job's worker start-up (one worker per core importing `warm_module`) are Ray's
     fixed per-job costs, timed apart; `wall` is the run plus the `sync` of its output (as the `cp` floor).
     """
+    subprocess.run(["sync"], check=True)
+    warm(warm_paths)
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(cfg), warm_module], capture_output=True, text=True, check=True
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def warm(paths: Sequence[Path]) -> None:
+    """Read every file under `paths` once, so that the floor and the run both start with their inputs in
+    the page cache (whichever ran last would otherwise find them there, or evicted by the other's output)."""
+    for root in paths:
+        for path in sorted(Path(root).rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    while f.read(16 * 1024 * 1024):
+                        pass
 
 
 def cp_floor(sources: Sequence[Path], dest: Path) -> float:
@@ -67,6 +81,7 @@ def cp_floor(sources: Sequence[Path], dest: Path) -> float:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     subprocess.run(["sync"], check=True)
+    warm(sources)
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", *map(str, sources), str(dest)], check=True)
     subprocess.run(["sync"], check=True)

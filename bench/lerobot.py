@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +66,9 @@ def build_inputs(total_bytes: float, address: str) -> list[Path]:
 def merge_once(inputs: list[Path], out: Path) -> dict:
     cfg = {"kind": "lerobot", "inputs": [{"path": str(p)} for p in inputs], "output": {"path": str(out)}}
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run(["sync"], check=True)
-    return fresh_driver(cfg, "raymerge.lerobot.execute")
+    run = fresh_driver(cfg, "raymerge.lerobot.execute", inputs)
+    shutil.rmtree(out)  # as the floor's copy is: neither run starts next to the other's output
+    return run
 
 
 def main() -> None:

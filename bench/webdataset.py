@@ -12,20 +12,17 @@ output's `sync` (as `cp` is); Ray's start-up and each new job's worker start-up 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from floor import cp_floor, fmt, start_ray
+from floor import cp_floor, fmt, fresh_driver, start_ray
 
 from raymerge.webdataset import samples as S
 from raymerge.webdataset.writer import END_OF_ARCHIVE, member_headers
@@ -69,41 +66,22 @@ def generate(root: Path, n: int) -> int:
 
 
 def join_once(root: Path, out: Path) -> dict:
-    """One join in a fresh process attached to the running Ray: wall time of the work, driver peak RSS.
-
-    The new job's worker processes are started first (one per core, each importing raymerge) and
-    timed on their own: that is Ray's per-job start-up, which every fresh driver pays.
-    """
-    code = f"""
-import json, time
-import ray
-from raymerge import api
-t0 = time.perf_counter()
-ray.init(logging_level="ERROR")
-attach = time.perf_counter() - t0
-
-@ray.remote
-def warm():
-    import raymerge.webdataset.pipeline
-    time.sleep(0.5)  # so each core's worker takes one
-
-t0 = time.perf_counter()
-ray.get([warm.remote() for _ in range(int(ray.cluster_resources()["CPU"]))])
-workers = time.perf_counter() - t0 - 0.5
-t0 = time.perf_counter()
-r = api.run({{"kind": "webdataset", "operation": "join", "inputs": [
-    {{"path": "{root / "images"}"}}, {{"path": "{root / "captions"}", "nonmatch": "skip"}},
-    {{"path": "{root / "meta"}", "nonmatch": "none"}}], "output": {{"path": "{out}", "maxcount": 5000}}}})
-import subprocess; subprocess.run(["sync"], check=True)
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({{"wall": time.perf_counter() - t0, "attach": attach, "workers": workers, "timings": r.timings,
-    "rows_out": r.rows_out, "rss_mb": peak / 1024}}))
-"""
+    """One join in a fresh driver attached to the running Ray (`floor.fresh_driver`): wall time of the work
+    with the `sync` of its output, driver peak RSS; attaching and the job's worker start-up timed apart."""
+    cfg = {
+        "kind": "webdataset",
+        "operation": "join",
+        "inputs": [
+            {"path": str(root / "images")},
+            {"path": str(root / "captions"), "nonmatch": "skip"},
+            {"path": str(root / "meta"), "nonmatch": "none"},
+        ],
+        "output": {"path": str(out), "maxcount": 5000},
+    }
     shutil.rmtree(out, ignore_errors=True)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    run = fresh_driver(cfg, "raymerge.webdataset.pipeline", [root])
     shutil.rmtree(out, ignore_errors=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run
 
 
 def main() -> None:
@@ -139,7 +117,8 @@ def main() -> None:
                 f"rows out {runs[0]['rows_out']:,}; driver peak RSS {rss:.0f} MB; load average {os.getloadavg()[0]:.1f}"
             )
             rows.append((mult, n, size, floor, med, rss))
-            shutil.rmtree(root)
+            if not args.keep:
+                shutil.rmtree(root)
         print(f"driver RSS 5x / 1x: {rows[1][5] / rows[0][5]:.2f}")
     finally:
         ray.shutdown()
