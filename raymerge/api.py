@@ -36,13 +36,12 @@ def _staging(cfg: BaseConfig) -> storage.Staging:
     )
 
 
-def _session(cfg: BaseConfig, address: str | None, show_progress: bool | None):
+def _session(cfg: BaseConfig, address: str | None):
     return ray_session(
         address or cfg.ray.address,
         num_cpus=cfg.ray.num_cpus,
         object_store_memory=cfg.ray.object_store_memory,
         dashboard=cfg.ray.dashboard,
-        show_progress=show_progress,
     )
 
 
@@ -60,7 +59,7 @@ def plan(
     _staging(cfg).check()
     timer = Timer()
     t0 = time.perf_counter()
-    with _session(cfg, address, False):
+    with _session(cfg, address):
         timer.timings["ray_start"] = time.perf_counter() - t0
         with timer.phase("plan"):
             result = family(cfg.kind).plan(cfg, progress)
@@ -76,7 +75,6 @@ def run(
     overwrite: bool | None = None,
     address: str | None = None,
     progress: Progress | None = None,
-    show_progress: bool | None = None,
 ) -> Report:
     """Plan, write to staging with Ray tasks, commit atomically; return what happened."""
     started = time.perf_counter()
@@ -88,7 +86,7 @@ def run(
     timer = Timer()
     t0 = time.perf_counter()
     try:
-        with _session(cfg, address, show_progress):
+        with _session(cfg, address):
             timer.timings["ray_start"] = time.perf_counter() - t0
             progress(f"planning {cfg.kind} {cfg.operation} of {len(cfg.inputs)} input(s)")
             with timer.phase("plan"):

@@ -108,7 +108,6 @@ def run(
             overwrite=overwrite or None,
             address=address,
             progress=progress,
-            show_progress=not quiet and sys.stderr.isatty(),
         ),
     )
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.render())

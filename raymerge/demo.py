@@ -36,7 +36,7 @@ def main() -> int:
     print(f"sample datasets written to {ROOT}/ in {time.perf_counter() - t0:.1f}s\n", flush=True)
     progress = Progress()
     t0 = time.perf_counter()
-    with ray_session(show_progress=False):
+    with ray_session():
         print(f"Ray started locally in {time.perf_counter() - t0:.1f}s\n", flush=True)
         for config in CONFIGS:
             print(f"$ raymerge run {config}", flush=True)

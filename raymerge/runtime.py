@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -45,17 +44,6 @@ def local_init_kwargs(num_cpus: int | None, object_store_memory: int | None, das
     return kwargs
 
 
-def _quiet_ray_data(show_progress: bool) -> None:
-    import ray.data
-
-    # raymerge prints its own progress lines; Ray Data's bars only on a terminal, and no notice when they are off.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = show_progress
-    ctx.print_on_execution_start = False
-    ctx.enable_operator_progress_bars = show_progress
-
-
 @contextlib.contextmanager
 def ray_session(
     address: str | None = None,
@@ -63,15 +51,11 @@ def ray_session(
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
     dashboard: bool = False,
-    show_progress: bool | None = None,
 ) -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
     if ray.is_initialized():
-        _quiet_ray_data(show_progress)
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -86,7 +70,6 @@ def ray_session(
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(**local_init_kwargs(num_cpus, object_store_memory, dashboard))
     try:
-        _quiet_ray_data(show_progress)
         yield
     finally:
         ray.shutdown()

@@ -79,7 +79,7 @@ def reindex(table: pa.Table, part: DataPart, task_map: np.ndarray, rows_of: dict
 
 def _read(fs: AbstractFileSystem, path: str, episodes: list[int]) -> pa.Table:
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
+        table = pq.ParquetFile(f).read()
     return table.filter(pc.is_in(table["episode_index"], pa.array(episodes, type=table["episode_index"].type)))
 
 

@@ -130,7 +130,7 @@ def read_jsonl(fs: AbstractFileSystem, path: str) -> list[dict[str, Any]]:
 def read_parquet(fs: AbstractFileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
     try:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=columns)
+            return pq.ParquetFile(f).read(columns=columns)
     except FileNotFoundError:
         raise InvalidInput(f"{storage.url(fs, path)}: file is missing") from None
     except (pa.ArrowException, OSError) as e:

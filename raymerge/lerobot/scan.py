@@ -25,7 +25,7 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
     """Rows and task indices per episode of one data file; a corrupt file is rejected by name."""
     try:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["episode_index", "task_index"])
+            table = pq.ParquetFile(f).read(columns=["episode_index", "task_index"])
     except FileNotFoundError:
         raise InvalidInput(f"{storage.url(fs, path)}: data file is missing") from None
     except (pa.ArrowException, OSError) as e:

@@ -299,7 +299,7 @@ def execute(the_plan: WdsPlan, staging: storage.Staging, progress: Progress) -> 
 
 def preview_config(cfg: Config, n: int) -> list[dict[str, Any]]:
     """The first `n` samples the config would write: output key, members and their sizes, source shards."""
-    with ray_session(cfg.ray.address, num_cpus=cfg.ray.num_cpus, show_progress=False):
+    with ray_session(cfg.ray.address, num_cpus=cfg.ray.num_cpus):
         the_plan = plan(cfg, Progress(enabled=False))
         records: list[dict[str, Any]] = []
         for spec in the_plan.output_shards:
