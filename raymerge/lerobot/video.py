@@ -12,6 +12,7 @@ written to a local temporary file (mp4 muxing seeks back to finish the header) a
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import math
@@ -141,7 +142,9 @@ def copy(src_fs: AbstractFileSystem, src_path: str, dst_fs: AbstractFileSystem, 
     """Whole-file copy; server-side when both ends are the same store."""
     if storage.is_local(dst_fs):
         dst_fs.makedirs(storage.parent(dst_path), exist_ok=True)
-    if src_fs == dst_fs:
+    if storage.is_local(src_fs) and storage.is_local(dst_fs):
+        _copy_local(src_path, dst_path)
+    elif src_fs == dst_fs:
         dst_fs.copy(src_path, dst_path)
     elif storage.is_local(src_fs):
         dst_fs.put_file(src_path, dst_path)
@@ -149,6 +152,25 @@ def copy(src_fs: AbstractFileSystem, src_path: str, dst_fs: AbstractFileSystem, 
         src_fs.get_file(src_path, dst_path)
     else:
         with src_fs.open(src_path, "rb") as r, dst_fs.open(dst_path, "wb") as w:
+            shutil.copyfileobj(r, w, COPY_BUFFER)
+
+
+def _copy_local(src: str, dst: str) -> None:
+    """`copy_file_range`, as `cp` does: the kernel copies (or shares extents where the filesystem can reflink)."""
+    with open(src, "rb") as r, open(dst, "wb") as w:
+        left = os.fstat(r.fileno()).st_size
+        try:
+            while left > 0:
+                done = os.copy_file_range(r.fileno(), w.fileno(), left)
+                if done == 0:
+                    raise OSError(f"{src}: ended {left} bytes early; did it change?")
+                left -= done
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            r.seek(0)
+            w.seek(0)
+            w.truncate()
             shutil.copyfileobj(r, w, COPY_BUFFER)
 
 
