@@ -99,7 +99,10 @@ def write_meta(
 
 class IndexBuilder:
     """`index.sqlite` built shard by shard in a scratch file as the writers finish, then put in place with
-    `index.uuid` (`executemany` per shard, the indexes created after all inserts, one transaction)."""
+    `index.uuid` (`executemany` per shard, the indexes created after all inserts, one transaction).
+
+    Runs as a Ray actor: each shard's index rows go from its writer to the actor, never through the driver.
+    """
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="raymerge-energon-")
@@ -112,8 +115,9 @@ class IndexBuilder:
         for statement in _SCHEMA:
             self._db.execute(statement)
 
-    def add(self, tar_id: int, samples: pl.DataFrame, parts: pl.DataFrame) -> None:
-        """One shard's rows; shards must come in `tar_id` order (the file is the same for the same order)."""
+    def add(self, tar_id: int, rows: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+        """One shard's (samples, parts) rows; shards must come in `tar_id` order (same order, same file)."""
+        samples, parts = rows
         self._db.executemany(
             "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -139,8 +143,5 @@ class IndexBuilder:
         fs.makedirs(storage.join(root, META), exist_ok=True)
         fs.put_file(self._local, storage.join(root, META, "index.sqlite"))
         write_text(fs, storage.join(root, META, "index.uuid"), str(uuid.uuid4()))
-        return [f"{META}/index.sqlite", f"{META}/index.uuid"]
-
-    def close(self) -> None:
-        self._db.close()
         self._tmp.cleanup()
+        return [f"{META}/index.sqlite", f"{META}/index.uuid"]

@@ -4,7 +4,7 @@ plan: one scan task per input shard -> key tables split into hash buckets -> one
 (duplicate checks, the join) -> ordered chunks (range sort, input order, or the blend order) ->
 output shards cut by the driver from per-chunk sample sizes. The driver holds counts, shard lists
 and object references; key tables live in the object store, spread over the cluster.
-execute: one writer task per output shard; the driver fills Energon's index.sqlite as the writers finish.
+execute: one writer task per output shard; an actor fills Energon's index.sqlite as the writers finish.
 """
 
 from __future__ import annotations

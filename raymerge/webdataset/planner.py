@@ -243,53 +243,51 @@ def write_output_shard(
 write_task = ray.remote(write_output_shard).options(num_returns=2)
 
 
-def execute(the_plan: WdsPlan, staging: storage.Staging, progress: Progress) -> Report:
-    """One writer task per output shard (range reads from the inputs); Energon's metadata by the driver.
+index_actor = ray.remote(num_cpus=0)(energon.IndexBuilder)
 
-    `index.sqlite` takes each shard's index rows as soon as that shard and the ones before it are
-    written, while the other writers run: the driver holds one shard's rows at a time.
-    """
+
+def execute(the_plan: WdsPlan, staging: storage.Staging, progress: Progress) -> Report:
+    """One writer task per output shard (range reads from the inputs); `index.sqlite` filled by an actor that
+    takes each shard's index rows, in shard order, as soon as that shard is written (from the writer, not via
+    the driver), while the other writers run."""
     cfg: Config = the_plan.config  # type: ignore[assignment]
     out = cfg.output
     fs, root = staging.fs, staging.path
     specs = the_plan.output_shards
     progress(f"writing {len(specs)} shard(s) of {the_plan.report.rows_out:,} samples")
-    pending, index_refs = {}, []
-    for spec in specs:
-        used = [the_plan.chunks[c] for c, _, _ in spec.pieces]
-        summary, index = write_task.remote(
-            spec, the_plan.shards, the_plan.filesystems, fs, root, out.mtime, the_plan.renumber_width, *used
-        )
-        pending[summary] = spec.name
-        index_refs.append(index)
-    written: dict[str, dict[str, Any]] = {}
-    sqlite = energon.IndexBuilder() if out.energon else None
+    index = index_actor.remote() if out.energon else None
     try:
-        indexed = 0
+        pending, added = {}, []
+        for spec in specs:
+            used = [the_plan.chunks[c] for c, _, _ in spec.pieces]
+            summary, rows = write_task.remote(
+                spec, the_plan.shards, the_plan.filesystems, fs, root, out.mtime, the_plan.renumber_width, *used
+            )
+            pending[summary] = spec.name
+            if index is not None:
+                added.append(index.add.remote(spec.index, rows))  # actor calls run in submission order
+        written: dict[str, dict[str, Any]] = {}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 result = ray.get(ref)
                 written[result["name"]] = result
                 del pending[ref]
-            while sqlite is not None and indexed < len(specs) and specs[indexed].name in written:
-                sqlite.add(specs[indexed].index, *ray.get(index_refs[indexed]))
-                index_refs[indexed] = None  # the rows are in; the object store may drop them
-                indexed += 1
             if len(written) % max(1, len(specs) // 10) == 0 or not pending:
                 progress(f"  {len(written)}/{len(specs)} shards written")
         names = [s.name for s in specs]
         files = [f for n in names for f in (n, n + energon.IDX_SUFFIX)]
-        if sqlite is not None:
+        if index is not None:
             progress("writing Energon metadata (.nv-meta)")
             counts = {n: written[n]["samples"] for n in names}
             files += energon.write_meta(
                 fs, root, counts, layout.split_parts(names, out.split_ratio), out.sample_type, out.field_map
             )
-            files += sqlite.finish(fs, root)
+            ray.get(added)  # a failed insert fails the run, never a short index
+            files += ray.get(index.finish.remote(fs, root))
     finally:
-        if sqlite is not None:
-            sqlite.close()
+        if index is not None:
+            ray.kill(index)
     report = the_plan.report
     report.status = "ok"
     report.files_written = files
