@@ -132,11 +132,31 @@ def chunk_sizes(df: pl.DataFrame) -> np.ndarray:
     return df["nbytes"].to_numpy()
 
 
+def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> pl.DataFrame | tuple[pl.DataFrame, ...]:
+    parts = tuple(df[a:b] for a, b in bounds)
+    return parts[0] if len(parts) == 1 else parts
+
+
 scan_task = ray.remote(scan_shards)
 bucket_task = ray.remote(check_and_join)
 sort_task = ray.remote(sort_range).options(num_returns=2)
 blend_task = ray.remote(gather_blend).options(num_returns=2)
 sizes_task = ray.remote(chunk_sizes)
+cut_task = ray.remote(cut_chunk)
+
+
+def cut_chunks(chunks: Sequence[Any], wanted: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], Any]:
+    """Refs of the (chunk, first row, end row) pieces: each chunk is read once, and each writer gets
+    only its own rows rather than every chunk it overlaps."""
+    by_chunk: dict[int, list[tuple[int, int]]] = {}
+    for c, a, b in wanted:
+        by_chunk.setdefault(c, []).append((a, b))
+    out = {}
+    for c, bounds in by_chunk.items():
+        refs = cut_task.options(num_returns=len(bounds)).remote(chunks[c], bounds)
+        for (a, b), ref in zip(bounds, [refs] if len(bounds) == 1 else refs, strict=True):
+            out[(c, a, b)] = ref
+    return out
 
 
 def batches(shards: Sequence[Shard], tasks: int, most: int = SCAN_BATCH_MAX) -> list[tuple[int, int]]:

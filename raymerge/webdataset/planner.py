@@ -9,7 +9,7 @@ import polars as pl
 import ray
 from fsspec import AbstractFileSystem
 
-from raymerge import storage
+from raymerge import directio, storage
 from raymerge.errors import InvalidInput, RunFailed
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Progress, Report
@@ -220,16 +220,17 @@ def write_output_shard(
     root: str,
     mtime: int,
     renumber_width: int | None,
-    *chunks: pl.DataFrame,
+    *pieces: pl.DataFrame,
 ) -> tuple[dict[str, Any], tuple[pl.DataFrame, pl.DataFrame]]:
-    """One output tar and its .tar.idx; the Energon index rows go back as an object for index.sqlite."""
-    rows = pl.concat([chunks[k][a:b] for k, (_, a, b) in enumerate(spec.pieces)])
+    """One output tar and its .tar.idx; the Energon index rows go back as an object for index.sqlite.
+    `pieces` are the rows of `spec.pieces`, in order."""
+    rows = pl.concat(pieces)
     keys = output_keys(rows, spec.start, renumber_width)
     path = storage.join(root, spec.name)
     out_fs.makedirs(storage.parent(path), exist_ok=True)
     reader = RangeReader(shards, filesystems)
     try:
-        with out_fs.open(path, "wb") as out:
+        with directio.open_output(out_fs, path) as out:
             offsets, samples, parts = write_shard(rows, reader, out, keys=keys, mtime=mtime)
     except OSError as e:
         raise RunFailed(f"writing {spec.name}: {e}") from e
@@ -258,10 +259,12 @@ def execute(the_plan: WdsPlan, staging: storage.Staging, progress: Progress) -> 
     index = index_actor.remote() if out.energon else None
     try:
         pending, added = {}, []
+        pieces = pipeline.cut_chunks(the_plan.chunks, [p for spec in specs for p in spec.pieces])
+        shards, filesystems = ray.put(the_plan.shards), ray.put(the_plan.filesystems)  # once, not per task
         for spec in specs:
-            used = [the_plan.chunks[c] for c, _, _ in spec.pieces]
+            used = [pieces.pop(p) for p in spec.pieces]
             summary, rows = write_task.remote(
-                spec, the_plan.shards, the_plan.filesystems, fs, root, out.mtime, the_plan.renumber_width, *used
+                spec, shards, filesystems, fs, root, out.mtime, the_plan.renumber_width, *used
             )
             pending[summary] = spec.name
             if index is not None:

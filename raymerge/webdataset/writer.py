@@ -21,15 +21,17 @@ import pyarrow.compute as pc
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
+from raymerge.directio import Sink
 from raymerge.webdataset.sources import Shard
 
 REMOTE_GAP = 64 * 1024  # object storage: read across gaps this small rather than issuing another request
 LOCAL_GAP = 4 * 1024  # local: enough to read a run of members across their headers and padding in one go
 BATCH_BYTES = 16 * 1024 * 1024  # payload gathered and written per batch of samples
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 BATCH_MEMBERS = 1024  # bounds the gap bytes a batch of tiny members may read
 SPAN_MAX = 32 * 1024 * 1024  # bound on the bytes one read holds in memory
 _UNKNOWN, _NOT_MAPPED = -2, -1  # RangeReader's state of a shard that is not mapped
+MAPS_KEPT = 4096  # input shards a worker keeps mapped between tasks
+_MAPPED: dict[tuple[str, int, int, int], memoryview] = {}  # (path, inode, size, mtime) -> mapping
 END_OF_ARCHIVE = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
 # What tarfile writes for a regular file with mode 0644, uid/gid 0, no user/group names; the checksum
 # field holds spaces while the sum is taken.
@@ -205,17 +207,30 @@ class RangeReader:
         return data
 
     def _map(self, src: int) -> None:
-        """Map a local plain shard (the mapping holds no file descriptor open); others stay unmapped."""
+        """Map a local plain shard (the mapping holds no file descriptor open); others stay unmapped.
+
+        Mappings outlive the task in `_MAPPED`: the writers that follow in this worker find the pages
+        already mapped instead of mapping, faulting in and unmapping every shard again. A file that
+        changed (inode, size or mtime) gets a new mapping.
+        """
         shard = self.shards[src]
         self._mapped[src] = _NOT_MAPPED
         if shard.compressed or not self._local[shard.input]:
             return
         try:
-            with open(shard.path, "rb") as f:
-                self._maps[src] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            st = os.stat(shard.path)
+            key = (shard.path, st.st_ino, st.st_size, st.st_mtime_ns)
+            view = _MAPPED.pop(key, None)
+            if view is None:
+                with open(shard.path, "rb") as f:
+                    view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         except (OSError, ValueError):  # empty or special file, no address space left: read it instead
             return
-        self._mapped[src] = len(self._maps[src])
+        _MAPPED[key] = view  # the most recently used last
+        while len(_MAPPED) > MAPS_KEPT:
+            del _MAPPED[next(iter(_MAPPED))]
+        self._maps[src] = view
+        self._mapped[src] = len(view)
 
     def _changed(self, src: int, start: int, expected: int, got: int) -> None:
         raise OSError(
@@ -223,27 +238,12 @@ class RangeReader:
         )
 
     def close(self) -> None:
-        """Drop the mappings (each unmaps once no written piece refers to it any more) and the open files."""
+        """Drop this reader's mappings (kept in `_MAPPED` for the next task) and its open files."""
         for f in self._gz.values():
             f.close()
         self._gz.clear()
         self._maps.clear()
         self._mapped[:] = _UNKNOWN
-
-
-def write_pieces(out: IO[bytes], pieces: Sequence[bytes | memoryview]) -> None:
-    """A local file gets the pieces by `writev` (no joined copy of the payload); any other file one joined write."""
-    try:
-        fd = out.fileno()
-    except (AttributeError, OSError, ValueError):
-        out.write(b"".join(pieces))
-        return
-    for i in range(0, len(pieces), IOV_MAX):
-        group = pieces[i : i + IOV_MAX]
-        done = os.writev(fd, group)
-        rest = memoryview(b"".join(group))[done:] if done < sum(map(len, group)) else b""
-        while rest:
-            rest = rest[os.write(fd, rest) :]
 
 
 def output_keys(rows: pl.DataFrame, start: int, renumber_width: int | None) -> list[str]:
@@ -263,7 +263,7 @@ def member_names(keys: Sequence[str], members: pl.DataFrame) -> pa.LargeStringAr
 def write_shard(
     rows: pl.DataFrame,
     reader: RangeReader,
-    out: IO[bytes],
+    out: Sink,
     *,
     keys: Sequence[str],
     mtime: int,
@@ -271,7 +271,7 @@ def write_shard(
     """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
 
     Members go in batches: headers are built for a whole batch with array arithmetic, payload comes
-    as slices of mapped shards (or coalesced reads), and the batch is written with `writev`; the
+    as slices of mapped shards (or coalesced reads), and the batch goes to the sink in one call; the
     per-member Python work is three slices.
     """
     members = shard_members(rows)
@@ -287,14 +287,12 @@ def write_shard(
         e = min(b + BATCH_MEMBERS, max(b + 1, int(np.searchsorted(cum, cum[b] + BATCH_BYTES, side="right")) - 1))
         headers, bounds = member_headers(names.slice(b, e - b), size[b:e], mtime)
         header_lens[b:e] = np.diff(bounds)
-        write_pieces(
-            out, _interleave(headers, bounds, reader.member_bytes(src[b:e], offset[b:e], size[b:e]), pads[b:e])
-        )
+        out.write_pieces(_interleave(headers, bounds, reader.member_bytes(src[b:e], offset[b:e], size[b:e]), pads[b:e]))
         b = e
     ends = np.cumsum(header_lens + size + pads)
     pos = int(ends[-1]) if len(ends) else 0
     starts = ends - header_lens - size - pads  # where each member's header begins
-    write_pieces(out, [END_OF_ARCHIVE, tarfile.NUL * (-(pos + len(END_OF_ARCHIVE)) % tarfile.RECORDSIZE)])
+    out.write_pieces([END_OF_ARCHIVE, tarfile.NUL * (-(pos + len(END_OF_ARCHIVE)) % tarfile.RECORDSIZE)])
     sample_offsets = np.append(starts[np.searchsorted(sample, np.arange(rows.height))], pos).astype("<u8")
     samples = pl.DataFrame(
         {
@@ -317,7 +315,7 @@ def write_shard(
 def _interleave(
     headers: bytes, bounds: np.ndarray, data: list[memoryview], pads: np.ndarray
 ) -> list[bytes | memoryview]:
-    """Header, payload and padding of each member, in order, as pieces for one `writev`."""
+    """Header, payload and padding of each member, in order, as pieces for one sink call."""
     view, at = memoryview(headers), bounds.tolist()
     heads = [view[a:b] for a, b in pairwise(at)]
     return list(chain.from_iterable(zip(heads, data, [_PADS[p] for p in pads.tolist()], strict=True)))

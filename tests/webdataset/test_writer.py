@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from raymerge.directio import DirectFile, JoinedSink
 from raymerge.webdataset import keytable, samples, tarindex
 from raymerge.webdataset.sources import Shard
 from raymerge.webdataset.writer import RangeReader, _tarfile_header, member_headers, write_shard
@@ -91,10 +92,11 @@ def test_shard_is_byte_for_byte_what_tarfile_writes(tmp_path, inputs, to_file, u
         for ext in sorted(by_key[key])
     ]
     reader = RangeReader(shards, filesystems)
-    with open(tmp_path / "out.tar", "w+b") if to_file else io.BytesIO() as out:
+    memory = io.BytesIO()
+    with DirectFile(str(tmp_path / "out.tar"), buffer_bytes=64 * 1024) if to_file else JoinedSink(memory) as out:
         offsets, sample_rows, parts = write_shard(rows, reader, out, keys=keys, mtime=1_700_000_000)
-        out.seek(0)
-        written = out.read()
+        in_memory = memory.getvalue()
+    written = (tmp_path / "out.tar").read_bytes() if to_file else in_memory
     reader.close()
     assert written == expected_tar(members, 1_700_000_000)
     with tarfile.open(fileobj=io.BytesIO(written)) as tar:
@@ -113,5 +115,5 @@ def test_input_changed_since_the_plan_is_reported(tmp_path, inputs):
     Path(shards[0].path).write_bytes(Path(shards[0].path).read_bytes()[:5000])
     reader = RangeReader(shards, filesystems)
     with pytest.raises(OSError, match=r"s0.tar: expected \d+ bytes at \d+, got \d+; did the input change\?"):
-        write_shard(rows, reader, io.BytesIO(), keys=rows["key"].to_list(), mtime=0)
+        write_shard(rows, reader, JoinedSink(io.BytesIO()), keys=rows["key"].to_list(), mtime=0)
     reader.close()
