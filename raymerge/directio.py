@@ -79,6 +79,23 @@ class DirectFile:
                 at += take
         self._fill = fill
 
+    def copy_from(self, fd: int, size: int) -> None:
+        """`size` bytes of the file open as `fd`, from its start: read straight into the aligned buffer
+        (direct), else copied by the kernel (`copy_file_range`)."""
+        pos = 0
+        while pos < size:
+            if self.direct:
+                if self._fill == len(self._view):
+                    self._drain()
+                room = self._view[self._fill : self._fill + min(len(self._view) - self._fill, size - pos)]
+                got = os.preadv(fd, [room], pos)
+                self._fill += got
+            else:
+                got = os.copy_file_range(fd, self._fd, size - pos, pos)
+            if got == 0:
+                raise OSError(errno.EIO, f"source ended {size - pos} bytes early; did it change?")
+            pos += got
+
     def _drain(self) -> None:
         """Write the buffer's whole blocks; keep the rest at its start."""
         whole = self._fill - self._fill % ALIGN
@@ -150,6 +167,21 @@ class JoinedSink:
 
 
 Sink = DirectFile | JoinedSink
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents
+
+
+def copy_file(src: str, dst: str) -> None:
+    """A local whole-file copy: shared extents where the filesystem can (as `cp` does on XFS or btrfs),
+    else read into the aligned buffer and written past the page cache."""
+    with open(src, "rb") as r:
+        with open(dst, "wb") as w:
+            try:
+                fcntl.ioctl(w.fileno(), _FICLONE, r.fileno())
+                return
+            except OSError:  # not this filesystem, or across filesystems
+                pass
+        with DirectFile(dst) as out:
+            out.copy_from(r.fileno(), os.fstat(r.fileno()).st_size)
 
 
 def open_output(fs: AbstractFileSystem, path: str) -> Sink:

@@ -76,3 +76,32 @@ def test_joined_sink_writes_one_joined_piece():
     sink = JoinedSink(buf)
     sink.write_pieces([b"a", memoryview(b"bc"), b""])
     assert buf.getvalue() == b"abc"
+
+
+@pytest.mark.parametrize("size", [0, 1, ALIGN, 3 * (1 << 20) + 5])
+def test_copy_file_is_byte_exact(tmp_path, size):
+    src = tmp_path / "src.bin"
+    src.write_bytes(random.Random(size).randbytes(size))
+    directio.copy_file(str(src), str(tmp_path / "dst.bin"))
+    assert (tmp_path / "dst.bin").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_copy_from_a_file_after_other_pieces(tmp_path, direct):
+    src = tmp_path / "src.bin"
+    src.write_bytes(random.Random(1).randbytes(5 * ALIGN + 17))
+    with open(src, "rb") as r, DirectFile(str(tmp_path / "dst.bin"), direct=direct, buffer_bytes=2 * ALIGN) as out:
+        out.write(b"head")
+        out.copy_from(r.fileno(), 5 * ALIGN + 17)
+    assert (tmp_path / "dst.bin").read_bytes() == b"head" + src.read_bytes()
+
+
+def test_copy_from_a_source_shorter_than_said(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 100)
+    with (
+        open(src, "rb") as r,
+        pytest.raises(OSError, match="source ended 50 bytes early"),
+        DirectFile(str(tmp_path / "dst.bin")) as out,
+    ):
+        out.copy_from(r.fileno(), 150)

@@ -12,7 +12,6 @@ written to a local temporary file (mp4 muxing seeks back to finish the header) a
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import itertools
 import math
@@ -31,7 +30,7 @@ import av
 import numpy as np
 from fsspec import AbstractFileSystem
 
-from raymerge import storage
+from raymerge import directio, storage
 from raymerge.errors import InvalidInput, RunFailed
 
 # Encoders per codec, best first; the first one this PyAV build ships is used.
@@ -143,7 +142,7 @@ def copy(src_fs: AbstractFileSystem, src_path: str, dst_fs: AbstractFileSystem, 
     if storage.is_local(dst_fs):
         dst_fs.makedirs(storage.parent(dst_path), exist_ok=True)
     if storage.is_local(src_fs) and storage.is_local(dst_fs):
-        _copy_local(src_path, dst_path)
+        directio.copy_file(src_path, dst_path)
     elif src_fs == dst_fs:
         dst_fs.copy(src_path, dst_path)
     elif storage.is_local(src_fs):
@@ -152,25 +151,6 @@ def copy(src_fs: AbstractFileSystem, src_path: str, dst_fs: AbstractFileSystem, 
         src_fs.get_file(src_path, dst_path)
     else:
         with src_fs.open(src_path, "rb") as r, dst_fs.open(dst_path, "wb") as w:
-            shutil.copyfileobj(r, w, COPY_BUFFER)
-
-
-def _copy_local(src: str, dst: str) -> None:
-    """`copy_file_range`, as `cp` does: the kernel copies (or shares extents where the filesystem can reflink)."""
-    with open(src, "rb") as r, open(dst, "wb") as w:
-        left = os.fstat(r.fileno()).st_size
-        try:
-            while left > 0:
-                done = os.copy_file_range(r.fileno(), w.fileno(), left)
-                if done == 0:
-                    raise OSError(f"{src}: ended {left} bytes early; did it change?")
-                left -= done
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            r.seek(0)
-            w.seek(0)
-            w.truncate()
             shutil.copyfileobj(r, w, COPY_BUFFER)
 
 

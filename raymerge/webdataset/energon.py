@@ -99,7 +99,9 @@ def write_meta(
 
 class IndexBuilder:
     """`index.sqlite` built shard by shard in a scratch file as the writers finish, then put in place with
-    `index.uuid` (`executemany` per shard, the indexes created after all inserts, one transaction).
+    `index.uuid` (`executemany` per shard, one transaction). The indexes exist from the start: shards
+    arrive in order, so their rows extend each index at its end while the writers run, rather than
+    one sort of every row after the last shard (~1.3 s at 2M rows, all of it after the writing).
 
     Runs as a Ray actor: each shard's index rows go from its writer to the actor, never through the driver.
     """
@@ -112,7 +114,7 @@ class IndexBuilder:
         # for the output's own dirty pages); the file's bytes are the same
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        for statement in _SCHEMA:
+        for statement in (*_SCHEMA, *_INDEXES):
             self._db.execute(statement)
 
     def add(self, tar_id: int, rows: tuple[pl.DataFrame, pl.DataFrame]) -> None:
@@ -135,9 +137,7 @@ class IndexBuilder:
         )
 
     def finish(self, fs: AbstractFileSystem, root: str) -> list[str]:
-        """Indexes, commit, and the file put under `root`; returns the paths written, relative to `root`."""
-        for statement in _INDEXES:
-            self._db.execute(statement)
+        """Commit, and the file put under `root`; returns the paths written, relative to `root`."""
         self._db.commit()
         self._db.close()
         fs.makedirs(storage.join(root, META), exist_ok=True)

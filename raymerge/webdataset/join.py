@@ -29,26 +29,30 @@ class JoinStats:
 def join_bucket(
     primary: pl.DataFrame, secondaries: list[pl.DataFrame], nonmatch: list[str]
 ) -> tuple[pl.DataFrame, JoinStats]:
-    """Left-join each secondary onto the primary by exact key; members appended in input order."""
+    """Left-join each secondary onto the primary by exact key; members appended in input order.
+
+    The member lists are concatenated once, after the skipped samples are dropped.
+    """
     stats = JoinStats()
     out = primary.with_columns(pl.lit(True).alias("_keep"))
     for i, (sec, mode) in enumerate(zip(secondaries, nonmatch, strict=True)):
         right = sec.select("key", *(pl.col(c).alias(f"{c}_{i}") for c in (*MEMBER_COLUMNS, "nbytes")))
         out = out.join(right, on="key", how="left", maintain_order="left")
         hit = pl.col(f"nbytes_{i}").is_not_null()
-        missing = out.filter(~hit).sort("order")
+        missing = out.filter(~hit).select("order", "key")
         stats.matched.append(out.height - missing.height)
         stats.missing.append(missing.height)
-        stats.missing_examples.append(list(missing.head(MISSING_EXAMPLES).select("order", "key").iter_rows()))
+        stats.missing_examples.append(list(missing.bottom_k(MISSING_EXAMPLES, by="order").sort("order").iter_rows()))
         out = out.with_columns(
-            (pl.col("_keep") & hit).alias("_keep") if mode == "skip" else pl.col("_keep"),
-            hit.alias(f"_hit_{i}"),
-            *(pl.concat_list(c, pl.col(f"{c}_{i}").fill_null([])).alias(c) for c in MEMBER_COLUMNS),
-            (pl.col("nbytes") + pl.col(f"nbytes_{i}").fill_null(0)).alias("nbytes"),
-        ).drop(*(f"{c}_{i}" for c in (*MEMBER_COLUMNS, "nbytes")))
-    out = out.filter(pl.col("_keep")).drop("_keep")
-    hits = [f"_hit_{i}" for i in range(len(secondaries))]
+            (pl.col("_keep") & hit).alias("_keep") if mode == "skip" else pl.col("_keep"), hit.alias(f"_hit_{i}")
+        )
+    n = len(secondaries)
+    out = out.filter(pl.col("_keep")).with_columns(
+        *(pl.concat_list(c, *(pl.col(f"{c}_{i}").fill_null([]) for i in range(n))).alias(c) for c in MEMBER_COLUMNS),
+        pl.sum_horizontal("nbytes", *(pl.col(f"nbytes_{i}").fill_null(0) for i in range(n))).alias("nbytes"),
+    )
+    hits = [f"_hit_{i}" for i in range(n)]
     stats.used = [int(out[h].sum()) for h in hits]
-    out = out.drop(hits)
+    out = out.drop("_keep", *hits, *(f"{c}_{i}" for i in range(n) for c in (*MEMBER_COLUMNS, "nbytes")))
     stats.rows_out = out.height
     return out, stats

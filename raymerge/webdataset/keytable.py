@@ -8,7 +8,6 @@ Rows never hold payload, so these tables stay small and travel between Ray tasks
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,9 +101,10 @@ def _prefixed(prefix: str, strings: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(prefix, strings.type), strings, pa.scalar("", strings.type))
 
 
-def hash_buckets(keys: Sequence[str], n: int) -> np.ndarray:
-    """Which hash bucket each key belongs to: equal keys of every input meet in the same bucket."""
-    return np.fromiter((zlib.crc32(k.encode()) % n for k in keys), dtype=np.int64, count=len(keys))
+def hash_buckets(keys: pl.Series, n: int) -> np.ndarray:
+    """Which hash bucket each key belongs to: equal keys of every input meet in the same bucket (every
+    task of a run hashes with the same polars, so the same key gets the same bucket)."""
+    return (keys.hash(seed=0) % n).cast(pl.Int64).to_numpy()
 
 
 def split_by(df: pl.DataFrame, part: np.ndarray, n: int) -> list[pl.DataFrame]:
