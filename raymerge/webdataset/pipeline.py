@@ -73,9 +73,7 @@ def scan_shards(shards: Sequence[Shard], fs: AbstractFileSystem, first_id: int, 
     )
     summaries = [tarindex.summarize(t) for t in tables]
     buckets = (
-        keytable.split_by(df, keytable.hash_buckets(df["key"], opts.buckets), opts.buckets)
-        if opts.buckets
-        else []
+        keytable.split_by(df, keytable.hash_buckets(df["key"], opts.buckets), opts.buckets) if opts.buckets else []
     )
     return (summaries, df if opts.keep_whole else None, *buckets)
 
