@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import os
 import random
 
 import fsspec
@@ -105,3 +108,21 @@ def test_copy_from_a_source_shorter_than_said(tmp_path):
         DirectFile(str(tmp_path / "dst.bin")) as out,
     ):
         out.copy_from(r.fileno(), 150)
+
+
+def test_a_device_that_refuses_direct_writes_gets_buffered_ones(tmp_path, monkeypatch):
+    """Open with O_DIRECT succeeds but every direct write fails with EINVAL (as on filesystems with a
+    larger alignment): the file switches to buffered writes and keeps every byte."""
+    real = os.pwrite
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    parts = pieces(7)
+    path = tmp_path / "out.bin"
+    with DirectFile(str(path), buffer_bytes=3 * ALIGN) as out:
+        out.write_pieces(parts)
+    assert path.read_bytes() == b"".join(bytes(p) for p in parts)
