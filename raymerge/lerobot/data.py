@@ -24,20 +24,13 @@ from raymerge.lerobot.stats import Summary, episode_stats, feature_matrix
 
 @dataclass
 class EpisodeStats:
-    """Exact per-episode stats of one output file as one array: nested dicts of lists cost the driver
-    about 10 KB per episode, this about 1.5 KB. `row(i)` is LeRobot's {feature: {stat: values}}."""
+    """Exact per-episode stats of one output file as one array: nested dicts of lists would cost the driver
+    about 10 KB per episode, this about 1.5 KB."""
 
     episodes: np.ndarray  # (E,) output episode indices
     names: tuple[str, ...]  # stat names in LeRobot's order; "count" holds the episode's rows
     values: np.ndarray  # (E, len(names), dims)
     columns: list[tuple[str, int, int]]  # feature, first and end dimension
-
-    def row(self, i: int) -> dict[str, dict[str, Any]]:
-        v = self.values[i]
-        return {
-            key: {name: [int(v[s, 0])] if name == "count" else v[s, a:b].tolist() for s, name in enumerate(self.names)}
-            for key, a, b in self.columns
-        }
 
 
 @dataclass

@@ -19,7 +19,7 @@ from raymerge.lerobot.meta import SourceEpisode
 _CONTIGUOUS_S = 1e-4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sized:
     """A chosen source episode with its estimated bytes of data and of video per camera."""
 
@@ -28,7 +28,7 @@ class Sized:
     video_bytes: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DataPart:
     source: int
     path: str
@@ -66,7 +66,7 @@ class VideoJob:
         return len(self.runs) == 1 and self.runs[0].whole_file
 
 
-@dataclass
+@dataclass(slots=True)
 class OutEpisode:
     episode: SourceEpisode
     index: int

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
@@ -34,9 +35,10 @@ V30_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}
 # Columns every frame has besides the dataset's own features.
 INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 VISUAL = ("video", "image")
+NO_VISUAL = pa.schema([("episode_index", pa.int64())])  # the stats table of no episodes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VideoSpan:
     """The part of a source mp4 that holds one episode; a v2.1 episode owns the whole file (end_s once probed)."""
 
@@ -46,7 +48,7 @@ class VideoSpan:
     whole_file: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceEpisode:
     source: int
     index: int
@@ -54,11 +56,7 @@ class SourceEpisode:
     tasks: tuple[str, ...]
     data_path: str
     videos: dict[str, VideoSpan] = field(default_factory=dict)
-    # the source's image/video stats as JSON: nested lists of floats would cost the driver kilobytes per episode
-    visual_json: bytes = b"{}"
-
-    def visual_stats(self) -> dict[str, dict[str, Any]]:
-        return json.loads(self.visual_json)
+    row: int = 0  # the episode's row in its source's `visual` table
 
 
 @dataclass
@@ -72,6 +70,9 @@ class Source:
     info: dict[str, Any]
     tasks: list[str]
     episodes: list[SourceEpisode]
+    # the episodes' stored image/video stats: `episode_index` and `stats/<feature>/<stat>` columns, kept in
+    # Arrow (nested lists of floats as Python objects would cost the driver kilobytes per episode)
+    visual: pa.Table
 
     @property
     def version(self) -> str:
@@ -127,10 +128,13 @@ def read_jsonl(fs: AbstractFileSystem, path: str) -> list[dict[str, Any]]:
     return out
 
 
-def read_parquet(fs: AbstractFileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(fs: AbstractFileSystem, path: str, wanted: Callable[[str], bool] | None = None) -> pa.Table:
+    """A whole parquet file, or only the columns `wanted` accepts."""
     try:
         with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).read(columns=columns)
+            file = pq.ParquetFile(f)
+            columns = [c for c in file.schema_arrow.names if wanted(c)] if wanted else None
+            return file.read(columns=columns)
     except FileNotFoundError:
         raise InvalidInput(f"{storage.url(fs, path)}: file is missing") from None
     except (pa.ArrowException, OSError) as e:
@@ -154,26 +158,46 @@ def read_info(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
 def read_source(position: int, name: str, fs: AbstractFileSystem, root: str) -> Source:
     info = read_info(fs, root)
     if info["codebase_version"] == V21:
-        tasks, episodes = _read_v21(position, fs, root, info)
+        tasks, episodes, visual = _read_v21(position, fs, root, info)
     else:
-        tasks, episodes = _read_v30(position, fs, root, info)
-    return Source(position, name, fs, root, info, tasks, episodes)
+        tasks, episodes, visual = _read_v30(position, fs, root, info)
+    return Source(position, name, fs, root, info, tasks, episodes, visual)
 
 
-def _visual_json(stats: dict[str, Any], features: dict[str, dict[str, Any]]) -> bytes:
-    return json.dumps({k: v for k, v in stats.items() if features.get(k, {}).get("dtype") in VISUAL}).encode()
+def is_visual_stat(column: str, features: dict[str, dict[str, Any]]) -> bool:
+    """Whether a `stats/<feature>/<stat>` column holds an image or video feature's stats."""
+    return is_stat_of(column, features) and features[stat_of(column)[0]].get("dtype") in VISUAL
 
 
-def _read_v21(position: int, fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], list[SourceEpisode]]:
+def is_stat_of(column: str, features: set[str] | dict[str, Any]) -> bool:
+    return column.startswith("stats/") and stat_of(column)[0] in features
+
+
+def stat_of(column: str) -> tuple[str, str]:
+    """`stats/<feature>/<stat>` -> (feature, stat); feature names may hold slashes, stat names do not."""
+    feature, name = column[len("stats/") :].rsplit("/", 1)
+    return feature, name
+
+
+def flat_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{feature: {stat: v}} -> {"stats/feature/stat": v}, the v3.0 episodes columns."""
+    return {f"stats/{feat}/{name}": value for feat, d in stats.items() for name, value in d.items()}
+
+
+def _read_v21(
+    position: int, fs: AbstractFileSystem, root: str, info: dict
+) -> tuple[list[str], list[SourceEpisode], pa.Table]:
     features = info["features"]
     task_rows = read_jsonl(fs, storage.join(root, V21_TASKS))
     tasks = [r["task"] for r in sorted(task_rows, key=lambda r: r["task_index"])]
     stats_path = storage.join(root, V21_EPISODES_STATS)
     stats = {}
     if storage.exists(fs, stats_path):
-        stats = {r["episode_index"]: r.get("stats", {}) for r in read_jsonl(fs, stats_path)}
+        for r in read_jsonl(fs, stats_path):
+            flat = flat_stats(r.get("stats", {}))
+            stats[r["episode_index"]] = {k: v for k, v in flat.items() if is_visual_stat(k, features)}
     chunks_size = int(info.get("chunks_size", 1000))
-    episodes = []
+    episodes, visual = [], []
     for row in sorted(read_jsonl(fs, storage.join(root, V21_EPISODES)), key=lambda r: r["episode_index"]):
         ep = int(row["episode_index"])
         fmt = {"episode_chunk": ep // chunks_size, "episode_index": ep}
@@ -189,13 +213,16 @@ def _read_v21(position: int, fs: AbstractFileSystem, root: str, info: dict) -> t
                 tasks=tuple(row.get("tasks", ())),
                 data_path=storage.join(root, info["data_path"].format(**fmt)),
                 videos=videos,
-                visual_json=_visual_json(stats.get(ep, {}), features),
+                row=len(visual),
             )
         )
-    return tasks, episodes
+        visual.append({"episode_index": ep} | stats.pop(ep, {}))
+    return tasks, episodes, pa.Table.from_pylist(visual, schema=None if visual else NO_VISUAL)
 
 
-def _read_v30(position: int, fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], list[SourceEpisode]]:
+def _read_v30(
+    position: int, fs: AbstractFileSystem, root: str, info: dict
+) -> tuple[list[str], list[SourceEpisode], pa.Table]:
     features = info["features"]
     tasks_table = read_parquet(fs, storage.join(root, V30_TASKS))
     task_col = "task" if "task" in tasks_table.column_names else "__index_level_0__"
@@ -207,45 +234,50 @@ def _read_v30(position: int, fs: AbstractFileSystem, root: str, info: dict) -> t
     files = sorted(p for p in fs.find(meta_dir) if p.endswith(".parquet")) if storage.exists(fs, meta_dir) else []
     if not files:
         raise InvalidInput(f"{storage.url(fs, meta_dir)}: no episode metadata files")
-    table = pa.concat_tables([read_parquet(fs, p) for p in files], promote_options="default")
-    # numeric stats are recomputed from the data: only the visual ones are carried
-    visual = {k for k, f in features.items() if f.get("dtype") in VISUAL}
-    table = table.select(
-        [c for c in table.column_names if not c.startswith("stats/") or c[len("stats/") :].rsplit("/", 1)[0] in visual]
+    # numeric stats are recomputed from the data: they are not read, only the visual ones are carried
+    table = pa.concat_tables(
+        [read_parquet(fs, p, lambda c: not c.startswith("stats/") or is_visual_stat(c, features)) for p in files],
+        promote_options="default",
     )
-    episodes = []
+    table = table.take(pc.sort_indices(table["episode_index"]))
+    visual = table.select(["episode_index", *(c for c in table.column_names if c.startswith("stats/"))])
     keys = video_keys(features)
+    needed = ["episode_index", "length", "tasks", "data/chunk_index", "data/file_index"]
+    needed += [f"videos/{k}/{c}" for k in keys for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise InvalidInput(f"{storage.url(fs, meta_dir)}: the episodes metadata has no column {missing[0]!r}")
+    col = {c: table[c].to_pylist() for c in needed}  # column lists: no dict per episode
+    episodes = []
     paths: dict[str, str] = {}  # one string per file and task, shared by the episodes
-    for row in (r for batch in table.to_batches(max_chunksize=1024) for r in batch.to_pylist()):
-        stats: dict[str, dict[str, Any]] = {}
-        for col, value in row.items():
-            if col.startswith("stats/"):
-                feat, stat = col[len("stats/") :].rsplit("/", 1)
-                stats.setdefault(feat, {})[stat] = value
-        fmt = {"chunk_index": row["data/chunk_index"], "file_index": row["data/file_index"]}
-        data_rel = info["data_path"].format(**fmt)
+    for i, ep in enumerate(col["episode_index"]):
+        data_rel = info["data_path"].format(
+            chunk_index=col["data/chunk_index"][i], file_index=col["data/file_index"][i]
+        )
         videos = {}
         for key in keys:
-            vfmt = {"chunk_index": row[f"videos/{key}/chunk_index"], "file_index": row[f"videos/{key}/file_index"]}
-            rel = info["video_path"].format(video_key=key, **vfmt)
+            rel = info["video_path"].format(
+                video_key=key,
+                chunk_index=col[f"videos/{key}/chunk_index"][i],
+                file_index=col[f"videos/{key}/file_index"][i],
+            )
             videos[key] = VideoSpan(
                 paths.setdefault(rel, storage.join(root, rel)),
-                float(row[f"videos/{key}/from_timestamp"]),
-                float(row[f"videos/{key}/to_timestamp"]),
+                float(col[f"videos/{key}/from_timestamp"][i]),
+                float(col[f"videos/{key}/to_timestamp"][i]),
             )
         episodes.append(
             SourceEpisode(
                 source=position,
-                index=int(row["episode_index"]),
-                length=int(row["length"]),
-                tasks=tuple(paths.setdefault(t, t) for t in row.get("tasks") or ()),
+                index=int(ep),
+                length=int(col["length"][i]),
+                tasks=tuple(paths.setdefault(t, t) for t in col["tasks"][i] or ()),
                 data_path=paths.setdefault(data_rel, storage.join(root, data_rel)),
                 videos=videos,
-                visual_json=_visual_json(stats, features),
+                row=i,
             )
         )
-    episodes.sort(key=lambda e: e.index)
-    return tasks, episodes
+    return tasks, episodes, visual
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -277,8 +309,3 @@ def tasks_table(tasks: list[str]) -> pa.Table:
 
     frame = pd.DataFrame({"task_index": list(range(len(tasks)))}, index=pd.Index(tasks, name="task"))
     return pa.Table.from_pandas(frame)
-
-
-def flat_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """{feature: {stat: v}} -> {"stats/feature/stat": v}, the v3.0 episodes columns."""
-    return {f"stats/{feat}/{name}": value for feat, d in stats.items() for name, value in d.items()}

@@ -176,7 +176,8 @@ def check_and_size(
             share = (span.end_s - span.start_s) / info.duration_s if info.duration_s > 0 else 1.0
             videos[key] = span
             video_bytes[key] = listing[span.path] * min(max(share, 0.0), 1.0)
-        sized[(ep.source, ep.index)] = Sized(dataclasses.replace(ep, videos=videos), data_bytes, video_bytes)
+        probed = dataclasses.replace(ep, videos=videos) if videos != ep.videos else ep  # one copy per episode
+        sized[(ep.source, ep.index)] = Sized(probed, data_bytes, video_bytes)
     return sized, schema, streams
 
 

@@ -70,6 +70,9 @@ def _index_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
 
 
 def _warm() -> None:
+    # pandas too: pyarrow imports it at a worker's first to_numpy, 0.2 s the first scan would otherwise wait
+    import pandas  # noqa: F401
+
     import raymerge.lerobot.data
     import raymerge.lerobot.video  # noqa: F401
 

@@ -128,19 +128,22 @@ class Summary:
         return summary._snapped() if rounded else summary
 
     @classmethod
-    def from_stats(cls, stats: dict[str, Any]) -> Summary:
-        """A summary from stored min/max/mean/std/count (pooling image/video stats without decoding)."""
-        mean = np.asarray(stats["mean"], dtype=np.float64)
-        count = int(np.asarray(stats["count"]).reshape(-1)[0])
-        std = np.asarray(stats["std"], dtype=np.float64).reshape(-1)
-        return cls(
-            mean.shape,
-            count,
-            mean.reshape(-1),
-            std**2 * count,
-            np.asarray(stats["min"], dtype=np.float64).reshape(-1),
-            np.asarray(stats["max"], dtype=np.float64).reshape(-1),
-        )
+    def pooled(
+        cls,
+        shape: tuple[int, ...],
+        count: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+    ) -> Summary:
+        """The summary of parts known only by their (parts, dims) moments and (parts,) counts: pooling stored
+        image/video stats without decoding. Mean and variance by the pooled formulas, exact up to rounding."""
+        n = int(count.sum())
+        w = count[:, None]
+        pooled_mean = (w * mean).sum(axis=0) / max(n, 1)
+        m2 = (w * std**2).sum(axis=0) + (w * (mean - pooled_mean) ** 2).sum(axis=0)
+        return cls(shape, n, pooled_mean, m2, lo.min(axis=0), hi.max(axis=0))
 
     def _snapped(self) -> Summary:
         assert self.values is not None and self.counts is not None

@@ -214,11 +214,17 @@ def probe(fs: AbstractFileSystem, path: str, *, index: bool = False) -> StreamIn
 def _last_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
     """The latest presentation time, demuxing from the second-to-last keyframe the file's index lists
     (B-frames can show a group's last frame after the next keyframe's); None without an index."""
-    keys = [e.timestamp for e in stream.index_entries if e.is_keyframe]
-    if len(keys) > 2:
-        container.seek(keys[-2], stream=stream)
-    elif not keys:
+    entries = stream.index_entries
+    keys = []  # the last two keyframes, walking back from the end (an index can list a million frames)
+    for i in range(len(entries) - 1, -1, -1):
+        if entries[i].is_keyframe:
+            keys.append(entries[i].timestamp)
+            if len(keys) == 2:
+                break
+    if not keys:
         return None
+    if len(keys) == 2:
+        container.seek(keys[1], stream=stream)
     last = None
     for p in container.demux(stream):
         if p.size and p.pts is not None and (last is None or p.pts > last):

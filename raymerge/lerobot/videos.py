@@ -13,7 +13,7 @@ import numpy as np
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
-from raymerge.lerobot.layout import VideoJob
+from raymerge.lerobot.layout import VideoJob, VideoRun
 from raymerge.lerobot.stats import exact_stats
 
 
@@ -34,6 +34,11 @@ def frame_stats(frames: np.ndarray) -> dict[str, Any]:
     return {k: (v if k == "count" else np.asarray(v).reshape(3, 1, 1).tolist()) for k, v in out.items()} | {
         "count": [len(frames)]
     }
+
+
+def copy_placements(run: VideoRun) -> dict[int, tuple[float, float]]:
+    """Where a whole-file copy puts its episodes: the bytes are the source's, so each stays where it was."""
+    return {ep: (run.start_s + offset, run.start_s + offset + d) for ep, offset, d in run.episodes}
 
 
 def write_job(
@@ -63,9 +68,7 @@ def _write(job: VideoJob, fs_of: dict[int, AbstractFileSystem], out_fs: Abstract
     if job.is_copy:
         run = job.runs[0]
         video.copy(fs_of[run.source], run.path, out_fs, path)
-        # the bytes are the source's: each episode stays where the source has it
-        placements = {ep: (run.start_s + offset, run.start_s + offset + d) for ep, offset, d in run.episodes}
-        return VideoResult(job.key, job.path, placements, copied=True)
+        return VideoResult(job.key, job.path, copy_placements(run), copied=True)
     segments = [video.Segment(fs_of[r.source], r.path, r.start_s, r.end_s) for r in job.runs]
     placed = video.concat(segments, out_fs, path)
     placements: dict[int, tuple[float, float]] = {}

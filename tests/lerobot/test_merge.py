@@ -37,6 +37,7 @@ def test_merge_mixed_versions_reindexes_frames_tasks_videos_and_stats(ray_addres
     assert util.tasks(out) == ["pick the cube", "place the cube", "push"]
     util.check_merged(out, [(a, [0, 1, 2, 3]), (b, [0, 1, 2])])
     util.check_stats(out)
+    util.check_episode_stats(out, [(a, [0, 1, 2, 3]), (b, [0, 1, 2])])
     rows = util.episodes(out)
     assert [r["dataset_from_index"] for r in rows] == [0, 12, 21, 36, 46, 54, 65]
     assert [r["stats/index/min"] for r in rows] == [[0.0], [12.0], [21.0], [36.0], [46.0], [54.0], [65.0]]
@@ -93,6 +94,7 @@ def test_convert_v30_to_v21_with_selection(ray_address, sources, tmp_path):
     assert len(list((out / "videos").rglob("*.mp4"))) == 8
     util.check_merged(out, [(a, [1, 2]), (b, [2, 0])])
     util.check_stats(out)
+    util.check_episode_stats(out, [(a, [1, 2]), (b, [2, 0])])
     stats_rows = [json.loads(line) for line in (out / "meta/episodes_stats.jsonl").read_text().splitlines()]
     assert [r["stats"]["episode_index"]["min"] for r in stats_rows] == [[0.0], [1.0], [2.0], [3.0]]
 

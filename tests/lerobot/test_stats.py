@@ -47,26 +47,27 @@ def test_list_columns_become_rows_by_dimension():
 
 
 def test_image_stats_pool_from_per_episode_stats():
+    from raymerge.lerobot.metadata import pooled_visual
+
     rng = np.random.default_rng(1)
     eps = [rng.random((n, 3)) for n in (40, 7, 90)]
-    stored = [
-        {
-            "min": e.min(0).reshape(3, 1, 1).tolist(),
-            "max": e.max(0).reshape(3, 1, 1).tolist(),
-            "mean": e.mean(0).reshape(3, 1, 1).tolist(),
-            "std": e.std(0).reshape(3, 1, 1).tolist(),
-            "count": [len(e)],
-        }
-        for e in eps
-    ]
-    pooled = Summary.from_stats(stored[0])
-    for s in stored[1:]:
-        pooled = pooled.merge(Summary.from_stats(s))
-    out = pooled.to_stats(with_quantiles=False)
+    stored = {
+        "min": [e.min(0).reshape(3, 1, 1).tolist() for e in eps],
+        "max": [e.max(0).reshape(3, 1, 1).tolist() for e in eps],
+        "mean": [e.mean(0).reshape(3, 1, 1).tolist() for e in eps],
+        "std": [e.std(0).reshape(3, 1, 1).tolist() for e in eps],
+        "count": [[len(e)] for e in eps],
+    }
+    out = pooled_visual({name: pa.array(values) for name, values in stored.items()})
     whole = np.concatenate(eps)
     np.testing.assert_allclose(np.asarray(out["mean"]).reshape(3), whole.mean(0), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(out["std"]).reshape(3), whole.std(0), rtol=1e-10)
+    np.testing.assert_array_equal(np.asarray(out["min"]).reshape(3), whole.min(0))
+    np.testing.assert_array_equal(np.asarray(out["max"]).reshape(3), whole.max(0))
     assert np.asarray(out["min"]).shape == (3, 1, 1) and out["count"] == [137]
+    # an episode without stored stats leaves the feature without pooled stats, rather than wrong ones
+    partial = stored | {"std": [*stored["std"][:2], None]}
+    assert pooled_visual({name: pa.array(values) for name, values in partial.items()}) is None
 
 
 def test_per_episode_stats_at_once_equal_numpy_per_episode():
@@ -88,3 +89,44 @@ def test_per_episode_stats_at_once_equal_numpy_per_episode():
                 np.testing.assert_array_equal(out[i, j], ref[name], err_msg=f"{name} of episode {i}")
             else:
                 np.testing.assert_allclose(out[i, j], ref[name], rtol=1e-12, atol=1e-300, err_msg=name)
+
+
+def test_data_results_merge_in_task_order_whatever_order_they_arrive():
+    """stats.json must not depend on which write task finished first."""
+    from raymerge.lerobot.data import DataResult, EpisodeStats
+    from raymerge.lerobot.metadata import Collected
+
+    rng = np.random.default_rng(5)
+    parts = [rng.normal(size=(n, 2)) ** 3 for n in (50, 3, 70, 11)]
+
+    def result(i: int) -> DataResult:
+        per_episode = EpisodeStats(np.array([i]), ("min",), parts[i].min(0)[None, None], [("x", 0, 2)])
+        return DataResult(f"file-{i}", len(parts[i]), per_episode, {"x": Summary.of(parts[i])})
+
+    in_order, shuffled = Collected(), Collected()
+    for i in range(4):
+        in_order.add_data(i, [result(i)])
+    for i in (2, 0, 3, 1):
+        shuffled.add_data(i, [result(i)])
+    assert shuffled.files == in_order.files == ["file-0", "file-1", "file-2", "file-3"]
+    assert pa.chunked_array(shuffled.numeric[("x", "min")]).to_pylist() == [p.min(0).tolist() for p in parts]
+    assert shuffled.summaries["x"].to_stats() == in_order.summaries["x"].to_stats()
+    assert not shuffled.early
+
+
+def test_episodes_without_rows_get_null_stats():
+    """An episode with no frames has no stats: its row of every stats column is null, the others line up."""
+    from raymerge.lerobot.data import DataResult, EpisodeStats
+    from raymerge.lerobot.metadata import Collected, numeric_columns
+
+    def result(task: int, episodes: list[int]) -> DataResult:
+        values = np.array([[[10.0 * e, e]] for e in episodes])  # min of two dimensions
+        per_episode = EpisodeStats(np.array(episodes), ("min",), values, [("x", 0, 2)])
+        return DataResult(f"file-{task}", len(episodes), per_episode, {})
+
+    got = Collected()
+    got.add_data(1, [result(1, [4, 6])])
+    got.add_data(0, [result(0, [1])])
+    column = numeric_columns(got, 8)[("x", "min")]
+    assert column.type == pa.list_(pa.float64())
+    assert column.to_pylist() == [None, [10.0, 1.0], None, None, [40.0, 4.0], None, [60.0, 6.0], None]

@@ -93,6 +93,49 @@ def check_stats(root: Path) -> None:
             np.testing.assert_allclose(s[name], np.quantile(x, q, axis=0), rtol=1e-3, atol=1e-9, err_msg=key)
 
 
+def episode_stats(root: Path) -> dict[int, dict[str, dict]]:
+    """Per-episode stats as written: v2.1 `episodes_stats.jsonl`, v3.0 `stats/<feature>/<stat>` columns."""
+    if (root / "meta/episodes_stats.jsonl").exists():
+        rows = [json.loads(line) for line in (root / "meta/episodes_stats.jsonl").read_text().splitlines()]
+        return {r["episode_index"]: r["stats"] for r in rows}
+    out: dict[int, dict[str, dict]] = {}
+    for row in episodes(root):
+        stats: dict[str, dict] = {}
+        for col, value in row.items():
+            if col.startswith("stats/") and value is not None:
+                feature, name = col[len("stats/") :].rsplit("/", 1)
+                stats.setdefault(feature, {})[name] = value
+        out[row["episode_index"]] = stats
+    return out
+
+
+def check_episode_stats(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 2) -> None:
+    """Each output episode's numeric stats equal numpy's on its own frames (with quantiles where the version
+    stores them); its camera stats are its source episode's."""
+    table = data(out)
+    episode_of = table["episode_index"].to_numpy()
+    mine = episode_stats(out)
+    v21 = info(out)["codebase_version"] == "v2.1"
+    expected = [(root, ep) for root, eps in parts for ep in eps]
+    assert sorted(mine) == list(range(len(expected)))
+    for new, (root, ep) in enumerate(expected):
+        rows = np.flatnonzero(episode_of == new)
+        for key in NUMERIC:
+            x = column(table, key)[rows]
+            ref = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
+            if not v21:
+                ref |= {name: np.quantile(x, q, axis=0) for name, q in QUANTILES.items()}
+            got = mine[new][key]
+            assert sorted(got) == sorted([*ref, "count"]), f"episode {new} {key}"
+            assert got["count"] == [len(rows)], f"episode {new} {key}"
+            for name, value in ref.items():
+                np.testing.assert_allclose(got[name], value, rtol=1e-12, atol=1e-12, err_msg=f"{new} {key} {name}")
+        source = episode_stats(root)[ep]
+        for key in samples.camera_keys(cameras):
+            kept = {k: v for k, v in source[key].items() if not v21 or k in ("min", "max", "mean", "std", "count")}
+            assert mine[new][key] == kept, f"episode {new} {key}"
+
+
 def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 2, reencoded: bool = False) -> None:
     """Every output frame carries its source frame's values, new indices and task string; video frames
     decoded at episode start, middle and end equal the source's (with `reencoded`: are closest to the
