@@ -377,6 +377,8 @@ def read_chunk(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None =
             return pacsv.read_csv(io.BytesIO(data), convert_options=opts)
     except (pa.ArrowInvalid, OSError) as e:
         raise InvalidInput(f"{where}: not a readable {chunk.format} file: {e}") from None
+    except UnicodeDecodeError:  # a CSV header that is not UTF-8 (its cells are checked by Arrow)
+        raise InvalidInput(f"{where}: not a readable {chunk.format} file: its header is not UTF-8 text") from None
     if chunk.format == "jsonl":
         return _read_jsonl(fs, chunk, where)
     if chunk.format == "json":

@@ -50,6 +50,15 @@ def test_unreadable_parquet(ray_address, work):
     _rejected(src, out, _config([{"path": str(bad)}], out), r"bad.parquet: not a readable parquet file")
 
 
+def test_csv_whose_header_is_not_utf8(ray_address, work):
+    src, out = work
+    bad = src / "latin1.csv"
+    bad.write_bytes("question,r\xe9ponse\nq,a\n".encode("latin-1"))
+    _rejected(
+        src, out, _config([{"path": str(bad)}], out), r"latin1.csv: not a readable csv file: its header is not UTF-8"
+    )
+
+
 def test_database_without_the_session_lists_sessions(ray_address, work):
     src, out = work
     cfg = _config([{"path": str(src / "finefoundry.db"), "session": "missing"}], out)
