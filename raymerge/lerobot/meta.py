@@ -7,7 +7,6 @@ timestamps and `stats/<feature>/<stat>` columns), `tasks.parquet`, `stats.json`,
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -298,9 +297,9 @@ def write_jsonl(fs: AbstractFileSystem, path: str, rows: Iterable[dict[str, Any]
 
 
 def write_parquet(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="snappy")
-    _write_bytes(fs, path, buf.getvalue())
+    fs.makedirs(storage.parent(path), exist_ok=True)
+    with fs.open(path, "wb") as f:  # straight to the file: no second copy of the encoded table in memory
+        pq.write_table(table, f, compression="snappy")
 
 
 def tasks_table(tasks: list[str]) -> pa.Table:

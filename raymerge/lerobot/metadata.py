@@ -22,6 +22,8 @@ from raymerge.lerobot.layout import Layout
 from raymerge.lerobot.plan import Output
 from raymerge.lerobot.stats import MOMENTS, Summary, column_values, merge_all
 
+STATS_CHUNK = 4096  # episodes of per-episode stats turned into Arrow at a time
+
 
 @dataclass
 class Collected:
@@ -30,11 +32,13 @@ class Collected:
 
     Data results are taken in the order their tasks were submitted, whatever order they finish in: the same
     inputs always give the same stats.json to the last bit, and the per-episode stats arrive in episode order,
-    so each result becomes the next chunks of the episodes table's stats columns at once."""
+    so they become the episodes table's stats columns chunk by chunk, never all held as arrays at once."""
 
     summaries: dict[str, Summary] = field(default_factory=dict)
     early: dict[int, list[data.DataResult]] = field(default_factory=dict)  # by task number, not taken yet
     merged: int = 0  # data tasks taken so far
+    pending: list[data.EpisodeStats] = field(default_factory=list)  # per-episode stats not in chunks yet
+    shape: tuple[tuple[str, ...], list[tuple[str, int, int]], int] | None = None  # stat names, features, dims
     numeric: dict[tuple[str, str], list[pa.Array]] = field(default_factory=dict)  # (feature, stat) -> chunks
     numeric_rows: int = 0  # episodes the chunks cover
     placements: dict[str, np.ndarray] = field(default_factory=dict)
@@ -67,25 +71,38 @@ class Collected:
             self.merged += 1
 
     def _add_episode_stats(self, block: data.EpisodeStats) -> None:
-        if not len(block.episodes):
+        if len(block.episodes):
+            self.pending.append(block)
+            if sum(len(p.episodes) for p in self.pending) >= STATS_CHUNK:
+                self.flush_stats()
+
+    def flush_stats(self, end: int = 0) -> None:
+        """Pending per-episode stats into the next chunk of every stats column, up to episode `end` at
+        least: one chunk for many data results (a v2.1 output has one per episode), nulls for episodes
+        without rows."""
+        if self.pending:
+            self.shape = (self.pending[0].names, self.pending[0].columns, self.pending[0].values.shape[2])
+        if self.shape is None:
             return
-        first, last = int(block.episodes[0]), int(block.episodes[-1])
-        if first < self.numeric_rows or (np.diff(block.episodes) <= 0).any():
-            raise AssertionError(f"episode stats out of order: {block.episodes[:10]} after {self.numeric_rows}")
-        for key, a, b in block.columns:
-            for s, name in enumerate(block.names):
-                chunks = self.numeric.setdefault((key, name), [])
-                if first > self.numeric_rows:  # episodes without rows have no stats
-                    chunks.append(pa.nulls(first - self.numeric_rows, _stat_type(name)))
-                if last - first + 1 == len(block.episodes):
-                    chunks.append(_lists(block.values[:, s, a : a + 1 if name == "count" else b], name))
-                else:
-                    dense = np.zeros((last - first + 1, (1 if name == "count" else b - a)))
-                    dense[block.episodes - first] = block.values[:, s, a : a + dense.shape[1]]
-                    present = np.zeros(len(dense), dtype=bool)
-                    present[block.episodes - first] = True
-                    chunks.append(_lists(dense, name, pa.array(~present)))
-        self.numeric_rows = last + 1
+        names, columns, dims = self.shape
+        first = self.numeric_rows
+        end = max(end, *(int(p.episodes[-1]) + 1 for p in self.pending)) if self.pending else end
+        if end <= first:
+            return
+        values = np.zeros((end - first, len(names), dims))
+        present = np.zeros(end - first, dtype=bool)
+        for block in self.pending:
+            at = block.episodes - first
+            if at[0] < 0 or (np.diff(at) <= 0).any() or present[at].any():
+                raise AssertionError(f"episode stats out of order: {block.episodes[:10]} after episode {first}")
+            values[at] = block.values
+            present[at] = True
+        mask = None if present.all() else pa.array(~present)
+        for key, a, b in columns:
+            for i, name in enumerate(names):
+                rows = values[:, i, a : a + 1 if name == "count" else b]
+                self.numeric.setdefault((key, name), []).append(_lists(rows, name, mask))
+        self.numeric_rows, self.pending = end, []
 
     def add_videos(self, results: list[videos.VideoResult]) -> None:
         for r in results:
@@ -113,11 +130,8 @@ def _lists(rows: np.ndarray, name: str, mask: pa.Array | None = None) -> pa.Arra
 def numeric_columns(got: Collected, n: int) -> dict[tuple[str, str], pa.ChunkedArray]:
     """Each numeric feature's per-episode stats as one column per (feature, stat); null for an episode
     without rows."""
-    out = {}
-    for (key, name), chunks in got.numeric.items():
-        tail = [pa.nulls(n - got.numeric_rows, _stat_type(name))] if n > got.numeric_rows else []
-        out[(key, name)] = pa.chunked_array(chunks + tail, _stat_type(name))
-    return out
+    got.flush_stats(n)
+    return {k: pa.chunked_array(chunks, _stat_type(k[1])) for k, chunks in got.numeric.items()}
 
 
 def visual_table(sources: list[meta.Source], out: Output, got: Collected, recompute: bool) -> pa.Table:

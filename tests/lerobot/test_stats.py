@@ -94,7 +94,7 @@ def test_per_episode_stats_at_once_equal_numpy_per_episode():
 def test_data_results_merge_in_task_order_whatever_order_they_arrive():
     """stats.json must not depend on which write task finished first."""
     from raymerge.lerobot.data import DataResult, EpisodeStats
-    from raymerge.lerobot.metadata import Collected
+    from raymerge.lerobot.metadata import Collected, numeric_columns
 
     rng = np.random.default_rng(5)
     parts = [rng.normal(size=(n, 2)) ** 3 for n in (50, 3, 70, 11)]
@@ -109,24 +109,29 @@ def test_data_results_merge_in_task_order_whatever_order_they_arrive():
     for i in (2, 0, 3, 1):
         shuffled.add_data(i, [result(i)])
     assert shuffled.files == in_order.files == ["file-0", "file-1", "file-2", "file-3"]
-    assert pa.chunked_array(shuffled.numeric[("x", "min")]).to_pylist() == [p.min(0).tolist() for p in parts]
+    assert numeric_columns(shuffled, 4)[("x", "min")].to_pylist() == [p.min(0).tolist() for p in parts]
     assert shuffled.summaries["x"].to_stats() == in_order.summaries["x"].to_stats()
     assert not shuffled.early
 
 
-def test_episodes_without_rows_get_null_stats():
-    """An episode with no frames has no stats: its row of every stats column is null, the others line up."""
+@pytest.mark.parametrize("chunk", [1, 2, 4096])
+def test_episodes_without_rows_get_null_stats(monkeypatch, chunk):
+    """An episode with no frames has no stats: its row of every stats column is null, the others line up,
+    however the results are cut into Arrow chunks."""
+    from raymerge.lerobot import metadata
     from raymerge.lerobot.data import DataResult, EpisodeStats
-    from raymerge.lerobot.metadata import Collected, numeric_columns
+
+    monkeypatch.setattr(metadata, "STATS_CHUNK", chunk)
 
     def result(task: int, episodes: list[int]) -> DataResult:
         values = np.array([[[10.0 * e, e]] for e in episodes])  # min of two dimensions
-        per_episode = EpisodeStats(np.array(episodes), ("min",), values, [("x", 0, 2)])
+        per_episode = EpisodeStats(np.array(episodes, dtype=np.int64), ("min",), values, [("x", 0, 2)])
         return DataResult(f"file-{task}", len(episodes), per_episode, {})
 
-    got = Collected()
+    got = metadata.Collected()
     got.add_data(1, [result(1, [4, 6])])
-    got.add_data(0, [result(0, [1])])
-    column = numeric_columns(got, 8)[("x", "min")]
+    got.add_data(0, [result(0, [1]), result(0, [])])
+    got.add_data(2, [result(2, [7])])
+    column = metadata.numeric_columns(got, 9)[("x", "min")]
     assert column.type == pa.list_(pa.float64())
-    assert column.to_pylist() == [None, [10.0, 1.0], None, None, [40.0, 4.0], None, [60.0, 6.0], None]
+    assert column.to_pylist() == [None, [10.0, 1.0], None, None, [40.0, 4.0], None, [60.0, 6.0], [70.0, 7.0], None]
