@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
@@ -30,8 +31,7 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
         raise InvalidInput(f"{storage.url(fs, path)}: data file is missing") from None
     except (pa.ArrowException, OSError) as e:
         raise InvalidInput(f"{storage.url(fs, path)}: corrupt parquet file: {e}") from None
-    eps = table["episode_index"].to_numpy().astype(np.int64)
-    tasks = table["task_index"].to_numpy().astype(np.int64)
+    eps, tasks = (_int64(table, c, fs, path) for c in ("episode_index", "task_index"))
     found, counts = np.unique(eps, return_counts=True)
     out: EpisodeRows = {int(ep): (int(n), []) for ep, n in zip(found, counts, strict=True)}
     if len(tasks):  # distinct (episode, task) pairs with one sort, then grouped by episode
@@ -41,6 +41,15 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
             ep, task = divmod(pair, span)
             out[ep + int(found[0])][1].append(task + low)
     return out
+
+
+def _int64(table: pa.Table, name: str, fs: AbstractFileSystem, path: str) -> np.ndarray:
+    """An index column as int64, read from its buffer: pyarrow's to_numpy imports pandas, 0.2 s of a
+    fresh job's worker that the plan would wait for."""
+    arr = pc.cast(table[name], pa.int64()).combine_chunks()
+    if arr.null_count:
+        raise InvalidInput(f"{storage.url(fs, path)}: {arr.null_count} row(s) have no {name}")
+    return np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr), offset=arr.offset * 8)
 
 
 def _scan_batch(fs: AbstractFileSystem, paths: list[str]) -> list[EpisodeRows]:
@@ -70,9 +79,6 @@ def _index_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
 
 
 def _warm() -> None:
-    # pandas too: pyarrow imports it at a worker's first to_numpy, 0.2 s the first scan would otherwise wait
-    import pandas  # noqa: F401
-
     import raymerge.lerobot.data
     import raymerge.lerobot.video  # noqa: F401
 

@@ -133,6 +133,19 @@ def test_corrupt_parquet(ray_address, bases, tmp_path):
     _reject(tmp_path, [{"path": str(bad)}], r"file-001.parquet: corrupt parquet file")
 
 
+def test_null_indices_in_data(ray_address, bases, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = _copy(bases["v30"], tmp_path)
+    target = bad / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(target)
+    i = table.schema.get_field_index("task_index")
+    nulled = pa.array([None, *table["task_index"].to_pylist()[1:]], table.schema.field(i).type)
+    pq.write_table(table.set_column(i, table.schema.field(i), nulled), target)
+    _reject(tmp_path, [{"path": str(bad)}], r"file-000.parquet: 1 row\(s\) have no task_index")
+
+
 def test_unknown_codebase_version(ray_address, bases, tmp_path):
     bad = _copy(bases["v30"], tmp_path)
     _edit_json(bad / "meta/info.json", lambda i: i.__setitem__("codebase_version", "v1.6"))
