@@ -146,6 +146,15 @@ def test_null_indices_in_data(ray_address, bases, tmp_path):
     _reject(tmp_path, [{"path": str(bad)}], r"file-000.parquet: 1 row\(s\) have no task_index")
 
 
+def test_episodes_metadata_without_a_column(ray_address, bases, tmp_path):
+    import pyarrow.parquet as pq
+
+    bad = _copy(bases["v30"], tmp_path)
+    target = next((bad / "meta/episodes").rglob("*.parquet"))
+    pq.write_table(pq.read_table(target).drop_columns(["length"]), target)
+    _reject(tmp_path, [{"path": str(bad)}], r"meta/episodes: the episodes metadata has no column 'length'")
+
+
 def test_unknown_codebase_version(ray_address, bases, tmp_path):
     bad = _copy(bases["v30"], tmp_path)
     _edit_json(bad / "meta/info.json", lambda i: i.__setitem__("codebase_version", "v1.6"))
