@@ -46,7 +46,7 @@ wall = time.perf_counter() - t0
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"wall": wall, "attach": attach, "workers": workers, "timings": report.timings,
-                  "rows_out": report.rows_out, "rss_mb": peak / 1024}))
+                  "rows_out": report.rows_out, "episodes": report.details.get("episodes"), "rss_mb": peak / 1024}))
 """
 
 

@@ -82,6 +82,7 @@ def main() -> None:
 
     address, _ = start_ray()
     os.environ["RAY_ADDRESS"] = address
+    peaks = []  # (episodes, driver peak RSS in MB) per size
     try:
         for size in (2e9 * args.scale, 8e9 * args.scale):
             inputs = build_inputs(size, address)
@@ -102,9 +103,16 @@ def main() -> None:
                 f"  [cp {fmt(floors)}; merge {fmt(walls)}]",
                 flush=True,
             )
+            peaks.append((runs[0]["episodes"], float(np.median([r["rss_mb"] for r in runs]))))
             if not args.keep:
                 for path in [ROOT / "cp", ROOT / "merged", *inputs]:
                     shutil.rmtree(path, ignore_errors=True)
+        (small, rss_small), (large, rss_large) = peaks
+        print(
+            f"driver peak RSS {rss_small:.0f} -> {rss_large:.0f} MB for {small:,} -> {large:,} episodes: "
+            f"{rss_large / rss_small:.2f}x, {(rss_large - rss_small) * 1024 / max(large - small, 1):.1f} KB per added episode",
+            flush=True,
+        )
     finally:
         ray.shutdown()
         if not args.keep:
