@@ -73,7 +73,7 @@ class Collected:
     def _add_episode_stats(self, block: data.EpisodeStats) -> None:
         if len(block.episodes):
             self.pending.append(block)
-            if sum(len(p.episodes) for p in self.pending) >= STATS_CHUNK:
+            if int(block.episodes[-1]) + 1 - self.numeric_rows >= STATS_CHUNK:  # the next chunk's episodes
                 self.flush_stats()
 
     def flush_stats(self, end: int = 0) -> None:
@@ -86,14 +86,14 @@ class Collected:
             return
         names, columns, dims = self.shape
         first = self.numeric_rows
-        end = max(end, *(int(p.episodes[-1]) + 1 for p in self.pending)) if self.pending else end
+        end = max(end, int(self.pending[-1].episodes[-1]) + 1) if self.pending else end
         if end <= first:
             return
         values = np.zeros((end - first, len(names), dims))
         present = np.zeros(end - first, dtype=bool)
         for block in self.pending:
             at = block.episodes - first
-            if at[0] < 0 or (np.diff(at) <= 0).any() or present[at].any():
+            if at[0] < 0 or at[-1] >= len(present) or (np.diff(at) <= 0).any() or present[at].any():
                 raise AssertionError(f"episode stats out of order: {block.episodes[:10]} after episode {first}")
             values[at] = block.values
             present[at] = True
