@@ -46,7 +46,10 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
 def _int64(table: pa.Table, name: str, fs: AbstractFileSystem, path: str) -> np.ndarray:
     """An index column as int64, read from its buffer: pyarrow's to_numpy imports pandas, 0.2 s of a
     fresh job's worker that the plan would wait for."""
-    arr = pc.cast(table[name], pa.int64()).combine_chunks()
+    try:
+        arr = pc.cast(table[name], pa.int64()).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise InvalidInput(f"{storage.url(fs, path)}: {name} is not integer: {e}") from None
     if arr.null_count:
         raise InvalidInput(f"{storage.url(fs, path)}: {arr.null_count} row(s) have no {name}")
     return np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr), offset=arr.offset * 8)

@@ -133,7 +133,14 @@ def test_corrupt_parquet(ray_address, bases, tmp_path):
     _reject(tmp_path, [{"path": str(bad)}], r"file-001.parquet: corrupt parquet file")
 
 
-def test_null_indices_in_data(ray_address, bases, tmp_path):
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ([None, 0], r"file-000.parquet: 1 row\(s\) have no task_index"),
+        ([0.5, 0.0], r"file-000.parquet: task_index is not integer"),
+    ],
+)
+def test_bad_indices_in_data(ray_address, bases, tmp_path, values, match):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -141,9 +148,10 @@ def test_null_indices_in_data(ray_address, bases, tmp_path):
     target = bad / "data/chunk-000/file-000.parquet"
     table = pq.read_table(target)
     i = table.schema.get_field_index("task_index")
-    nulled = pa.array([None, *table["task_index"].to_pylist()[1:]], table.schema.field(i).type)
-    pq.write_table(table.set_column(i, table.schema.field(i), nulled), target)
-    _reject(tmp_path, [{"path": str(bad)}], r"file-000.parquet: 1 row\(s\) have no task_index")
+    column = pa.array(values + [0] * (table.num_rows - len(values)))  # int64 with a null, or double
+    table = table.set_column(i, "task_index", column)
+    pq.write_table(table, target)
+    _reject(tmp_path, [{"path": str(bad)}], match)
 
 
 def test_episodes_metadata_without_a_column(ray_address, bases, tmp_path):
