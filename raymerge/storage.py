@@ -100,7 +100,8 @@ class Staging:
 
     `is_file`: the output is one file (the family writes `self.path`); otherwise a folder (the
     family writes below `self.path`). `allow_existing`: the family updates an existing target
-    itself (e.g. adds a session to a database), so its presence is not a conflict.
+    itself (e.g. adds a session to a database), so its presence is not a conflict. `scratch` is a
+    folder beside staging for a run's intermediate files, never part of the output: removed with it.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class Staging:
         self._prefix = join(parent(self.target), f".{name}.raymerge")
         self.dir = f"{self._prefix}-staging-{self.run_id}"
         self.path = join(self.dir, name) if is_file else self.dir
+        self.scratch = f"{self._prefix}-scratch-{self.run_id}"
         self._lock: IO | None = None
         self.committed = False
 
@@ -189,7 +191,7 @@ class Staging:
                 self.fs.mv(old, self.target, recursive=True)
             else:
                 self.fs.rm(old, recursive=True)
-        for stale in self._siblings("staging"):
+        for stale in self._siblings("staging") + self._siblings("scratch"):
             # Best effort: a killed run's last tasks may still be writing there; a later run retries.
             with contextlib.suppress(OSError):
                 self.fs.rm(stale, recursive=True)
@@ -213,6 +215,7 @@ class Staging:
                 raise RunFailed(f"output {self.target_url}: no space left on device while committing") from None
             raise
         self.committed = True
+        self._drop_scratch()
         self.close()
 
     def _commit_file(self) -> None:
@@ -256,7 +259,13 @@ class Staging:
             with contextlib.suppress(Exception):
                 if exists(self.fs, self.dir):
                     self.fs.rm(self.dir, recursive=True)
+        self._drop_scratch()
         self.close()
+
+    def _drop_scratch(self) -> None:
+        with contextlib.suppress(Exception):
+            if exists(self.fs, self.scratch):
+                self.fs.rm(self.scratch, recursive=True)
 
     def close(self) -> None:
         self._release_lock()

@@ -2,14 +2,15 @@
 
 Each output file is gathered from its source files (only the wanted episodes' rows), re-indexed with
 pyarrow compute — `episode_index`, `index` and `task_index` replaced, everything else (frame_index,
-timestamp, image bytes) carried as is — written once, and summarised for the stats reduce.
+timestamp, image bytes) carried as is — written once, and summarised for the stats reduce. The exact
+per-episode stats (kilobytes per episode) are written by the task itself, as the episodes metadata's
+`stats/<feature>/<stat>` columns, to a scratch file: the driver only ever reads them back a chunk at a time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,24 +22,28 @@ from raymerge import storage
 from raymerge.lerobot.layout import DataJob, DataPart
 from raymerge.lerobot.stats import Summary, episode_stats, feature_matrix
 
-
-@dataclass
-class EpisodeStats:
-    """Exact per-episode stats of one output file as one array: nested dicts of lists would cost the driver
-    about 10 KB per episode, this about 1.5 KB."""
-
-    episodes: np.ndarray  # (E,) output episode indices
-    names: tuple[str, ...]  # stat names in LeRobot's order; "count" holds the episode's rows
-    values: np.ndarray  # (E, len(names), dims)
-    columns: list[tuple[str, int, int]]  # feature, first and end dimension
+STATS_CHUNK = 4096  # episodes of per-episode stats the driver holds at a time
 
 
 @dataclass
 class DataResult:
     path: str
     rows: int
-    episode_stats: EpisodeStats
+    episodes: int  # episodes with rows, each a row of the task's episode stats file
     summaries: dict[str, Summary]
+
+
+def stat_type(name: str) -> pa.DataType:
+    """What pyarrow infers for LeRobot's stats lists: counts are integers."""
+    return pa.list_(pa.int64() if name == "count" else pa.float64())
+
+
+def _lists(rows: np.ndarray, name: str) -> pa.Array:
+    """(n, k) values of one stat as a list column of its type."""
+    n, k = rows.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    values = pa.array(np.ascontiguousarray(rows).reshape(-1)).cast(stat_type(name).value_type)
+    return pa.ListArray.from_arrays(offsets, values)
 
 
 def _replace(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
@@ -93,14 +98,18 @@ def build_table(
 
 def summarise(
     table: pa.Table, features: dict[str, tuple[int, ...]], with_quantiles: bool
-) -> tuple[EpisodeStats, dict[str, Summary]]:
-    """Exact per-episode stats and a mergeable per-file summary of every numeric feature."""
+) -> tuple[pa.Table, dict[str, Summary]]:
+    """Exact per-episode stats (`episode_index` and a `stats/<feature>/<stat>` list column each, in feature
+    order) and a mergeable per-file summary of every numeric feature."""
     matrix, columns = feature_matrix(table, list(features))
     eps = table["episode_index"].to_numpy()
     starts = np.flatnonzero(np.r_[True, eps[1:] != eps[:-1]]) if len(eps) else np.zeros(0, dtype=np.intp)
     names, values = episode_stats(matrix, starts, with_quantiles)
-    per_episode = EpisodeStats(eps[starts].astype(np.int64), names, values, columns)
-    return per_episode, {key: Summary.of(matrix[a:b].T, features[key]) for key, a, b in columns}
+    per_episode = {"episode_index": pa.array(eps[starts].astype(np.int64))}
+    for key, a, b in columns:
+        for i, name in enumerate(names):
+            per_episode[f"stats/{key}/{name}"] = _lists(values[:, i, a : a + 1 if name == "count" else b], name)
+    return pa.table(per_episode), {key: Summary.of(matrix[a:b].T, features[key]) for key, a, b in columns}
 
 
 def write_job(
@@ -112,15 +121,38 @@ def write_job(
     out_root: str,
     features: dict[str, tuple[int, ...]],
     with_quantiles: bool,
-) -> DataResult:
+) -> tuple[DataResult, pa.Table]:
+    """One output file; its result and its episodes' stats."""
     table = build_table(job, fs_of, task_maps, schema)
     path = storage.join(out_root, job.path)
     out_fs.makedirs(storage.parent(path), exist_ok=True)
     with out_fs.open(path, "wb") as f:
         pq.write_table(table, f, compression="snappy")
     per_episode, summaries = summarise(table, features, with_quantiles)
-    return DataResult(job.path, table.num_rows, per_episode, summaries)
+    return DataResult(job.path, table.num_rows, per_episode.num_rows, summaries), per_episode
 
 
-def write_batch(jobs: list[DataJob], *args: Any) -> list[DataResult]:
-    return [write_job(job, *args) for job in jobs]
+def write_batch(
+    jobs: list[DataJob],
+    fs_of: dict[int, AbstractFileSystem],
+    task_maps: dict[int, list[int]],
+    schema: pa.Schema,
+    out_fs: AbstractFileSystem,
+    out_root: str,
+    features: dict[str, tuple[int, ...]],
+    with_quantiles: bool,
+    stats_path: str,
+) -> list[DataResult]:
+    """The output files of one task, and one file of their episodes' stats at `stats_path` (on `out_fs`) if
+    any episode has rows, in row groups of `STATS_CHUNK` episodes."""
+    results, per_episode = [], []
+    for job in jobs:
+        result, stats = write_job(job, fs_of, task_maps, schema, out_fs, out_root, features, with_quantiles)
+        results.append(result)
+        if stats.num_rows:
+            per_episode.append(stats)
+    if per_episode:
+        out_fs.makedirs(storage.parent(stats_path), exist_ok=True)
+        with out_fs.open(stats_path, "wb") as f:
+            pq.write_table(pa.concat_tables(per_episode), f, row_group_size=STATS_CHUNK, compression="snappy")
+    return results

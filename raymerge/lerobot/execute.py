@@ -29,24 +29,33 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
     parallelism = cluster_cpus() * 4
     write_data = ray.remote(data.write_batch)
     write_videos = ray.remote(videos.write_batch)
-    pending: dict[Any, tuple[int, str, int]] = {}  # output, kind of task, data task number
+    pending: dict[Any, tuple[int, str, int, str]] = {}  # output, kind of task, data task number, its stats file
     waiting = [0] * len(plan.outputs)  # tasks whose results each output's metadata needs
     for i, out in enumerate(plan.outputs):
         root = _root(staging, out)
         layout = out.layout
         features = {k: tuple(out.info["features"][k]["shape"]) for k in meta.numeric_keys(out.info["features"])}
         for n, batch in enumerate(batches(layout.data_jobs, parallelism)):
+            stats_path = storage.join(staging.scratch, f"output-{i}", f"episode-stats-{n:06d}.parquet")
             ref = write_data.remote(
-                batch, fs_of, layout.task_maps, out.schema, staging.fs, root, features, layout.version == meta.V30
+                batch,
+                fs_of,
+                layout.task_maps,
+                out.schema,
+                staging.fs,
+                root,
+                features,
+                layout.version == meta.V30,
+                stats_path,
             )
-            pending[ref] = (i, "data", n)
+            pending[ref] = (i, "data", n, stats_path)
             waiting[i] += 1
         lengths = {e.index: e.episode.length for e in layout.episodes} if recompute else {}
         # one task per output video, longest first, so that the last ones to finish are short
         for job in sorted(layout.video_jobs, key=lambda j: -sum(r.end_s - r.start_s for r in j.runs)):
             ref = write_videos.remote([job], fs_of, staging.fs, root, lengths, float(out.info["fps"]))
             needed = recompute or not job.is_copy
-            pending[ref] = (i, "video" if needed else "copy", 0)
+            pending[ref] = (i, "video" if needed else "copy", 0, "")
             waiting[i] += needed
     collected = [Collected.planned(out.layout) for out in plan.outputs]
     written: dict[int, list[str]] = {}
@@ -65,10 +74,10 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            i, kind, n = pending.pop(ref)
+            i, kind, n, stats_path = pending.pop(ref)
             results = ray.get(ref)
             if kind == "data":
-                collected[i].add_data(n, results)
+                collected[i].add_data(n, results, stats_path)
             else:
                 collected[i].add_videos(results)
             waiting[i] -= kind != "copy"

@@ -1,46 +1,43 @@
-"""One output dataset's metadata files (info, episodes, tasks, stats), built column by column.
+"""One output dataset's metadata files (info, episodes, tasks, stats), written a chunk of episodes at a time.
 
-What the write tasks return (per-episode stats arrays, video placements) stays in numpy arrays until it
-becomes Arrow columns: the driver never turns thousands of episodes into nested dicts, and the files can be
-written as soon as the tasks they depend on are done (whole-file video copies are placed by the plan).
+The episodes table is never whole on the driver: its numeric stats are read back from the data tasks'
+scratch files `STATS_CHUNK` episodes at a time, its camera stats taken from the sources' Arrow tables for the
+same episodes, its video placements are one (episodes, 2) array per camera. The files are written as soon as
+the tasks they depend on are done (whole-file video copies are placed by the plan, so they do not wait).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raymerge import storage
 from raymerge.lerobot import data, meta, videos
-from raymerge.lerobot.layout import Layout
+from raymerge.lerobot.layout import Layout, OutEpisode
 from raymerge.lerobot.plan import Output
 from raymerge.lerobot.stats import MOMENTS, Summary, column_values, merge_all
-
-STATS_CHUNK = 4096  # episodes of per-episode stats turned into Arrow at a time
 
 
 @dataclass
 class Collected:
-    """What the tasks of one output dataset returned: stats pieces and, per camera, each episode's
-    (from, to) timestamps (NaN until its video is placed).
+    """What the tasks of one output dataset returned: stats summaries, the files of per-episode stats and,
+    per camera, each episode's (from, to) timestamps (NaN until its video is placed).
 
     Data results are taken in the order their tasks were submitted, whatever order they finish in: the same
-    inputs always give the same stats.json to the last bit, and the per-episode stats arrive in episode order,
-    so they become the episodes table's stats columns chunk by chunk, never all held as arrays at once."""
+    inputs always give the same stats.json to the last bit, and the per-episode stats files are in episode
+    order."""
 
     summaries: dict[str, Summary] = field(default_factory=dict)
-    early: dict[int, list[data.DataResult]] = field(default_factory=dict)  # by task number, not taken yet
+    early: dict[int, tuple[list[data.DataResult], str]] = field(default_factory=dict)  # by task number
     merged: int = 0  # data tasks taken so far
-    pending: list[data.EpisodeStats] = field(default_factory=list)  # per-episode stats not in chunks yet
-    shape: tuple[tuple[str, ...], list[tuple[str, int, int]], int] | None = None  # stat names, features, dims
-    numeric: dict[tuple[str, str], list[pa.Array]] = field(default_factory=dict)  # (feature, stat) -> chunks
-    numeric_rows: int = 0  # episodes the chunks cover
+    stats_files: list[str] = field(default_factory=list)
     placements: dict[str, np.ndarray] = field(default_factory=dict)
     video_stats: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     reencoded: set[int] = field(default_factory=set)
@@ -61,48 +58,17 @@ class Collected:
         if placements:
             self.placements[key][list(placements)] = list(placements.values())
 
-    def add_data(self, task: int, results: list[data.DataResult]) -> None:
-        self.early[task] = results
+    def add_data(self, task: int, results: list[data.DataResult], stats_path: str) -> None:
+        """A data task's results; `stats_path` holds its episodes' stats if any of them has rows."""
+        self.early[task] = (results, stats_path)
         while self.merged in self.early:
-            for r in self.early.pop(self.merged):
+            results, stats_path = self.early.pop(self.merged)
+            for r in results:
                 merge_all(self.summaries, r.summaries)
-                self._add_episode_stats(r.episode_stats)
                 self.files.append(r.path)
+            if any(r.episodes for r in results):
+                self.stats_files.append(stats_path)
             self.merged += 1
-
-    def _add_episode_stats(self, block: data.EpisodeStats) -> None:
-        if len(block.episodes):
-            self.pending.append(block)
-            if int(block.episodes[-1]) + 1 - self.numeric_rows >= STATS_CHUNK:  # the next chunk's episodes
-                self.flush_stats()
-
-    def flush_stats(self, end: int = 0) -> None:
-        """Pending per-episode stats into the next chunk of every stats column, up to episode `end` at
-        least: one chunk for many data results (a v2.1 output has one per episode), nulls for episodes
-        without rows."""
-        if self.pending:
-            self.shape = (self.pending[0].names, self.pending[0].columns, self.pending[0].values.shape[2])
-        if self.shape is None:
-            return
-        names, columns, dims = self.shape
-        first = self.numeric_rows
-        end = max(end, int(self.pending[-1].episodes[-1]) + 1) if self.pending else end
-        if end <= first:
-            return
-        values = np.zeros((end - first, len(names), dims))
-        present = np.zeros(end - first, dtype=bool)
-        for block in self.pending:
-            at = block.episodes - first
-            if at[0] < 0 or at[-1] >= len(present) or (np.diff(at) <= 0).any() or present[at].any():
-                raise AssertionError(f"episode stats out of order: {block.episodes[:10]} after episode {first}")
-            values[at] = block.values
-            present[at] = True
-        mask = None if present.all() else pa.array(~present)
-        for key, a, b in columns:
-            for i, name in enumerate(names):
-                rows = values[:, i, a : a + 1 if name == "count" else b]
-                self.numeric.setdefault((key, name), []).append(_lists(rows, name, mask))
-        self.numeric_rows, self.pending = end, []
 
     def add_videos(self, results: list[videos.VideoResult]) -> None:
         for r in results:
@@ -114,73 +80,111 @@ class Collected:
             self.files.append(r.path)
 
 
-def _stat_type(name: str) -> pa.DataType:
-    """What pyarrow infers for LeRobot's stats lists: counts are integers."""
-    return pa.list_(pa.int64() if name == "count" else pa.float64())
+def read_stats(fs: Any, paths: list[str]) -> Iterator[pa.RecordBatch]:
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=data.STATS_CHUNK)
 
 
-def _lists(rows: np.ndarray, name: str, mask: pa.Array | None = None) -> pa.Array:
-    """(n, k) values of one stat as a list column of its type."""
-    n, k = rows.shape
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    values = pa.array(np.ascontiguousarray(rows).reshape(-1)).cast(_stat_type(name).value_type)
-    return pa.ListArray.from_arrays(offsets, values, mask=mask)
+def ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """Consecutive [a, b) covering n episodes, `size` at most each (one empty range for none)."""
+    return [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
 
 
-def numeric_columns(got: Collected, n: int) -> dict[tuple[str, str], pa.ChunkedArray]:
-    """Each numeric feature's per-episode stats as one column per (feature, stat); null for an episode
-    without rows."""
-    got.flush_stats(n)
-    return {k: pa.chunked_array(chunks, _stat_type(k[1])) for k, chunks in got.numeric.items()}
+def aligned_stats(batches: Iterable[pa.RecordBatch], spans: list[tuple[int, int]]) -> Iterator[pa.Table | None]:
+    """The per-episode stats for each span of episodes in turn, a row per episode (null for an episode
+    without rows), from batches of rows in episode order; None for every span if there are none."""
+    it = iter(batches)
+    carry = next(it, None)
+    schema = carry.schema if carry is not None else None
+    for a, b in spans:
+        parts = []
+        while carry is not None:
+            k = int(np.searchsorted(carry.column("episode_index").to_numpy(), b))
+            if k:
+                parts.append(carry.slice(0, k))
+            if k < carry.num_rows:
+                carry = carry.slice(k)
+                break
+            carry = next(it, None)
+        yield None if schema is None else _align(pa.Table.from_batches(parts, schema), a, b)
+    if carry is not None:
+        raise AssertionError(f"episode stats past the last episode: {carry.column('episode_index')[:10]}")
 
 
-def visual_table(sources: list[meta.Source], out: Output, got: Collected, recompute: bool) -> pa.Table:
-    """Image/video stats per output episode as `stats/<feature>/<stat>` columns: the sources' stored ones
-    (taken from their tables, never Python objects), or the decoded ones of the written videos."""
-    by_position = {s.position: s.visual for s in sources}
-    parts = [
-        by_position[source].take([e.episode.row for e in run])
-        for source, run in groupby(out.layout.episodes, key=lambda e: e.episode.source)
-    ]
-    table = pa.concat_tables(parts, promote_options="permissive") if parts else meta.NO_VISUAL.empty_table()
-    if recompute and got.video_stats:
-        decoded = pa.Table.from_pylist([meta.flat_stats(got.video_stats.get(e.index, {})) for e in out.layout.episodes])
-        replaced = {meta.stat_of(c)[0] for c in decoded.column_names}
-        table = table.select([c for c in table.column_names if not meta.is_stat_of(c, replaced)])
-        for c in decoded.column_names:
-            table = table.append_column(c, decoded[c])
+def _align(table: pa.Table, a: int, b: int) -> pa.Table:
+    at = table["episode_index"].to_numpy() - a
+    if len(at) and (at[0] < 0 or (np.diff(at) <= 0).any()):
+        raise AssertionError(f"episode stats out of order: {table['episode_index'][:10]} for episodes {a}..{b - 1}")
+    table = table.drop_columns(["episode_index"])
+    if len(at) == b - a:
+        return table
+    rows = np.full(b - a, -1)
+    rows[at] = np.arange(len(at))
+    return table.take(pa.array(rows, mask=rows < 0))
+
+
+class Visual:
+    """The sources' stored image/video stats for runs of output episodes, taken from their Arrow tables
+    (never Python objects), in one schema for every chunk."""
+
+    def __init__(self, sources: list[meta.Source], episodes: list[OutEpisode]) -> None:
+        self.tables = {s.position: s.visual for s in sources}
+        used = dict.fromkeys(e.episode.source for e in episodes)
+        schemas = [self.tables[p].schema for p in used]
+        self.schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else meta.NO_VISUAL
+
+    def take(self, episodes: list[OutEpisode]) -> pa.Table:
+        parts = [
+            self.tables[source].take([e.episode.row for e in run])
+            for source, run in groupby(episodes, key=lambda e: e.episode.source)
+        ]
+        table = pa.concat_tables([self.schema.empty_table(), *parts], promote_options="permissive")
+        return table.select(self.schema.names)
+
+
+def _decoded(table: pa.Table, episodes: list[OutEpisode], got: Collected) -> pa.Table:
+    """The stored camera stats replaced by those of the written videos (`recompute_video_stats`)."""
+    decoded = pa.Table.from_pylist([meta.flat_stats(got.video_stats.get(e.index, {})) for e in episodes])
+    replaced = {meta.stat_of(c)[0] for c in decoded.column_names}
+    table = table.select([c for c in table.column_names if not meta.is_stat_of(c, replaced)])
+    for c in decoded.column_names:
+        table = table.append_column(c, decoded[c])
     return table
 
 
-def pooled_visual(values: dict[str, pa.Array | pa.ChunkedArray]) -> dict[str, Any] | None:
-    """One image/video feature's stats over all episodes, pooled from theirs (None unless every episode has
+def pooled_visual(values: dict[str, pa.Array | pa.ChunkedArray]) -> Summary | None:
+    """One image/video feature's stats over some episodes, pooled from theirs (None unless every episode has
     min, max, mean, std and count)."""
     if any(name not in values or values[name].null_count for name in MOMENTS) or not len(values["count"]):
         return None
     shape = np.asarray(values["mean"][0].as_py()).shape
     rows = {name: column_values(values[name]) for name in MOMENTS}
-    pooled = Summary.pooled(shape, rows["count"][:, 0], rows["mean"], rows["std"], rows["min"], rows["max"])
-    return pooled.to_stats(with_quantiles=False)
+    return Summary.pooled(shape, rows["count"][:, 0], rows["mean"], rows["std"], rows["min"], rows["max"])
 
 
-def stats_columns(
-    sources: list[meta.Source], out: Output, got: Collected, recompute: bool
-) -> tuple[dict[tuple[str, str], Any], dict[str, Any]]:
-    """Per-episode stats as columns in feature order, keyed (feature, stat); and stats.json."""
-    numeric = numeric_columns(got, len(out.layout.episodes))
-    visual = visual_table(sources, out, got, recompute)
-    columns: dict[tuple[str, str], Any] = {}
-    overall: dict[str, Any] = {}
-    for key in out.info["features"]:
-        if key in got.summaries:
-            overall[key] = got.summaries[key].to_stats(with_quantiles=True)
-            columns |= {k: v for k, v in numeric.items() if k[0] == key}
-        else:
-            mine = {meta.stat_of(c)[1]: visual[c] for c in visual.column_names if meta.is_stat_of(c, {key})}
-            if (pooled := pooled_visual(mine)) is not None:
-                overall[key] = pooled
-            columns |= {(key, name): values for name, values in mine.items()}
-    return columns, overall
+def stats_chunks(
+    sources: list[meta.Source], out: Output, got: Collected, fs: Any, recompute: bool, pooled: dict[str, Any]
+) -> Iterator[tuple[int, int, dict[str, pa.Array | pa.ChunkedArray]]]:
+    """Each chunk of episodes `(a, b, columns)`: their stats columns `stats/<feature>/<stat>` in feature
+    order. Pools each camera's stats into `pooled` on the way (None for a feature some episode lacks)."""
+    episodes = out.layout.episodes
+    spans = ranges(len(episodes), data.STATS_CHUNK)
+    visual = Visual(sources, episodes)
+    for (a, b), numeric in zip(spans, aligned_stats(read_stats(fs, got.stats_files), spans), strict=True):
+        cameras = visual.take(episodes[a:b])
+        if recompute and got.video_stats:
+            cameras = _decoded(cameras, episodes[a:b], got)
+        columns: dict[str, Any] = {}
+        for key in out.info["features"]:
+            if numeric is not None:
+                columns |= {c: numeric[c] for c in numeric.column_names if meta.is_stat_of(c, {key})}
+            mine = {meta.stat_of(c)[1]: cameras[c] for c in cameras.column_names if meta.is_stat_of(c, {key})}
+            if mine and pooled.get(key, 0) is not None:
+                part = pooled_visual(mine)
+                pooled[key] = part if part is None or key not in pooled else pooled[key].merge(part)
+            columns |= {f"stats/{key}/{name}": values for name, values in mine.items()}
+        yield a, b, columns
 
 
 def _num(value: float) -> float | int:
@@ -193,9 +197,10 @@ def write(
     """info, episodes, tasks and stats of one output dataset; returns the paths written (relative)."""
     layout = out.layout
     version = layout.version
-    stats, overall = stats_columns(sources, out, got, recompute)
     video_keys = meta.video_keys(out.info["features"])
     n_eps = len(layout.episodes)
+    pooled: dict[str, Any] = {}
+    chunks = stats_chunks(sources, out, got, fs, recompute, pooled)
     info: dict[str, Any] = {
         "codebase_version": version,
         "robot_type": out.info["robot_type"],
@@ -218,14 +223,7 @@ def write(
                 for e in layout.episodes
             ],
         )
-        meta.write_jsonl(
-            fs,
-            storage.join(root, meta.V21_EPISODES_STATS),
-            (
-                {"episode_index": e.index, "stats": s}
-                for e, s in zip(layout.episodes, _v21_stats(stats, n_eps), strict=True)
-            ),
-        )
+        meta.write_jsonl(fs, storage.join(root, meta.V21_EPISODES_STATS), _v21_stats(chunks))
         meta.write_jsonl(
             fs, storage.join(root, meta.V21_TASKS), [{"task_index": i, "task": t} for i, t in enumerate(layout.tasks)]
         )
@@ -237,72 +235,111 @@ def write(
             "data_files_size_in_mb": _num(options.data_files_size_in_mb),
             "video_files_size_in_mb": _num(options.video_files_size_in_mb),
         }
-        written += write_v30_episodes(v30_episodes(out, got, stats), fs, root, options)
+        with EpisodeFiles(fs, root, options.data_files_size_in_mb * 1024**2, options.chunks_size) as files:
+            for a, b, stats in chunks:
+                files.write(pa.table(episode_columns(layout.episodes[a:b], got.placements, a) | stats))
+        written += files.paths
         meta.write_parquet(fs, storage.join(root, meta.V30_TASKS), meta.tasks_table(layout.tasks))
         written.append(meta.V30_TASKS)
         paths = {"data_path": meta.V30_DATA_PATH, "video_path": meta.V30_VIDEO_PATH if video_keys else None}
     info |= {"fps": out.info["fps"], "splits": {"train": f"0:{n_eps}"}, **paths, "features": out.info["features"]}
+    overall: dict[str, Any] = {}
+    for key in out.info["features"]:
+        if key in got.summaries:
+            overall[key] = got.summaries[key].to_stats(with_quantiles=True)
+        elif pooled.get(key) is not None:
+            overall[key] = pooled[key].to_stats(with_quantiles=False)
     meta.write_json(fs, storage.join(root, meta.STATS), overall)
     meta.write_json(fs, storage.join(root, meta.INFO), info)
     return written
 
 
-STATS_BLOCK = 512  # episodes turned into JSON rows at a time
-
-
-def _v21_stats(stats: dict[tuple[str, str], Any], n: int) -> Iterator[dict[str, dict[str, Any]]]:
-    """`episodes_stats.jsonl`'s stats per episode (moments only), a block of episodes at a time."""
-    kept = [(key, name) for key, name in stats if name in MOMENTS]
-    for start in range(0, n, STATS_BLOCK):
-        block = [stats[k].slice(start, STATS_BLOCK).to_pylist() for k in kept]
-        for i in range(min(STATS_BLOCK, n - start)):
+def _v21_stats(chunks: Iterable[tuple[int, int, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """`episodes_stats.jsonl` rows (moments only), a chunk of episodes at a time."""
+    for a, b, stats in chunks:
+        kept = [(meta.stat_of(c), values.to_pylist()) for c, values in stats.items() if meta.stat_of(c)[1] in MOMENTS]
+        for i in range(b - a):
             row: dict[str, dict[str, Any]] = {}
-            for (key, name), values in zip(kept, block, strict=True):
+            for (key, name), values in kept:
                 if values[i] is not None:
                     row.setdefault(key, {})[name] = values[i]
-            yield row
+            yield {"episode_index": a + i, "stats": row}
 
 
-def v30_episodes(out: Output, got: Collected, stats: dict[tuple[str, str], Any]) -> pa.Table:
-    """The v3.0 episodes table: every column LeRobot writes, one row per output episode."""
-    eps = out.layout.episodes
-    frame_from = np.fromiter((e.frame_from for e in eps), dtype=np.int64, count=len(eps))
-    lengths = np.fromiter((e.episode.length for e in eps), dtype=np.int64, count=len(eps))
-    data_slots = np.array([e.data for e in eps], dtype=np.int64).reshape(-1, 2)
+def episode_columns(episodes: list[OutEpisode], placements: dict[str, np.ndarray], first: int) -> dict[str, pa.Array]:
+    """The v3.0 episodes table's columns before the stats, for output episodes `first`, `first + 1`, ..."""
+    n = len(episodes)
+    frame_from = np.fromiter((e.frame_from for e in episodes), dtype=np.int64, count=n)
+    lengths = np.fromiter((e.episode.length for e in episodes), dtype=np.int64, count=n)
+    data_slots = np.array([e.data for e in episodes], dtype=np.int64).reshape(-1, 2)
     columns: dict[str, pa.Array] = {
-        "episode_index": pa.array(np.arange(len(eps), dtype=np.int64)),
-        "tasks": pa.array([list(e.episode.tasks) for e in eps], pa.list_(pa.string())),
+        "episode_index": pa.array(np.arange(first, first + n, dtype=np.int64)),
+        "tasks": pa.array([list(e.episode.tasks) for e in episodes], pa.list_(pa.string())),
         "length": pa.array(lengths),
         "data/chunk_index": pa.array(data_slots[:, 0]),
         "data/file_index": pa.array(data_slots[:, 1]),
         "dataset_from_index": pa.array(frame_from),
         "dataset_to_index": pa.array(frame_from + lengths),
     }
-    for key, placed in got.placements.items():
-        if np.isnan(placed).any():
-            raise AssertionError(f"{key}: episodes {np.flatnonzero(np.isnan(placed[:, 0]))[:10]} were not placed")
-        slots = np.array([e.videos[key] for e in eps], dtype=np.int64).reshape(-1, 2)
+    for key, placed in placements.items():
+        mine = placed[first : first + n]
+        if np.isnan(mine).any():
+            raise AssertionError(f"{key}: episodes {first + np.flatnonzero(np.isnan(mine[:, 0]))[:10]} were not placed")
+        slots = np.array([e.videos[key] for e in episodes], dtype=np.int64).reshape(-1, 2)
         columns |= {
             f"videos/{key}/chunk_index": pa.array(slots[:, 0]),
             f"videos/{key}/file_index": pa.array(slots[:, 1]),
-            f"videos/{key}/from_timestamp": pa.array(placed[:, 0]),
-            f"videos/{key}/to_timestamp": pa.array(placed[:, 1]),
+            f"videos/{key}/from_timestamp": pa.array(mine[:, 0]),
+            f"videos/{key}/to_timestamp": pa.array(mine[:, 1]),
         }
-    columns |= {f"stats/{key}/{name}": values for (key, name), values in stats.items()}
-    return pa.table(columns)
+    return columns
 
 
-def write_v30_episodes(table: pa.Table, fs: Any, root: str, options: Any) -> list[str]:
-    """The episodes table in files of about `data_files_size_in_mb`, in chunk folders."""
-    n_files = max(1, math.ceil(table.nbytes / (options.data_files_size_in_mb * 1024**2)))
-    bounds = np.linspace(0, table.num_rows, n_files + 1).astype(int)
-    written = []
-    for n in range(n_files):
-        chunk, file = divmod(n, options.chunks_size)
-        part = table.slice(bounds[n], bounds[n + 1] - bounds[n])
-        part = part.append_column("meta/episodes/chunk_index", pa.array([chunk] * part.num_rows, pa.int64()))
-        part = part.append_column("meta/episodes/file_index", pa.array([file] * part.num_rows, pa.int64()))
-        rel = meta.V30_EPISODES_PATH.format(chunk_index=chunk, file_index=file)
-        meta.write_parquet(fs, storage.join(root, rel), part)
-        written.append(rel)
-    return written
+class EpisodeFiles:
+    """The v3.0 episodes metadata, written in order into files of about `cap_bytes` of rows each (their size
+    in memory, as LeRobot measures it), in chunk folders of `chunks_size` files."""
+
+    def __init__(self, fs: Any, root: str, cap_bytes: float, chunks_size: int) -> None:
+        self.fs, self.root, self.cap, self.chunks_size = fs, root, cap_bytes, chunks_size
+        self.paths: list[str] = []
+        self._file: Any = None
+        self._writer: pq.ParquetWriter | None = None
+        self._used = 0.0
+
+    def write(self, table: pa.Table) -> None:
+        row_bytes = table.nbytes / max(table.num_rows, 1)
+        start = 0
+        while start < table.num_rows or self._writer is None:
+            if self._writer is not None and self._used + row_bytes > self.cap:
+                self._close()
+            room = max(1, int((self.cap - self._used) // row_bytes)) if row_bytes else table.num_rows
+            part = table.slice(start, room)
+            chunk, file = divmod(len(self.paths) - (self._writer is not None), self.chunks_size)
+            part = part.append_column("meta/episodes/chunk_index", pa.array([chunk] * part.num_rows, pa.int64()))
+            part = part.append_column("meta/episodes/file_index", pa.array([file] * part.num_rows, pa.int64()))
+            if self._writer is None:
+                self._open(part.schema, meta.V30_EPISODES_PATH.format(chunk_index=chunk, file_index=file))
+            assert self._writer is not None
+            self._writer.write_table(part)
+            self._used += row_bytes * part.num_rows
+            start += part.num_rows
+
+    def _open(self, schema: pa.Schema, rel: str) -> None:
+        path = storage.join(self.root, rel)
+        self.fs.makedirs(storage.parent(path), exist_ok=True)
+        self._file = self.fs.open(path, "wb")
+        self._writer = pq.ParquetWriter(self._file, schema, compression="snappy")
+        self.paths.append(rel)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._file.close()
+        self._writer = self._file = None
+        self._used = 0.0
+
+    def __enter__(self) -> EpisodeFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()

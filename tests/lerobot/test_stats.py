@@ -58,7 +58,14 @@ def test_image_stats_pool_from_per_episode_stats():
         "std": [e.std(0).reshape(3, 1, 1).tolist() for e in eps],
         "count": [[len(e)] for e in eps],
     }
-    out = pooled_visual({name: pa.array(values) for name, values in stored.items()})
+    pooled = pooled_visual({name: pa.array(values) for name, values in stored.items()})
+    out = pooled.to_stats(with_quantiles=False)
+    # chunks of episodes pooled apart, then merged
+    first, last = ({name: pa.array(values[a:b]) for name, values in stored.items()} for a, b in ((0, 2), (2, 3)))
+    merged = pooled_visual(first).merge(pooled_visual(last)).to_stats(with_quantiles=False)
+    for name in ("mean", "std", "min", "max"):
+        np.testing.assert_allclose(merged[name], out[name], rtol=1e-12)
+    assert merged["count"] == out["count"]
     whole = np.concatenate(eps)
     np.testing.assert_allclose(np.asarray(out["mean"]).reshape(3), whole.mean(0), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(out["std"]).reshape(3), whole.std(0), rtol=1e-10)
@@ -92,46 +99,58 @@ def test_per_episode_stats_at_once_equal_numpy_per_episode():
 
 
 def test_data_results_merge_in_task_order_whatever_order_they_arrive():
-    """stats.json must not depend on which write task finished first."""
-    from raymerge.lerobot.data import DataResult, EpisodeStats
-    from raymerge.lerobot.metadata import Collected, numeric_columns
+    """stats.json must not depend on which write task finished first, and the per-episode stats files must be
+    read in episode order."""
+    from raymerge.lerobot.data import DataResult
+    from raymerge.lerobot.metadata import Collected
 
     rng = np.random.default_rng(5)
     parts = [rng.normal(size=(n, 2)) ** 3 for n in (50, 3, 70, 11)]
 
     def result(i: int) -> DataResult:
-        per_episode = EpisodeStats(np.array([i]), ("min",), parts[i].min(0)[None, None], [("x", 0, 2)])
-        return DataResult(f"file-{i}", len(parts[i]), per_episode, {"x": Summary.of(parts[i])})
+        return DataResult(f"file-{i}", len(parts[i]), int(i != 1), {"x": Summary.of(parts[i])})
 
     in_order, shuffled = Collected(), Collected()
     for i in range(4):
-        in_order.add_data(i, [result(i)])
+        in_order.add_data(i, [result(i)], f"stats-{i}")
     for i in (2, 0, 3, 1):
-        shuffled.add_data(i, [result(i)])
+        shuffled.add_data(i, [result(i)], f"stats-{i}")
     assert shuffled.files == in_order.files == ["file-0", "file-1", "file-2", "file-3"]
-    assert numeric_columns(shuffled, 4)[("x", "min")].to_pylist() == [p.min(0).tolist() for p in parts]
+    assert shuffled.stats_files == in_order.stats_files == ["stats-0", "stats-2", "stats-3"]  # task 1: no episodes
     assert shuffled.summaries["x"].to_stats() == in_order.summaries["x"].to_stats()
     assert not shuffled.early
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 4096])
-def test_episodes_without_rows_get_null_stats(monkeypatch, chunk):
+def _stats_batch(episodes: list[int]) -> pa.RecordBatch:
+    values = [[10.0 * e, e] for e in episodes]  # min of two dimensions
+    return pa.record_batch(
+        {"episode_index": pa.array(episodes, pa.int64()), "stats/x/min": pa.array(values, pa.list_(pa.float64()))}
+    )
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 4096])
+def test_episodes_without_rows_get_null_stats(chunk):
     """An episode with no frames has no stats: its row of every stats column is null, the others line up,
-    however the results are cut into Arrow chunks."""
-    from raymerge.lerobot import metadata
-    from raymerge.lerobot.data import DataResult, EpisodeStats
+    however the stored batches and the chunks read back are cut."""
+    from raymerge.lerobot.metadata import aligned_stats, ranges
 
-    monkeypatch.setattr(metadata, "STATS_CHUNK", chunk)
-
-    def result(task: int, episodes: list[int]) -> DataResult:
-        values = np.array([[[10.0 * e, e]] for e in episodes])  # min of two dimensions
-        per_episode = EpisodeStats(np.array(episodes, dtype=np.int64), ("min",), values, [("x", 0, 2)])
-        return DataResult(f"file-{task}", len(episodes), per_episode, {})
-
-    got = metadata.Collected()
-    got.add_data(1, [result(1, [4, 6])])
-    got.add_data(0, [result(0, [1]), result(0, [])])
-    got.add_data(2, [result(2, [7])])
-    column = metadata.numeric_columns(got, 9)[("x", "min")]
+    batches = [_stats_batch([1]), _stats_batch([4, 6, 7]), _stats_batch([8])]
+    spans = ranges(10, chunk)
+    tables = list(aligned_stats(batches, spans))
+    assert [t.num_rows for t in tables] == [b - a for a, b in spans]
+    column = pa.concat_tables(tables)["stats/x/min"]
     assert column.type == pa.list_(pa.float64())
-    assert column.to_pylist() == [None, [10.0, 1.0], None, None, [40.0, 4.0], None, [60.0, 6.0], [70.0, 7.0], None]
+    expected = [None, [10.0, 1.0], None, None, [40.0, 4.0], None, [60.0, 6.0], [70.0, 7.0], [80.0, 8.0], None]
+    assert column.to_pylist() == expected
+    assert list(aligned_stats([], spans)) == [None] * len(spans)  # no episode has rows
+
+
+@pytest.mark.parametrize(
+    ("episodes", "error"), [([[2, 3], [1]], "out of order"), ([[0, 0]], "out of order"), ([[0, 12]], "past the last")]
+)
+def test_episode_stats_out_of_order_are_refused(episodes, error):
+    """Stats that do not line up with the episodes would be written to the wrong rows: that is a bug, raised."""
+    from raymerge.lerobot.metadata import aligned_stats, ranges
+
+    with pytest.raises(AssertionError, match=error):
+        list(aligned_stats([_stats_batch(e) for e in episodes], ranges(10, 4)))
