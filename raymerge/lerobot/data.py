@@ -10,7 +10,6 @@ per-episode stats (kilobytes per episode) are written by the task itself, as the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import groupby
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
-from raymerge.lerobot.layout import DataJob, DataPart
+from raymerge.lerobot.layout import DataJob
 from raymerge.lerobot.stats import Summary, episode_stats, feature_matrix
 
 STATS_CHUNK = 4096  # episodes of per-episode stats the driver holds at a time
@@ -62,20 +61,27 @@ def episode_rows(table: pa.Table) -> dict[int, tuple[int, int]]:
     return found if len(found) == len(starts) else {}
 
 
-def reindex(table: pa.Table, part: DataPart, task_map: np.ndarray, rows_of: dict[int, tuple[int, int]]) -> pa.Table:
-    """One episode's rows with its new episode_index, global index and task_index."""
+def reindex(
+    table: pa.Table,
+    src_episode: int,
+    episode: int,
+    frame_from: int,
+    task_map: np.ndarray,
+    rows_of: dict[int, tuple[int, int]],
+) -> pa.Table:
+    """One episode's rows with its new episode_index, global index (from `frame_from`) and task_index."""
     if rows_of:
-        rows = table.slice(*rows_of.get(part.src_episode, (0, 0)))
+        rows = table.slice(*rows_of.get(src_episode, (0, 0)))
     else:
-        rows = table.filter(pc.equal(table["episode_index"], part.src_episode))
+        rows = table.filter(pc.equal(table["episode_index"], src_episode))
     n = rows.num_rows
-    rows = _replace(rows, "episode_index", np.full(n, part.episode, dtype=np.int64))
-    rows = _replace(rows, "index", np.arange(part.frame_from, part.frame_from + n, dtype=np.int64))
+    rows = _replace(rows, "episode_index", np.full(n, episode, dtype=np.int64))
+    rows = _replace(rows, "index", np.arange(frame_from, frame_from + n, dtype=np.int64))
     old = rows["task_index"].to_numpy()
     return _replace(rows, "task_index", task_map[old].astype(np.int64))
 
 
-def _read(fs: AbstractFileSystem, path: str, episodes: list[int]) -> pa.Table:
+def _read(fs: AbstractFileSystem, path: str, episodes: np.ndarray) -> pa.Table:
     with fs.open(path, "rb") as f:
         table = pq.ParquetFile(f).read()
     return table.filter(pc.is_in(table["episode_index"], pa.array(episodes, type=table["episode_index"].type)))
@@ -84,15 +90,16 @@ def _read(fs: AbstractFileSystem, path: str, episodes: list[int]) -> pa.Table:
 def build_table(
     job: DataJob, fs_of: dict[int, AbstractFileSystem], task_maps: dict[int, list[int]], schema: pa.Schema
 ) -> pa.Table:
-    """The output file's table: parts gathered from their sources (each source file read once per run)."""
+    """The output file's table: its episodes gathered from their sources (each source file read once per run)."""
     pieces = []
-    for (source, path), run in groupby(job.parts, key=lambda p: (p.source, p.path)):
-        parts = list(run)
-        table = _read(fs_of[source], path, [p.src_episode for p in parts])
-        task_map = np.asarray(task_maps[source], dtype=np.int64)
+    for run in job.runs:
+        table = _read(fs_of[run.source], run.path, run.src_episodes)
+        task_map = np.asarray(task_maps[run.source], dtype=np.int64)
         rows_of = episode_rows(table)
-        for part in parts:
-            pieces.append(reindex(table, part, task_map, rows_of).select(schema.names).cast(schema))
+        frames = (run.frame_from + np.cumsum(run.lengths) - run.lengths).tolist()
+        for k, (src_episode, frame_from) in enumerate(zip(run.src_episodes.tolist(), frames, strict=True)):
+            piece = reindex(table, src_episode, run.first + k, frame_from, task_map, rows_of)
+            pieces.append(piece.select(schema.names).cast(schema))
     return pa.concat_tables(pieces)
 
 

@@ -50,7 +50,7 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
             )
             pending[ref] = (i, "data", n, stats_path)
             waiting[i] += 1
-        lengths = {e.index: e.episode.length for e in layout.episodes} if recompute else {}
+        lengths = layout.length if recompute else None
         # one task per output video, longest first, so that the last ones to finish are short
         for job in sorted(layout.video_jobs, key=lambda j: -sum(r.end_s - r.start_s for r in j.runs)):
             ref = write_videos.remote([job], fs_of, staging.fs, root, lengths, float(out.info["fps"]))

@@ -3,56 +3,89 @@
 Given the chosen source episodes in output order (with their estimated byte sizes), this decides new
 indices, the task table, and the jobs the writers run: one per output parquet file and one per output
 video file. v2.1 puts each episode in its own files; v3.0 packs consecutive episodes into files up to a
-size cap, and chunk folders up to `chunks_size` files.
+size cap, and chunk folders up to `chunks_size` files. Episodes are columns throughout: a plan costs tens of
+bytes per episode, not objects.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from raymerge.lerobot import meta
-from raymerge.lerobot.meta import SourceEpisode
+from raymerge.lerobot.meta import Episodes, Interned
 
 # Two episodes of one source video are contiguous when one ends where the next starts.
 _CONTIGUOUS_S = 1e-4
 
 
-@dataclass(frozen=True, slots=True)
-class Sized:
-    """A chosen source episode with its estimated bytes of data and of video per camera."""
+@dataclass
+class Chosen:
+    """Source episodes in output order: each one's source position and row in that source's `Episodes`."""
 
-    episode: SourceEpisode
-    data_bytes: float
-    video_bytes: dict[str, float] = field(default_factory=dict)
+    source: np.ndarray  # (E,) int32
+    row: np.ndarray  # (E,) int64
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @classmethod
+    def concat(cls, parts: list[Chosen]) -> Chosen:
+        return cls(
+            np.concatenate([p.source for p in parts] or [np.zeros(0, np.int32)]),
+            np.concatenate([p.row for p in parts] or [np.zeros(0, np.int64)]),
+        )
+
+    @classmethod
+    def of(cls, source: int, rows: np.ndarray) -> Chosen:
+        return cls(np.full(len(rows), source, dtype=np.int32), np.asarray(rows, dtype=np.int64))
 
 
-@dataclass(frozen=True, slots=True)
-class DataPart:
+@dataclass
+class Sizes:
+    """Estimated output bytes of a source's episodes (by row): of data, and of video per camera."""
+
+    data: np.ndarray
+    video: dict[str, np.ndarray]
+
+
+@dataclass
+class DataRun:
+    """Output episodes `first`, `first + 1`, ... of one output file, read from one source file."""
+
     source: int
     path: str
-    src_episode: int
-    episode: int
-    frame_from: int
+    src_episodes: np.ndarray  # their episode_index in the source
+    lengths: np.ndarray
+    first: int
+    frame_from: int  # output index of the run's first frame
 
 
 @dataclass
 class DataJob:
     path: str  # relative to the output dataset root
-    parts: list[DataPart]
+    runs: list[DataRun]
 
 
 @dataclass
 class VideoRun:
-    """A stretch of one source video holding consecutive output episodes: (episode, offset_s, duration_s)."""
+    """A stretch of one source video holding output episodes `first`, `first + 1`, ...: each one's offset
+    from the run's start and its duration, in seconds."""
 
     source: int
     path: str
     start_s: float
     end_s: float
-    episodes: list[tuple[int, float, float]]
+    first: int
+    offsets: np.ndarray
+    durations: np.ndarray
     whole_file: bool = False
+
+    @property
+    def episodes(self) -> range:
+        return range(self.first, self.first + len(self.offsets))
 
 
 @dataclass
@@ -66,107 +99,146 @@ class VideoJob:
         return len(self.runs) == 1 and self.runs[0].whole_file
 
 
-@dataclass(slots=True)
-class OutEpisode:
-    episode: SourceEpisode
-    index: int
-    frame_from: int
-    data: tuple[int, int]  # (chunk, file) for v3.0; (chunk, episode) for v2.1
-    videos: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-
 @dataclass
 class Layout:
+    """Output episode i comes from row `row[i]` of source `source[i]`; its slots are (chunk, file) for v3.0,
+    (chunk, episode) for v2.1."""
+
     version: str
-    episodes: list[OutEpisode]
+    source: np.ndarray  # (E,) int32
+    row: np.ndarray  # (E,) int64
+    length: np.ndarray  # (E,) int64
+    frame_from: np.ndarray  # (E,) int64
+    episode_tasks: np.ndarray  # (E,) int32 into task_sets
+    task_sets: list[tuple[str, ...]]
+    data_slots: np.ndarray  # (E, 2) int64
+    video_slots: dict[str, np.ndarray]  # per camera (E, 2) int64
     tasks: list[str]
     task_maps: dict[int, list[int]]
     data_jobs: list[DataJob]
     video_jobs: list[VideoJob]
 
     @property
+    def n_episodes(self) -> int:
+        return len(self.row)
+
+    @property
     def frames(self) -> int:
-        return sum(e.episode.length for e in self.episodes)
+        return int(self.length.sum())
+
+
+@dataclass
+class Spans:
+    """One camera's video of each chosen episode, by output position."""
+
+    file: np.ndarray  # (E,) int64 into the layout's (source, path) files
+    start_s: np.ndarray
+    end_s: np.ndarray
+    size: np.ndarray  # estimated bytes
+    file_episodes: np.ndarray  # how many episodes the episode's source file holds
+    owned: np.ndarray  # (E,) bool: the episode owns its file (v2.1 sources)
+
+
+def _gather(chosen: Chosen, per_source: dict[int, np.ndarray], dtype: Any) -> np.ndarray:
+    """Each chosen episode's value from per-source arrays indexed by row."""
+    out = np.zeros(len(chosen), dtype=dtype)
+    for pos, values in per_source.items():
+        mask = chosen.source == pos
+        out[mask] = values[chosen.row[mask]]
+    return out
+
+
+def spans(chosen: Chosen, episodes: dict[int, Episodes], sizes: dict[int, Sizes], key: str, files: Interned) -> Spans:
+    """Camera `key` of the chosen episodes; `files` numbers the (source, path) video files."""
+    used = {pos: episodes[pos] for pos in np.unique(chosen.source).tolist()}
+    codes = {pos: np.array([files.code((pos, p)) for p in ep.files], dtype=np.int64) for pos, ep in used.items()}
+    held = {
+        pos: np.bincount(ep.video_file[key], minlength=len(ep.files))[ep.video_file[key]] for pos, ep in used.items()
+    }
+    return Spans(
+        file=_gather(chosen, {pos: codes[pos][ep.video_file[key]] for pos, ep in used.items()}, np.int64),
+        start_s=_gather(chosen, {pos: ep.start_s[key] for pos, ep in used.items()}, np.float64),
+        end_s=_gather(chosen, {pos: ep.end_s[key] for pos, ep in used.items()}, np.float64),
+        size=_gather(chosen, {pos: sizes[pos].video[key] for pos in used}, np.float64),
+        file_episodes=_gather(chosen, held, np.int64),
+        owned=_gather(chosen, {pos: np.full(len(ep), ep.whole_files) for pos, ep in used.items()}, bool),
+    )
 
 
 def union_tasks(
-    chosen: list[SourceEpisode], source_tasks: dict[int, list[str]]
+    chosen: Chosen, episodes: dict[int, Episodes], source_tasks: dict[int, list[str]]
 ) -> tuple[list[str], dict[int, list[int]]]:
     """Tasks used by the chosen episodes, in the sources' order of first appearance; old -> new per source."""
-    used: dict[int, set[str]] = {}
-    for ep in chosen:
-        used.setdefault(ep.source, set()).update(ep.tasks)
     tasks: list[str] = []
     position: dict[str, int] = {}
     maps: dict[int, list[int]] = {}
-    for src in sorted(used):
+    for src in np.unique(chosen.source).tolist():
+        ep = episodes[src]
+        codes = np.unique(ep.tasks[chosen.row[chosen.source == src]])
+        used = {t for c in codes.tolist() for t in ep.task_sets[c]}
         for task in source_tasks[src]:
-            if task in used[src] and task not in position:
+            if task in used and task not in position:
                 position[task] = len(tasks)
                 tasks.append(task)
-        maps[src] = [position.get(t, -1) if t in used[src] else -1 for t in source_tasks[src]]
+        maps[src] = [position.get(t, -1) if t in used else -1 for t in source_tasks[src]]
     return tasks, maps
 
 
-def _pack(sizes: list[float], cap_bytes: float) -> list[int]:
+def _pack(sizes: np.ndarray, cap_bytes: float) -> np.ndarray:
     """File number per item: consecutive items share a file until adding one would pass the cap."""
-    out, current, used = [], 0, 0.0
-    for size in sizes:
+    out, current, used = np.zeros(len(sizes), dtype=np.int64), 0, 0.0
+    for i, size in enumerate(sizes.tolist()):
         if used > 0 and used + size > cap_bytes:
             current, used = current + 1, 0.0
-        out.append(current)
+        out[i] = current
         used += size
     return out
 
 
-def _chunk_file(n: int, chunks_size: int) -> tuple[int, int]:
-    return n // chunks_size, n % chunks_size
+def _chunk_file(n: np.ndarray, chunks_size: int) -> np.ndarray:
+    return np.stack([n // chunks_size, n % chunks_size], axis=1)
 
 
-def units(chosen: list[Sized], key: str, file_episodes: dict[tuple[int, str], int]) -> list[tuple[int, int, bool]]:
-    """Runs `(first, end, whole)` of chosen positions for camera `key`: a whole source file when all of its
-    episodes come consecutively in their file order (it can be copied as it is), single episodes otherwise."""
-    out: list[tuple[int, int, bool]] = []
-    i = 0
-    while i < len(chosen):
-        ep = chosen[i].episode
-        span = ep.videos[key]
-        j = i + 1
-        while (
-            j < len(chosen)
-            and chosen[j].episode.source == ep.source
-            and chosen[j].episode.videos[key].path == span.path
-        ):
-            j += 1
-        spans = [c.episode.videos[key] for c in chosen[i:j]]
-        ordered = all(
-            a.end_s is not None and a.end_s <= b.start_s + _CONTIGUOUS_S for a, b in itertools.pairwise(spans)
-        )
-        if j - i == file_episodes.get((ep.source, span.path), 0) and ordered:
-            out.append((i, j, True))
-        else:
-            out.extend((k, k + 1, False) for k in range(i, j))
-        i = j
-    return out
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends of the runs of equal consecutive values."""
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.zeros(0, np.int64)
+    return starts, np.r_[starts[1:], len(values)].astype(np.int64)
 
 
-def _video_units(
-    chosen: list[Sized], key: str, file_episodes: dict[tuple[int, str], int], cap_bytes: float
-) -> tuple[list[tuple[int, int, bool]], list[int]]:
-    """v3.0 video units per camera and the file number of each: whole source files are kept whole unless
+def units(video: Spans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs `(firsts, ends, whole)` of chosen positions: a whole source file when all of its episodes come
+    consecutively in their file order (it can be copied as it is), single episodes otherwise."""
+    firsts, ends = _runs(video.file)
+    if not len(firsts):
+        return firsts, ends, np.zeros(0, dtype=bool)
+    before_next = np.ones(len(video.file), dtype=bool)  # each episode ends before the next starts
+    before_next[:-1] = video.end_s[:-1] <= video.start_s[1:] + _CONTIGUOUS_S
+    before_next[ends - 1] = True  # a run's last episode is not compared with the next run's first
+    ordered = np.logical_and.reduceat(before_next, firsts)
+    return _split(firsts, ends, (ends - firsts == video.file_episodes[firsts]) & ordered)
+
+
+def _split(firsts: np.ndarray, ends: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs that are not kept whole become one unit per episode."""
+    counts = np.where(keep, 1, ends - firsts)
+    starts = np.repeat(firsts, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    return starts, np.where(np.repeat(keep, counts), np.repeat(ends, counts), starts + 1), np.repeat(keep, counts)
+
+
+def _video_units(video: Spans, cap_bytes: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """v3.0 video units of one camera and the file number of each: whole source files are kept whole unless
     they pass the cap alone (then their episodes are packed one by one)."""
-    sized: list[tuple[int, int, bool]] = []
-    for first, end, whole in units(chosen, key, file_episodes):
-        if whole and end - first > 1 and sum(c.video_bytes.get(key, 0.0) for c in chosen[first:end]) > cap_bytes:
-            sized.extend((k, k + 1, False) for k in range(first, end))
-        else:
-            sized.append((first, end, whole))
-    sizes = [sum(c.video_bytes.get(key, 0.0) for c in chosen[a:b]) for a, b, _ in sized]
-    return sized, _pack(sizes, cap_bytes)
+    firsts, ends, whole = units(video)
+    sizes = np.add.reduceat(video.size, firsts) if len(firsts) else np.zeros(0)
+    firsts, ends, whole = _split(firsts, ends, whole & ~((ends - firsts > 1) & (sizes > cap_bytes)))
+    sizes = np.add.reduceat(video.size, firsts) if len(firsts) else np.zeros(0)
+    return firsts, ends, whole, _pack(sizes, cap_bytes)
 
 
 def plan_layout(
-    chosen: list[Sized],
+    chosen: Chosen,
+    episodes: dict[int, Episodes],
+    sizes: dict[int, Sizes],
     source_tasks: dict[int, list[str]],
     version: str,
     video_keys: list[str],
@@ -174,40 +246,50 @@ def plan_layout(
     data_files_size_in_mb: float,
     video_files_size_in_mb: float,
     chunks_size: int,
-    file_episodes: dict[tuple[int, str], int] | None = None,
 ) -> Layout:
-    """`file_episodes`: how many episodes each source video file (source, path) holds, to find whole files."""
-    tasks, task_maps = union_tasks([s.episode for s in chosen], source_tasks)
-    video_units: dict[str, list[tuple[int, int, bool]]] = {}
-    video_slots: dict[str, list[tuple[int, int]]] = {}
+    tasks, task_maps = union_tasks(chosen, episodes, source_tasks)
+    n = len(chosen)
+    used = {pos: episodes[pos] for pos in np.unique(chosen.source).tolist()}
+    length = _gather(chosen, {pos: ep.length for pos, ep in used.items()}, np.int64)
+    frame_from = (np.cumsum(length) - length).astype(np.int64)
+    task_sets = Interned()
+    codes = {pos: np.array([task_sets.code(t) for t in ep.task_sets], np.int32) for pos, ep in used.items()}
+    episode_tasks = _gather(chosen, {pos: codes[pos][ep.tasks] for pos, ep in used.items()}, np.int32)
+    files = Interned()
+    video = {k: spans(chosen, episodes, sizes, k, files) for k in video_keys}
+    video_slots: dict[str, np.ndarray] = {}
+    video_units: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     if version == meta.V21:
-        data_slots = [(i // chunks_size, i) for i in range(len(chosen))]
-        for k in video_keys:
-            video_units[k] = [(i, i + 1, s.episode.videos[k].whole_file) for i, s in enumerate(chosen)]
+        positions = np.arange(n, dtype=np.int64)
+        data_slots = np.stack([positions // chunks_size, positions], axis=1)
+        for k in video:
+            video_units[k] = (positions, positions + 1, video[k].owned)
             video_slots[k] = data_slots
     else:
-        data_files = _pack([s.data_bytes for s in chosen], data_files_size_in_mb * 1024**2)
-        data_slots = [_chunk_file(n, chunks_size) for n in data_files]
-        for k in video_keys:
-            video_units[k], files = _video_units(chosen, k, file_episodes or {}, video_files_size_in_mb * 1024**2)
-            video_slots[k] = [_chunk_file(n, chunks_size) for n in files]
-    episodes = []
-    frame = 0
-    for i, s in enumerate(chosen):
-        episodes.append(OutEpisode(s.episode, i, frame, data_slots[i]))
-        frame += s.episode.length
-    for k in video_keys:
-        for (first, end, _), slot in zip(video_units[k], video_slots[k], strict=True):
-            for e in episodes[first:end]:
-                e.videos[k] = slot
-    return Layout(
-        version,
-        episodes,
-        tasks,
-        task_maps,
-        data_jobs(episodes, version),
-        [job for k in video_keys for job in video_jobs(episodes, version, k, video_units[k])],
+        data_bytes = _gather(chosen, {pos: sizes[pos].data for pos in used}, np.float64)
+        data_slots = _chunk_file(_pack(data_bytes, data_files_size_in_mb * 1024**2), chunks_size)
+        for k in video:
+            firsts, ends, whole, numbers = _video_units(video[k], video_files_size_in_mb * 1024**2)
+            video_units[k] = (firsts, ends, whole)
+            video_slots[k] = np.repeat(_chunk_file(numbers, chunks_size), ends - firsts, axis=0)
+    layout = Layout(
+        version=version,
+        source=chosen.source,
+        row=chosen.row,
+        length=length,
+        frame_from=frame_from,
+        episode_tasks=episode_tasks,
+        task_sets=task_sets.values,
+        data_slots=data_slots.reshape(-1, 2),
+        video_slots=video_slots,
+        tasks=tasks,
+        task_maps=task_maps,
+        data_jobs=[],
+        video_jobs=[],
     )
+    layout.data_jobs = data_jobs(layout, episodes)
+    layout.video_jobs = [job for k in video for job in video_jobs(layout, k, video[k], video_units[k], files.values)]
+    return layout
 
 
 def data_path(version: str, slot: tuple[int, int]) -> str:
@@ -222,41 +304,60 @@ def video_path(version: str, key: str, slot: tuple[int, int]) -> str:
     return meta.V30_VIDEO_PATH.format(video_key=key, chunk_index=slot[0], file_index=slot[1])
 
 
-def data_jobs(episodes: list[OutEpisode], version: str) -> list[DataJob]:
-    jobs: dict[tuple[int, int], DataJob] = {}
-    for e in episodes:
-        job = jobs.setdefault(e.data, DataJob(data_path(version, e.data), []))
-        job.parts.append(DataPart(e.episode.source, e.episode.data_path, e.episode.index, e.index, e.frame_from))
+def data_jobs(layout: Layout, episodes: dict[int, Episodes]) -> list[DataJob]:
+    """One job per output data file, its runs each from one source file."""
+    if not layout.n_episodes:
+        return []
+    files = Interned()
+    file = np.zeros(layout.n_episodes, dtype=np.int64)
+    for pos in np.unique(layout.source).tolist():
+        mask = layout.source == pos
+        codes = np.array([files.code((pos, p)) for p in episodes[pos].files], dtype=np.int64)
+        file[mask] = codes[episodes[pos].data_file[layout.row[mask]]]
+    slot = layout.data_slots[:, 0] * (int(layout.data_slots[:, 1].max()) + 1) + layout.data_slots[:, 1]
+    jobs: dict[int, DataJob] = {}
+    firsts, ends = _runs(file * (int(slot.max()) + 1) + slot)  # a run: one source file into one output file
+    for a, b in zip(firsts.tolist(), ends.tolist(), strict=True):
+        chunk, number = layout.data_slots[a].tolist()
+        job = jobs.setdefault(int(slot[a]), DataJob(data_path(layout.version, (chunk, number)), []))
+        source, path = files.values[file[a]]
+        src_rows = layout.row[a:b]
+        job.runs.append(
+            DataRun(source, path, episodes[source].index[src_rows], layout.length[a:b], a, int(layout.frame_from[a]))
+        )
     return list(jobs.values())
 
 
 def video_jobs(
-    episodes: list[OutEpisode], version: str, key: str, file_units: list[tuple[int, int, bool]]
+    layout: Layout,
+    key: str,
+    video: Spans,
+    file_units: tuple[np.ndarray, np.ndarray, np.ndarray],
+    files: list[tuple[int, str]],
 ) -> list[VideoJob]:
     """One camera's output files: runs of source video to concatenate, or one whole file to copy."""
     by_file: dict[tuple[int, int], VideoJob] = {}
-    for first, end, whole in file_units:
-        head = episodes[first]
-        slot, span = head.videos[key], head.episode.videos[key]
-        assert span.end_s is not None, "video spans are probed before layout"
+    runs: list[list[Any]] = []  # [job, file, start_s, end_s, first, end, whole] while they grow
+    for first, end, whole in zip(*(u.tolist() for u in file_units), strict=True):
+        slot = tuple(layout.video_slots[key][first].tolist())
+        start, stop = float(video.start_s[first]), float(video.end_s[first:end].max())
+        if np.isnan(video.end_s[first:end]).any():
+            raise AssertionError("video spans are probed before layout")
         job = by_file.get(slot)
         if job is None:
-            job = by_file[slot] = VideoJob(key, video_path(version, key, slot), [])
-        last = job.runs[-1] if job.runs else None
+            job = by_file[slot] = VideoJob(key, video_path(layout.version, key, slot), [])
+        last = runs[-1] if runs and runs[-1][0] is job else None
         if whole or not (
-            last is not None
-            and not last.whole_file
-            and last.source == head.episode.source
-            and last.path == span.path
-            and abs(last.end_s - span.start_s) < _CONTIGUOUS_S
+            last is not None and not last[6] and last[1] == video.file[first] and abs(last[3] - start) < _CONTIGUOUS_S
         ):
-            last = VideoRun(head.episode.source, span.path, span.start_s, span.start_s, [], whole)
-            job.runs.append(last)
-        for e in episodes[first:end]:
-            s = e.episode.videos[key]
-            assert s.end_s is not None
-            last.episodes.append((e.index, s.start_s - last.start_s, s.end_s - s.start_s))
-            last.end_s = max(last.end_s, s.end_s)
+            last = [job, int(video.file[first]), start, start, first, first, whole]
+            runs.append(last)
+        last[3], last[5] = max(last[3], stop), end
+    for job, file, start, stop, first, end, whole in runs:
+        source, path = files[file]
+        offsets = video.start_s[first:end] - start
+        durations = video.end_s[first:end] - video.start_s[first:end]
+        job.runs.append(VideoRun(source, path, start, stop, first, offsets, durations, bool(whole)))
     return list(by_file.values())
 
 
@@ -264,7 +365,7 @@ def summary(layout: Layout) -> dict[str, Any]:
     copies = sum(1 for j in layout.video_jobs if j.is_copy)
     return {
         "format_version": layout.version,
-        "episodes": len(layout.episodes),
+        "episodes": layout.n_episodes,
         "frames": layout.frames,
         "tasks": len(layout.tasks),
         "data_files": len(layout.data_jobs),

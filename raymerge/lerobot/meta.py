@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,25 +38,49 @@ VISUAL = ("video", "image")
 NO_VISUAL = pa.schema([("episode_index", pa.int64())])  # the stats table of no episodes
 
 
-@dataclass(frozen=True, slots=True)
-class VideoSpan:
-    """The part of a source mp4 that holds one episode; a v2.1 episode owns the whole file (end_s once probed)."""
+@dataclass
+class Episodes:
+    """A source's episodes as columns, in episode order (row r is also row r of the source's `visual` table):
+    what a plan needs of each episode in a few tens of bytes, however many there are."""
 
-    path: str
-    start_s: float
-    end_s: float | None
-    whole_file: bool = False
+    index: np.ndarray  # (E,) int64 episode_index
+    length: np.ndarray  # (E,) int64
+    tasks: np.ndarray  # (E,) int32 into task_sets
+    task_sets: list[tuple[str, ...]]
+    data_file: np.ndarray  # (E,) int32 into files
+    video_file: dict[str, np.ndarray]  # per camera (E,) int32 into files
+    start_s: dict[str, np.ndarray]  # per camera (E,) float64: where the episode starts in its video file
+    end_s: dict[str, np.ndarray]  # per camera (E,) float64; NaN until probed (a v2.1 episode owns its file)
+    files: list[str]  # data and video paths
+    whole_files: bool = False  # v2.1: each episode owns its video files
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def video_path(self, key: str, row: int) -> str:
+        return self.files[self.video_file[key][row]]
+
+    def data_path(self, row: int) -> str:
+        return self.files[self.data_file[row]]
+
+    def rows_of(self, indices: list[int]) -> np.ndarray:
+        """Rows of the given episode indices (which must exist)."""
+        return np.searchsorted(self.index, np.asarray(indices, dtype=np.int64))
 
 
-@dataclass(frozen=True, slots=True)
-class SourceEpisode:
-    source: int
-    index: int
-    length: int
-    tasks: tuple[str, ...]
-    data_path: str
-    videos: dict[str, VideoSpan] = field(default_factory=dict)
-    row: int = 0  # the episode's row in its source's `visual` table
+class Interned:
+    """Codes for repeated values (file paths, task lists): each stored once."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self._codes: dict[Any, int] = {}
+
+    def code(self, value: Any) -> int:
+        found = self._codes.get(value)
+        if found is None:
+            found = self._codes[value] = len(self.values)
+            self.values.append(value)
+        return found
 
 
 @dataclass
@@ -68,7 +93,7 @@ class Source:
     root: str
     info: dict[str, Any]
     tasks: list[str]
-    episodes: list[SourceEpisode]
+    episodes: Episodes
     # the episodes' stored image/video stats: `episode_index` and `stats/<feature>/<stat>` columns, kept in
     # Arrow (nested lists of floats as Python objects would cost the driver kilobytes per episode)
     visual: pa.Table
@@ -157,9 +182,9 @@ def read_info(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
 def read_source(position: int, name: str, fs: AbstractFileSystem, root: str) -> Source:
     info = read_info(fs, root)
     if info["codebase_version"] == V21:
-        tasks, episodes, visual = _read_v21(position, fs, root, info)
+        tasks, episodes, visual = _read_v21(fs, root, info)
     else:
-        tasks, episodes, visual = _read_v30(position, fs, root, info)
+        tasks, episodes, visual = _read_v30(fs, root, info)
     return Source(position, name, fs, root, info, tasks, episodes, visual)
 
 
@@ -183,9 +208,7 @@ def flat_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {f"stats/{feat}/{name}": value for feat, d in stats.items() for name, value in d.items()}
 
 
-def _read_v21(
-    position: int, fs: AbstractFileSystem, root: str, info: dict
-) -> tuple[list[str], list[SourceEpisode], pa.Table]:
+def _read_v21(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], Episodes, pa.Table]:
     features = info["features"]
     task_rows = read_jsonl(fs, storage.join(root, V21_TASKS))
     tasks = [r["task"] for r in sorted(task_rows, key=lambda r: r["task_index"])]
@@ -196,32 +219,39 @@ def _read_v21(
             flat = flat_stats(r.get("stats", {}))
             stats[r["episode_index"]] = {k: v for k, v in flat.items() if is_visual_stat(k, features)}
     chunks_size = int(info.get("chunks_size", 1000))
-    episodes, visual = [], []
-    for row in sorted(read_jsonl(fs, storage.join(root, V21_EPISODES)), key=lambda r: r["episode_index"]):
+    rows = sorted(read_jsonl(fs, storage.join(root, V21_EPISODES)), key=lambda r: r["episode_index"])
+    keys = video_keys(features)
+    files, task_sets = Interned(), Interned()
+    index, data_file, videos, visual = [], [], {k: [] for k in keys}, []
+    for row in rows:
         ep = int(row["episode_index"])
         fmt = {"episode_chunk": ep // chunks_size, "episode_index": ep}
-        videos = {
-            key: VideoSpan(storage.join(root, info["video_path"].format(video_key=key, **fmt)), 0.0, None, True)
-            for key in video_keys(features)
-        }
-        episodes.append(
-            SourceEpisode(
-                source=position,
-                index=ep,
-                length=int(row["length"]),
-                tasks=tuple(row.get("tasks", ())),
-                data_path=storage.join(root, info["data_path"].format(**fmt)),
-                videos=videos,
-                row=len(visual),
-            )
-        )
+        index.append(ep)
+        data_file.append(files.code(storage.join(root, info["data_path"].format(**fmt))))
+        for key in keys:
+            videos[key].append(files.code(storage.join(root, info["video_path"].format(video_key=key, **fmt))))
         visual.append({"episode_index": ep} | stats.pop(ep, {}))
+    n = len(rows)
+    episodes = Episodes(
+        index=np.array(index, dtype=np.int64),
+        length=np.array([int(r["length"]) for r in rows], dtype=np.int64),
+        tasks=np.array([task_sets.code(tuple(r.get("tasks", ()))) for r in rows], dtype=np.int32),
+        task_sets=task_sets.values,
+        data_file=np.array(data_file, dtype=np.int32),
+        video_file={k: np.array(v, dtype=np.int32) for k, v in videos.items()},
+        start_s={k: np.zeros(n) for k in keys},
+        end_s={k: np.full(n, np.nan) for k in keys},
+        files=files.values,
+        whole_files=True,
+    )
     return tasks, episodes, pa.Table.from_pylist(visual, schema=None if visual else NO_VISUAL)
 
 
-def _read_v30(
-    position: int, fs: AbstractFileSystem, root: str, info: dict
-) -> tuple[list[str], list[SourceEpisode], pa.Table]:
+def _integers(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table[name].to_numpy(), dtype=np.int64)
+
+
+def _read_v30(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], Episodes, pa.Table]:
     features = info["features"]
     tasks_table = read_parquet(fs, storage.join(root, V30_TASKS))
     task_col = "task" if "task" in tasks_table.column_names else "__index_level_0__"
@@ -246,36 +276,34 @@ def _read_v30(
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise InvalidInput(f"{storage.url(fs, meta_dir)}: the episodes metadata has no column {missing[0]!r}")
-    col = {c: table[c].to_pylist() for c in needed}  # column lists: no dict per episode
-    episodes = []
-    paths: dict[str, str] = {}  # one string per file and task, shared by the episodes
-    for i, ep in enumerate(col["episode_index"]):
-        data_rel = info["data_path"].format(
-            chunk_index=col["data/chunk_index"][i], file_index=col["data/file_index"][i]
-        )
-        videos = {}
-        for key in keys:
-            rel = info["video_path"].format(
-                video_key=key,
-                chunk_index=col[f"videos/{key}/chunk_index"][i],
-                file_index=col[f"videos/{key}/file_index"][i],
-            )
-            videos[key] = VideoSpan(
-                paths.setdefault(rel, storage.join(root, rel)),
-                float(col[f"videos/{key}/from_timestamp"][i]),
-                float(col[f"videos/{key}/to_timestamp"][i]),
-            )
-        episodes.append(
-            SourceEpisode(
-                source=position,
-                index=int(ep),
-                length=int(col["length"][i]),
-                tasks=tuple(paths.setdefault(t, t) for t in col["tasks"][i] or ()),
-                data_path=paths.setdefault(data_rel, storage.join(root, data_rel)),
-                videos=videos,
-                row=i,
-            )
-        )
+    paths, task_sets = Interned(), Interned()
+
+    def file_codes(template: str, prefix: str, **fmt: str) -> np.ndarray:
+        """One code per episode for the file its (chunk, file) columns name, each path formatted once."""
+        pairs = np.stack([_integers(table, f"{prefix}chunk_index"), _integers(table, f"{prefix}file_index")], axis=1)
+        found, inverse = np.unique(pairs, axis=0, return_inverse=True)
+        codes = [
+            paths.code(storage.join(root, template.format(chunk_index=int(c), file_index=int(f), **fmt)))
+            for c, f in found
+        ]
+        return np.asarray(codes, dtype=np.int32)[inverse.reshape(-1)]
+
+    task_codes = [
+        task_sets.code(tuple(t or ()))
+        for a in range(0, table.num_rows, 4096)  # Python lists a block at a time
+        for t in table["tasks"].slice(a, 4096).to_pylist()
+    ]
+    episodes = Episodes(
+        index=_integers(table, "episode_index"),
+        length=_integers(table, "length"),
+        tasks=np.array(task_codes, dtype=np.int32),
+        task_sets=task_sets.values,
+        data_file=file_codes(info["data_path"], "data/"),
+        video_file={k: file_codes(info["video_path"], f"videos/{k}/", video_key=k) for k in keys},
+        start_s={k: np.asarray(table[f"videos/{k}/from_timestamp"].to_numpy(), dtype=np.float64) for k in keys},
+        end_s={k: np.asarray(table[f"videos/{k}/to_timestamp"].to_numpy(), dtype=np.float64) for k in keys},
+        files=paths.values,
+    )
     return tasks, episodes, visual
 
 

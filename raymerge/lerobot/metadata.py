@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 
 from raymerge import storage
 from raymerge.lerobot import data, meta, videos
-from raymerge.lerobot.layout import Layout, OutEpisode
+from raymerge.lerobot.layout import Layout
 from raymerge.lerobot.plan import Output
 from raymerge.lerobot.stats import MOMENTS, Summary, column_values, merge_all
 
@@ -49,7 +48,7 @@ class Collected:
         """Placements known before any task runs: whole-file copies keep the source's timestamps."""
         got = cls()
         for job in layout.video_jobs:
-            got.placements.setdefault(job.key, np.full((len(layout.episodes), 2), np.nan))
+            got.placements.setdefault(job.key, np.full((layout.n_episodes, 2), np.nan))
             if job.is_copy:
                 got._place(job.key, videos.copy_placements(job.runs[0]))
         return got
@@ -128,24 +127,27 @@ class Visual:
     """The sources' stored image/video stats for runs of output episodes, taken from their Arrow tables
     (never Python objects), in one schema for every chunk."""
 
-    def __init__(self, sources: list[meta.Source], episodes: list[OutEpisode]) -> None:
+    def __init__(self, sources: list[meta.Source], layout: Layout) -> None:
         self.tables = {s.position: s.visual for s in sources}
-        used = dict.fromkeys(e.episode.source for e in episodes)
-        schemas = [self.tables[p].schema for p in used]
+        self.layout = layout
+        found, first = np.unique(layout.source, return_index=True)
+        schemas = [self.tables[p].schema for p in found[np.argsort(first)].tolist()]  # in order of appearance
         self.schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else meta.NO_VISUAL
 
-    def take(self, episodes: list[OutEpisode]) -> pa.Table:
+    def take(self, a: int, b: int) -> pa.Table:
+        """The stats of output episodes a..b-1."""
+        source, row = self.layout.source[a:b], self.layout.row[a:b]
+        starts = np.flatnonzero(np.r_[True, source[1:] != source[:-1]]) if len(source) else []
         parts = [
-            self.tables[source].take([e.episode.row for e in run])
-            for source, run in groupby(episodes, key=lambda e: e.episode.source)
+            self.tables[int(source[i])].take(row[i:j]) for i, j in zip(starts, [*starts[1:], len(source)], strict=True)
         ]
         table = pa.concat_tables([self.schema.empty_table(), *parts], promote_options="permissive")
         return table.select(self.schema.names)
 
 
-def _decoded(table: pa.Table, episodes: list[OutEpisode], got: Collected) -> pa.Table:
+def _decoded(table: pa.Table, a: int, b: int, got: Collected) -> pa.Table:
     """The stored camera stats replaced by those of the written videos (`recompute_video_stats`)."""
-    decoded = pa.Table.from_pylist([meta.flat_stats(got.video_stats.get(e.index, {})) for e in episodes])
+    decoded = pa.Table.from_pylist([meta.flat_stats(got.video_stats.get(e, {})) for e in range(a, b)])
     replaced = {meta.stat_of(c)[0] for c in decoded.column_names}
     table = table.select([c for c in table.column_names if not meta.is_stat_of(c, replaced)])
     for c in decoded.column_names:
@@ -168,13 +170,12 @@ def stats_chunks(
 ) -> Iterator[tuple[int, int, dict[str, pa.Array | pa.ChunkedArray]]]:
     """Each chunk of episodes `(a, b, columns)`: their stats columns `stats/<feature>/<stat>` in feature
     order. Pools each camera's stats into `pooled` on the way (None for a feature some episode lacks)."""
-    episodes = out.layout.episodes
-    spans = ranges(len(episodes), data.STATS_CHUNK)
-    visual = Visual(sources, episodes)
+    spans = ranges(out.layout.n_episodes, data.STATS_CHUNK)
+    visual = Visual(sources, out.layout)
     for (a, b), numeric in zip(spans, aligned_stats(read_stats(fs, got.stats_files), spans), strict=True):
-        cameras = visual.take(episodes[a:b])
+        cameras = visual.take(a, b)
         if recompute and got.video_stats:
-            cameras = _decoded(cameras, episodes[a:b], got)
+            cameras = _decoded(cameras, a, b, got)
         columns: dict[str, Any] = {}
         for key in out.info["features"]:
             if numeric is not None:
@@ -198,7 +199,7 @@ def write(
     layout = out.layout
     version = layout.version
     video_keys = meta.video_keys(out.info["features"])
-    n_eps = len(layout.episodes)
+    n_eps = layout.n_episodes
     pooled: dict[str, Any] = {}
     chunks = stats_chunks(sources, out, got, fs, recompute, pooled)
     info: dict[str, Any] = {
@@ -215,13 +216,14 @@ def write(
             "total_chunks": math.ceil(n_eps / options.chunks_size),
             "chunks_size": options.chunks_size,
         }
+        rows = zip(layout.episode_tasks.tolist(), layout.length.tolist(), strict=True)
         meta.write_jsonl(
             fs,
             storage.join(root, meta.V21_EPISODES),
-            [
-                {"episode_index": e.index, "tasks": list(e.episode.tasks), "length": e.episode.length}
-                for e in layout.episodes
-            ],
+            (
+                {"episode_index": i, "tasks": list(layout.task_sets[tasks]), "length": length}
+                for i, (tasks, length) in enumerate(rows)
+            ),
         )
         meta.write_jsonl(fs, storage.join(root, meta.V21_EPISODES_STATS), _v21_stats(chunks))
         meta.write_jsonl(
@@ -237,7 +239,7 @@ def write(
         }
         with EpisodeFiles(fs, root, options.data_files_size_in_mb * 1024**2, options.chunks_size) as files:
             for a, b, stats in chunks:
-                files.write(pa.table(episode_columns(layout.episodes[a:b], got.placements, a) | stats))
+                files.write(pa.table(episode_columns(layout, a, b, got.placements) | stats))
         written += files.paths
         meta.write_parquet(fs, storage.join(root, meta.V30_TASKS), meta.tasks_table(layout.tasks))
         written.append(meta.V30_TASKS)
@@ -266,15 +268,13 @@ def _v21_stats(chunks: Iterable[tuple[int, int, dict[str, Any]]]) -> Iterator[di
             yield {"episode_index": a + i, "stats": row}
 
 
-def episode_columns(episodes: list[OutEpisode], placements: dict[str, np.ndarray], first: int) -> dict[str, pa.Array]:
-    """The v3.0 episodes table's columns before the stats, for output episodes `first`, `first + 1`, ..."""
-    n = len(episodes)
-    frame_from = np.fromiter((e.frame_from for e in episodes), dtype=np.int64, count=n)
-    lengths = np.fromiter((e.episode.length for e in episodes), dtype=np.int64, count=n)
-    data_slots = np.array([e.data for e in episodes], dtype=np.int64).reshape(-1, 2)
+def episode_columns(layout: Layout, a: int, b: int, placements: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """The v3.0 episodes table's columns before the stats, for output episodes a..b-1."""
+    frame_from, lengths, data_slots = layout.frame_from[a:b], layout.length[a:b], layout.data_slots[a:b]
+    tasks = [list(layout.task_sets[t]) for t in layout.episode_tasks[a:b].tolist()]
     columns: dict[str, pa.Array] = {
-        "episode_index": pa.array(np.arange(first, first + n, dtype=np.int64)),
-        "tasks": pa.array([list(e.episode.tasks) for e in episodes], pa.list_(pa.string())),
+        "episode_index": pa.array(np.arange(a, b, dtype=np.int64)),
+        "tasks": pa.array(tasks, pa.list_(pa.string())),
         "length": pa.array(lengths),
         "data/chunk_index": pa.array(data_slots[:, 0]),
         "data/file_index": pa.array(data_slots[:, 1]),
@@ -282,10 +282,10 @@ def episode_columns(episodes: list[OutEpisode], placements: dict[str, np.ndarray
         "dataset_to_index": pa.array(frame_from + lengths),
     }
     for key, placed in placements.items():
-        mine = placed[first : first + n]
+        mine = placed[a:b]
         if np.isnan(mine).any():
-            raise AssertionError(f"{key}: episodes {first + np.flatnonzero(np.isnan(mine[:, 0]))[:10]} were not placed")
-        slots = np.array([e.videos[key] for e in episodes], dtype=np.int64).reshape(-1, 2)
+            raise AssertionError(f"{key}: episodes {a + np.flatnonzero(np.isnan(mine[:, 0]))[:10]} were not placed")
+        slots = layout.video_slots[key][a:b]
         columns |= {
             f"videos/{key}/chunk_index": pa.array(slots[:, 0]),
             f"videos/{key}/file_index": pa.array(slots[:, 1]),

@@ -7,11 +7,10 @@ per-file scans (episode rows, task indices, video probes) run as Ray tasks. Ever
 
 from __future__ import annotations
 
-import dataclasses
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -19,8 +18,8 @@ from raymerge import storage
 from raymerge.errors import InvalidInput
 from raymerge.lerobot import checks, meta, scan, selection
 from raymerge.lerobot.config import Config
-from raymerge.lerobot.layout import Layout, Sized, plan_layout, summary
-from raymerge.lerobot.meta import Source, SourceEpisode
+from raymerge.lerobot.layout import Chosen, Layout, Sizes, plan_layout, summary
+from raymerge.lerobot.meta import Source
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
 
@@ -69,21 +68,21 @@ def output_version(cfg: Config, sources: list[Source]) -> str:
     return versions.pop() if len(versions) == 1 else meta.V30
 
 
-def choose(cfg: Config, sources: list[Source]) -> tuple[dict[str, list[SourceEpisode]], list[int]]:
+def choose(cfg: Config, sources: list[Source]) -> tuple[dict[str, Chosen], list[int]]:
     """Episodes per output dataset in output order ("" is the merge output), and episodes left out by a split."""
     if cfg.operation == "merge":
-        chosen: list[SourceEpisode] = []
+        parts = []
         for inp, src in zip(cfg.inputs, sources, strict=True):
-            by_index = {e.index: e for e in src.episodes}
-            picked = selection.select(inp.episodes, sorted(by_index), f"input {src.name}: inputs[{src.position}]")
-            chosen.extend(by_index[i] for i in picked)
-        if not chosen:
+            available = np.unique(src.episodes.index).tolist()
+            picked = selection.select(inp.episodes, available, f"input {src.name}: inputs[{src.position}]")
+            parts.append(Chosen.of(src.position, src.episodes.rows_of(picked)))
+        chosen = Chosen.concat(parts)
+        if not len(chosen):
             raise InvalidInput("the inputs hold no episodes: nothing to merge")
         return {"": chosen}, []
     src = sources[0]
     assert cfg.split is not None
-    by_index = {e.index: e for e in src.episodes}
-    available = sorted(by_index)
+    available = np.unique(src.episodes.index).tolist()
     if cfg.split.fractions is not None:
         parts = selection.split_fractions(available, cfg.split.fractions, cfg.split.seed, "split")
     else:
@@ -92,16 +91,17 @@ def choose(cfg: Config, sources: list[Source]) -> tuple[dict[str, list[SourceEpi
     for name in parts:
         if not name or "/" in name or name.startswith("."):
             raise InvalidInput(f"split {name!r}: a split name must be a plain folder name")
-    return {name: [by_index[i] for i in eps] for name, eps in parts.items()}, selection.unassigned(available, parts)
+    groups = {name: Chosen.of(src.position, src.episodes.rows_of(eps)) for name, eps in parts.items()}
+    return groups, selection.unassigned(available, parts)
 
 
 def _listing(src: Source) -> dict[str, int]:
     return {p: int(i.get("size") or 0) for p, i in src.fs.find(src.root, detail=True).items()}
 
 
-def _missing(src: Source, ep: SourceEpisode, path: str, what: str) -> InvalidInput:
+def _missing(src: Source, episode: int, path: str, what: str) -> InvalidInput:
     return InvalidInput(
-        f"input {src.name}: episode {ep.index} needs {what} {storage.url(src.fs, path)}, which is missing"
+        f"input {src.name}: episode {episode} needs {what} {storage.url(src.fs, path)}, which is missing"
     )
 
 
@@ -113,80 +113,143 @@ def _read_schema(src: Source, path: str) -> pa.Schema:
         raise InvalidInput(f"input {src.name}: {storage.url(src.fs, path)}: corrupt parquet file: {e}") from None
 
 
+def _used_rows(chosen: Chosen) -> dict[int, np.ndarray]:
+    """The rows of each source some output uses, sorted."""
+    return {pos: np.unique(chosen.row[chosen.source == pos]) for pos in np.unique(chosen.source).tolist()}
+
+
+def _files_of(src: Source, rows: np.ndarray, listing: dict[str, int]) -> tuple[list[str], list[str]]:
+    """The data and video files the rows need, each checked to exist."""
+    eps = src.episodes
+    found: tuple[list[str], list[str]] = ([], [])
+    columns = [(eps.data_file, "data file", 0)] + [(codes, "video file", 1) for codes in eps.video_file.values()]
+    for codes, what, kind in columns:
+        for code in np.unique(codes[rows]).tolist():
+            path = eps.files[code]
+            if path not in listing:
+                raise _missing(src, int(eps.index[rows[codes[rows] == code][0]]), path, what)
+            found[kind].append(path)
+    return found
+
+
+def _allowed_tasks(src: Source) -> np.ndarray:
+    """`set * len(tasks) + task_index` for every task index whose task is in an episode task set."""
+    ids: dict[str, list[int]] = {}
+    for t, task in enumerate(src.tasks):
+        ids.setdefault(task, []).append(t)
+    n = len(src.tasks)
+    return np.array(
+        sorted(
+            c * n + t
+            for c, names in enumerate(src.episodes.task_sets)
+            for name in set(names)
+            for t in ids.get(name, [])
+        ),
+        dtype=np.int64,
+    )
+
+
+def _check_rows(src: Source, rows: np.ndarray, path: str, found: scan.EpisodeRows) -> None:
+    """The rows' episodes have as many rows in their data file as their length, and only their own tasks."""
+    eps = src.episodes
+    where = storage.url(src.fs, path)
+    n = found.rows_of(eps.index[rows])
+    bad = np.flatnonzero(n != eps.length[rows])
+    if len(bad):
+        r = int(rows[bad[0]])
+        raise InvalidInput(
+            f"input {src.name}: episode {eps.index[r]} has {n[bad[0]]} rows in {where} "
+            f"but its metadata says length {eps.length[r]}"
+        )
+    mine = np.isin(found.pair_episodes, eps.index[rows])
+    pair_rows = rows[np.searchsorted(eps.index[rows], found.pair_episodes[mine])]
+    tasks = found.pair_tasks[mine]
+    n_tasks = len(src.tasks)
+    ok = (tasks >= 0) & (tasks < n_tasks)
+    ok[ok] = np.isin(eps.tasks[pair_rows[ok]].astype(np.int64) * n_tasks + tasks[ok], _allowed_tasks(src))
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        r, t = int(pair_rows[i]), int(tasks[i])
+        name = repr(src.tasks[t]) if 0 <= t < n_tasks else "not in the tasks file"
+        raise InvalidInput(
+            f"input {src.name}: episode {eps.index[r]} has task_index {t} ({name}) in {where}, "
+            f"not one of its tasks {list(eps.task_sets[eps.tasks[r]])}"
+        )
+
+
 def check_and_size(
-    sources: list[Source], chosen: list[SourceEpisode], parallelism: int, progress: Any, remux: bool
-) -> tuple[dict[tuple[int, int], Sized], pa.Schema, dict[tuple[int, str], Any]]:
+    sources: list[Source], chosen: Chosen, parallelism: int, progress: Any, remux: bool
+) -> tuple[dict[int, Sizes], pa.Schema, dict[tuple[int, str], Any]]:
     """Verify files, rows, tasks and video streams of the chosen episodes; estimate their output bytes.
 
-    Also returns the probed streams by (source position, path), for planning which cuts re-encode.
+    Also returns the probed streams by (source position, path), for planning which cuts re-encode. The
+    probed duration of a v2.1 episode's own video is its end.
 
     With `remux` (v3.0 output: episodes of different sources share a file) streams must also share codec headers.
     """
-    listings = {s.position: _listing(s) for s in sources}
     by_pos = {s.position: s for s in sources}
-    data_files: dict[tuple[int, str], None] = {}
-    video_files: dict[tuple[int, str], None] = {}
-    for ep in chosen:
-        src, listing = by_pos[ep.source], listings[ep.source]
-        if ep.data_path not in listing:
-            raise _missing(src, ep, ep.data_path, "data file")
-        data_files[(ep.source, ep.data_path)] = None
-        for span in ep.videos.values():
-            if span.path not in listing:
-                raise _missing(src, ep, span.path, "video file")
-            video_files[(ep.source, span.path)] = None
+    used = _used_rows(chosen)
+    listings = {pos: _listing(by_pos[pos]) for pos in used}
+    data_files: list[tuple[int, str]] = []
+    video_files: list[tuple[int, str]] = []
+    for pos, rows in used.items():
+        data, videos = _files_of(by_pos[pos], rows, listings[pos])
+        data_files += [(pos, p) for p in data]
+        video_files += [(pos, p) for p in videos]
 
     progress(f"scanning {len(data_files)} data file(s) and probing {len(video_files)} video file(s)")
-    data_keys = list(data_files)
-    scanned = scan.scan_data([(by_pos[s].fs, p) for s, p in data_keys], parallelism)
+    scanned = scan.scan_data([(by_pos[s].fs, p) for s, p in data_files], parallelism)
     probed = (
         scan.probe_videos([(by_pos[s].fs, p) for s, p in video_files], parallelism) if video_files else (lambda: [])
     )
-    rows = dict(zip(data_keys, scanned(), strict=True))
-    for ep in chosen:
-        src = by_pos[ep.source]
-        found = rows[(ep.source, ep.data_path)].get(ep.index)
-        n, task_ids = found if found else (0, [])
-        if n != ep.length:
-            raise InvalidInput(
-                f"input {src.name}: episode {ep.index} has {n} rows in {storage.url(src.fs, ep.data_path)} "
-                f"but its metadata says length {ep.length}"
-            )
-        for t in task_ids:
-            if t < 0 or t >= len(src.tasks) or src.tasks[t] not in ep.tasks:
-                name = repr(src.tasks[t]) if 0 <= t < len(src.tasks) else "not in the tasks file"
-                raise InvalidInput(
-                    f"input {src.name}: episode {ep.index} has task_index {t} ({name}) in "
-                    f"{storage.url(src.fs, ep.data_path)}, not one of its tasks {list(ep.tasks)}"
-                )
+    found = dict(zip(data_files, scanned(), strict=True))
+    for pos, rows in used.items():
+        eps = by_pos[pos].episodes
+        for code in np.unique(eps.data_file[rows]).tolist():
+            path = eps.files[code]
+            _check_rows(by_pos[pos], rows[eps.data_file[rows] == code], path, found[(pos, path)])
 
     schema = _check_schemas(sources, chosen)
     streams = _check_videos(sources, dict(zip(video_files, probed(), strict=True)), remux)
-
-    file_rows = {k: sum(n for n, _ in v.values()) for k, v in rows.items()}
-    sized: dict[tuple[int, int], Sized] = {}
-    for ep in chosen:
-        listing = listings[ep.source]
-        data_bytes = listing[ep.data_path] * ep.length / max(file_rows[(ep.source, ep.data_path)], 1)
-        videos, video_bytes = {}, {}
-        for key, span in ep.videos.items():
-            info = streams[(ep.source, span.path)]
-            if span.whole_file:
-                span = dataclasses.replace(span, end_s=info.duration_s)
-            share = (span.end_s - span.start_s) / info.duration_s if info.duration_s > 0 else 1.0
-            videos[key] = span
-            video_bytes[key] = listing[span.path] * min(max(share, 0.0), 1.0)
-        probed = dataclasses.replace(ep, videos=videos) if videos != ep.videos else ep  # one copy per episode
-        sized[(ep.source, ep.index)] = Sized(probed, data_bytes, video_bytes)
-    return sized, schema, streams
+    sizes = {pos: _sizes(by_pos[pos], rows, listings[pos], found, streams) for pos, rows in used.items()}
+    return sizes, schema, streams
 
 
-def _check_schemas(sources: list[Source], chosen: list[SourceEpisode]) -> pa.Schema:
+def _sizes(
+    src: Source,
+    rows: np.ndarray,
+    listing: dict[str, int],
+    found: dict[tuple[int, str], scan.EpisodeRows],
+    streams: dict[tuple[int, str], Any],
+) -> Sizes:
+    """Each used episode's share of its data file's bytes (by rows) and of its video files' (by duration)."""
+    eps = src.episodes
+    size = np.array([listing.get(p, 0) for p in eps.files], dtype=np.float64)
+    file_rows = np.array([int(found[k].rows.sum()) if (k := (src.position, p)) in found else 0 for p in eps.files])
+    data = np.zeros(len(eps))
+    codes = eps.data_file[rows]
+    data[rows] = size[codes] * eps.length[rows] / np.maximum(file_rows[codes], 1)
+    video = {}
+    for key, all_codes in eps.video_file.items():
+        duration = np.array([s.duration_s if (s := streams.get((src.position, p))) else 0.0 for p in eps.files])
+        codes = all_codes[rows]
+        if eps.whole_files:
+            eps.end_s[key][rows] = duration[codes]
+        d = duration[codes]
+        share = np.where(d > 0, (eps.end_s[key][rows] - eps.start_s[key][rows]) / np.where(d > 0, d, 1.0), 1.0)
+        video[key] = np.zeros(len(eps))
+        video[key][rows] = size[codes] * np.clip(share, 0.0, 1.0)
+    return Sizes(data, video)
+
+
+def _check_schemas(sources: list[Source], chosen: Chosen) -> pa.Schema:
     """The first chosen data file's schema is the output's; every input's columns must match it."""
-    first_file: dict[int, str] = {}
-    for ep in chosen:
-        first_file.setdefault(ep.source, ep.data_path)
+    positions, first = np.unique(chosen.source, return_index=True)
     by_pos = {s.position: s for s in sources}
+    first_file = {
+        int(pos): by_pos[int(pos)].episodes.data_path(int(chosen.row[i]))
+        for pos, i in sorted(zip(positions, first, strict=True), key=lambda p: p[1])
+    }
     ref_pos = min(first_file)
     ref = _read_schema(by_pos[ref_pos], first_file[ref_pos])
     for pos, path in first_file.items():
@@ -215,9 +278,9 @@ def _check_videos(sources: list[Source], infos: dict[tuple[int, str], Any], remu
     by_pos = {s.position: s for s in sources}
     key_of = {}
     for src in sources:
-        for ep in src.episodes:
-            for key, span in ep.videos.items():
-                key_of[(src.position, span.path)] = key
+        for key, codes in src.episodes.video_file.items():
+            for code in np.unique(codes).tolist():
+                key_of[(src.position, src.episodes.files[code])] = key
     reference: dict[str, tuple[int, str]] = {}
     for f in infos:
         key = key_of[f]
@@ -242,22 +305,23 @@ def build(cfg: Config, progress: Any, parallelism: int) -> LeRobotPlan:
     sources = load_sources(cfg)
     groups, left_out = choose(cfg, sources)
     version = output_version(cfg, sources)
-    chosen = [ep for eps in groups.values() for ep in eps]
-    sized, schema, streams = check_and_size(sources, chosen, parallelism, progress, version == meta.V30)
+    chosen = Chosen.concat(list(groups.values()))
+    sizes, schema, streams = check_and_size(sources, chosen, parallelism, progress, version == meta.V30)
     video_keys = meta.video_keys(sources[0].features)
     source_tasks = {s.position: s.tasks for s in sources}
-    file_episodes = Counter((s.position, span.path) for s in sources for e in s.episodes for span in e.videos.values())
+    episodes = {s.position: s.episodes for s in sources}
     outputs = []
-    for name, eps in groups.items():
+    for name, mine in groups.items():
         layout = plan_layout(
-            [sized[(e.source, e.index)] for e in eps],
+            mine,
+            episodes,
+            sizes,
             source_tasks,
             version,
             video_keys,
             data_files_size_in_mb=cfg.output.data_files_size_in_mb,
             video_files_size_in_mb=cfg.output.video_files_size_in_mb,
             chunks_size=cfg.output.chunks_size,
-            file_episodes=file_episodes,
         )
         outputs.append(Output(name, layout, output_info(sources, version), schema))
     streams |= index_cut_files(sources, outputs, parallelism, progress)
@@ -301,7 +365,7 @@ def planned_videos(layout: Layout, streams: dict[tuple[int, str], Any]) -> dict[
             if (g := streams[(r.source, r.path)].gops) and video.cut_reencodes(g, r.start_s, r.end_s)
         ]
         files += bool(cut)
-        episodes.update(e for r in cut for e, _, _ in r.episodes)
+        episodes.update(e for r in cut for e in r.episodes)
     return {"videos_reencoded": files, "episodes_reencoded": len(episodes), "reencoded_episodes": sorted(episodes)}
 
 
@@ -311,8 +375,8 @@ def _report(
     fs, root = storage.resolve(cfg.output.path, cfg.output.storage_options)
     inputs = []
     for src in sources:
-        used = sum(e.episode.length for o in outputs for e in o.layout.episodes if e.episode.source == src.position)
-        rep = InputReport(src.name, src.url, sum(e.length for e in src.episodes), used)
+        used = sum(int(o.layout.length[o.layout.source == src.position].sum()) for o in outputs)
+        rep = InputReport(src.name, src.url, int(src.episodes.length.sum()), used)
         rep.drop("frames of episodes not selected", rep.rows_in - used)
         inputs.append(rep)
     report = Report("lerobot", cfg.operation, storage.url(fs, root), unit="frames", inputs=inputs)

@@ -7,6 +7,7 @@ read, unless a plan asks for the groups of pictures of files it cuts; results ar
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,24 @@ from fsspec import AbstractFileSystem
 from raymerge import storage
 from raymerge.errors import InvalidInput
 
-# episode_index -> (rows, distinct task indices)
-EpisodeRows = dict[int, tuple[int, list[int]]]
+
+@dataclass
+class EpisodeRows:
+    """The episodes of one data file (sorted), their rows, and the distinct (episode, task_index) pairs."""
+
+    episodes: np.ndarray
+    rows: np.ndarray
+    pair_episodes: np.ndarray
+    pair_tasks: np.ndarray
+
+    def rows_of(self, episodes: np.ndarray) -> np.ndarray:
+        """Rows of each given episode (0 for one not in the file)."""
+        at = np.searchsorted(self.episodes, episodes)
+        inside = at < len(self.episodes)
+        hit = np.flatnonzero(inside)[self.episodes[at[inside]] == episodes[inside]]
+        out = np.zeros(len(episodes), dtype=np.int64)
+        out[hit] = self.rows[at[hit]]
+        return out
 
 
 def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
@@ -33,14 +50,8 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
         raise InvalidInput(f"{storage.url(fs, path)}: corrupt parquet file: {e}") from None
     eps, tasks = (_int64(table, c, fs, path) for c in ("episode_index", "task_index"))
     found, counts = np.unique(eps, return_counts=True)
-    out: EpisodeRows = {int(ep): (int(n), []) for ep, n in zip(found, counts, strict=True)}
-    if len(tasks):  # distinct (episode, task) pairs with one sort, then grouped by episode
-        low = int(tasks.min())
-        span = int(tasks.max()) - low + 1
-        for pair in np.unique((eps - int(found[0])) * span + (tasks - low)).tolist():
-            ep, task = divmod(pair, span)
-            out[ep + int(found[0])][1].append(task + low)
-    return out
+    pairs = np.unique(np.stack([eps, tasks], axis=1), axis=0) if len(eps) else np.zeros((0, 2), dtype=np.int64)
+    return EpisodeRows(found, counts, pairs[:, 0].copy(), pairs[:, 1].copy())
 
 
 def _int64(table: pa.Table, name: str, fs: AbstractFileSystem, path: str) -> np.ndarray:

@@ -38,7 +38,8 @@ def frame_stats(frames: np.ndarray) -> dict[str, Any]:
 
 def copy_placements(run: VideoRun) -> dict[int, tuple[float, float]]:
     """Where a whole-file copy puts its episodes: the bytes are the source's, so each stays where it was."""
-    return {ep: (run.start_s + offset, run.start_s + offset + d) for ep, offset, d in run.episodes}
+    starts = run.start_s + run.offsets
+    return dict(zip(run.episodes, zip(starts.tolist(), (starts + run.durations).tolist(), strict=True), strict=True))
 
 
 def write_job(
@@ -46,14 +47,15 @@ def write_job(
     fs_of: dict[int, AbstractFileSystem],
     out_fs: AbstractFileSystem,
     out_root: str,
-    lengths: dict[int, int],
+    lengths: np.ndarray | None,
     fps: float,
 ) -> VideoResult:
-    """Write one output video; with `lengths` (recompute_video_stats) also decode it for per-episode stats."""
+    """Write one output video; with `lengths` of the output episodes (recompute_video_stats) also decode it
+    for per-episode stats."""
     path = storage.join(out_root, job.path)
     out_fs.makedirs(storage.parent(path), exist_ok=True)
     result = _write(job, fs_of, out_fs, path)
-    if lengths:
+    if lengths is not None:
         from raymerge.lerobot import video
 
         for episode, (start, _) in result.placements.items():
@@ -74,8 +76,9 @@ def _write(job: VideoJob, fs_of: dict[int, AbstractFileSystem], out_fs: Abstract
     placements: dict[int, tuple[float, float]] = {}
     reencoded: list[int] = []
     for run, where in zip(job.runs, placed, strict=True):
-        last = len(run.episodes) - 1
-        for i, (episode, offset, duration) in enumerate(run.episodes):
+        last = len(run.offsets) - 1
+        offsets, durations = run.offsets.tolist(), run.durations.tolist()
+        for i, (episode, offset, duration) in enumerate(zip(run.episodes, offsets, durations, strict=True)):
             start = where.from_timestamp + offset
             placements[episode] = (start, where.to_timestamp if i == last else start + duration)
             if where.reencoded:

@@ -121,7 +121,6 @@ def test_reindex_slices_contiguous_episodes_and_filters_scattered_ones():
     import pyarrow as pa
 
     from raymerge.lerobot import data
-    from raymerge.lerobot.layout import DataPart
 
     def table(eps: list[int]) -> pa.Table:
         n = len(eps)
@@ -132,7 +131,7 @@ def test_reindex_slices_contiguous_episodes_and_filters_scattered_ones():
     assert data.episode_rows(scattered) == {}
     task_map = np.array([1, 0])
     for t in (contiguous, scattered):
-        got = data.reindex(t, DataPart(0, "f", 7, 2, 100), task_map, data.episode_rows(t))
+        got = data.reindex(t, 7, 2, 100, task_map, data.episode_rows(t))
         assert got["episode_index"].to_pylist() == [2, 2, 2]
         assert got["index"].to_pylist() == [100, 101, 102]
         assert got["task_index"].to_pylist() == [0, 0, 0]
