@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from raymerge.errors import InvalidInput, RunFailed
 from raymerge.families import FAMILIES, family
 from raymerge.plan import Plan
 from raymerge.report import Progress, Report, Timer
-from raymerge.runtime import ray_session, task_node_ids
+from raymerge.runtime import ray_session, system_allocator, task_node_ids
 
 ConfigSource = str | Path | Mapping[str, Any] | BaseConfig
 
@@ -36,13 +37,18 @@ def _staging(cfg: BaseConfig) -> storage.Staging:
     )
 
 
-def _session(cfg: BaseConfig, address: str | None):
-    return ray_session(
-        address or cfg.ray.address,
-        num_cpus=cfg.ray.num_cpus,
-        object_store_memory=cfg.ray.object_store_memory,
-        dashboard=cfg.ray.dashboard,
-    )
+@contextlib.contextmanager
+def _session(cfg: BaseConfig, address: str | None) -> Iterator[None]:
+    with (
+        system_allocator(),
+        ray_session(
+            address or cfg.ray.address,
+            num_cpus=cfg.ray.num_cpus,
+            object_store_memory=cfg.ray.object_store_memory,
+            dashboard=cfg.ray.dashboard,
+        ),
+    ):
+        yield
 
 
 def plan(

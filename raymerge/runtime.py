@@ -75,6 +75,21 @@ def ray_session(
         ray.shutdown()
 
 
+@contextlib.contextmanager
+def system_allocator() -> Iterator[None]:
+    """Arrow's allocations in this process from the system allocator. A driver allocates Arrow memory for
+    metadata, in bursts: the system allocator gives each burst back, the default (mimalloc) keeps its pages
+    resident, so the driver's peak grew with the number of metadata rows read."""
+    import pyarrow as pa
+
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(before)
+
+
 def cluster_cpus() -> int:
     """Cores the running session can use: how many parallel tasks keep it busy."""
     import ray

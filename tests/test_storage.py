@@ -17,10 +17,18 @@ def _write(stage: Staging, name: str, text: str) -> None:
         f.write(text)
 
 
+def _scratch(stage: Staging, name: str) -> None:
+    """An intermediate file of the run, beside staging: never part of the output."""
+    stage.fs.makedirs(stage.scratch, exist_ok=True)
+    with stage.fs.open(storage.join(stage.scratch, name), "w") as f:
+        f.write("intermediate")
+
+
 def test_folder_output_appears_only_at_commit(tmp_path):
     target = tmp_path / "out"
     with Staging(str(target)) as stage:
         _write(stage, "a.txt", "hello")
+        _scratch(stage, "part-0")
         assert not target.exists()
         assert stage.written_bytes() == 5
         stage.commit({"ok": True})
@@ -35,6 +43,7 @@ def test_failure_removes_staging_and_keeps_previous_output(tmp_path):
     (target / "old.txt").write_text("previous")
     with pytest.raises(RuntimeError), Staging(str(target), overwrite=True) as stage:
         _write(stage, "new.txt", "half")
+        _scratch(stage, "part-0")
         raise RuntimeError("worker died")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -88,9 +97,10 @@ def test_stale_staging_is_cleaned_and_interrupted_replace_is_restored(tmp_path):
     old = tmp_path / ".out.raymerge-old-20260101T000000-abcdef"
     old.mkdir()
     (old / "data.txt").write_text("precious")
-    stale = tmp_path / ".out.raymerge-staging-20260101T000000-abcdef"
-    stale.mkdir()
-    (stale / "half.txt").write_text("half")
+    for kind in ("staging", "scratch"):
+        stale = tmp_path / f".out.raymerge-{kind}-20260101T000000-abcdef"
+        stale.mkdir()
+        (stale / "half.txt").write_text("half")
     stage = Staging(str(target), allow_existing=True).open()
     stage.abort()
     assert (target / "data.txt").read_text() == "precious"
@@ -103,6 +113,7 @@ def test_s3_folder_commit_writes_manifest_last(s3):
     fs.pipe(f"{s3['bucket']}/ds/out/old.txt", b"old")
     with Staging(target, s3["storage_options"], overwrite=True) as stage:
         _write(stage, "sub/a.txt", "A")
+        _scratch(stage, "part-0")
         assert fs.cat(f"{s3['bucket']}/ds/out/old.txt") == b"old"
         stage.commit({"done": 1})
     files = sorted(p.split("/ds/", 1)[1] for p in fs.find(f"{s3['bucket']}/ds", refresh=True) if p)

@@ -21,7 +21,7 @@ from raymerge import storage
 from raymerge.lerobot.layout import DataJob
 from raymerge.lerobot.stats import Summary, episode_stats, feature_matrix
 
-STATS_CHUNK = 4096  # episodes of per-episode stats the driver holds at a time
+STATS_CHUNK = 1024  # episodes of per-episode stats the driver holds at a time
 
 
 @dataclass

@@ -154,6 +154,31 @@ def test_bad_indices_in_data(ray_address, bases, tmp_path, values, match):
     _reject(tmp_path, [{"path": str(bad)}], match)
 
 
+@pytest.mark.parametrize(
+    ("task", "match"),
+    [
+        (
+            1,
+            r"episode 0 has task_index 1 \('place the cube'\) in .*file-000.parquet, not one of its tasks \['pick the cube'\]",
+        ),
+        (7, r"episode 0 has task_index 7 \(not in the tasks file\) in .*file-000.parquet"),
+    ],
+)
+def test_frames_with_a_task_their_episode_does_not_have(ray_address, bases, tmp_path, task, match):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = _copy(bases["v30"], tmp_path)
+    target = bad / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(target)
+    i = table.schema.get_field_index("task_index")
+    tasks = table["task_index"].to_pylist()
+    assert tasks[0] == 0 and table["episode_index"][0].as_py() == 0
+    table = table.set_column(i, table.schema.field(i), pa.array([task, *tasks[1:]], table.schema.field(i).type))
+    pq.write_table(table, target)
+    _reject(tmp_path, [{"path": str(bad)}], r"input bad: " + match)
+
+
 def test_episodes_metadata_without_a_column(ray_address, bases, tmp_path):
     import pyarrow.parquet as pq
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from raymerge import api
@@ -190,3 +191,38 @@ def test_whole_source_video_files_are_copied_byte_for_byte(ray_address, sources,
     mine, theirs = util.episodes(out)[:4], util.episodes(a)
     for key in ("videos/observation.images.cam0/from_timestamp", "videos/observation.images.cam1/to_timestamp"):
         assert [r[key] for r in mine] == [r[key] for r in theirs]
+
+
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_episodes_metadata_written_a_chunk_at_a_time_equals_one_chunk(
+    ray_address, sources, tmp_path, monkeypatch, version
+):
+    """The episodes metadata is written a few episodes at a time: per-episode stats read back from the data
+    tasks' files, camera stats taken and pooled per chunk, v3.0 episodes files filled up to their cap. However
+    it is cut, the rows and the pooled stats are the same."""
+    from raymerge.lerobot import data
+
+    a, b = sources
+    inputs = [{"path": str(a)}, {"path": str(b), "episodes": [2, 0]}]
+    merge(inputs, tmp_path / "whole", format_version=version)
+    monkeypatch.setattr(data, "STATS_CHUNK", 2)
+    merge(inputs, tmp_path / "chunked", format_version=version, data_files_size_in_mb=0.004)
+    whole, chunked = (util.episodes(tmp_path / name) for name in ("whole", "chunked"))
+    laid_out = ("data/", "meta/episodes/")  # where files go depends on the size cap, not on the chunks
+    assert [{k: v for k, v in r.items() if not k.startswith(laid_out)} for r in chunked] == [
+        {k: v for k, v in r.items() if not k.startswith(laid_out)} for r in whole
+    ]
+    util.check_episode_stats(tmp_path / "chunked", [(a, [0, 1, 2, 3]), (b, [2, 0])])
+    pooled = [json.loads((tmp_path / name / "meta/stats.json").read_text()) for name in ("whole", "chunked")]
+    assert pooled[0].keys() == pooled[1].keys()
+    for key, stats in pooled[0].items():
+        for name, value in stats.items():
+            np.testing.assert_allclose(pooled[1][key][name], value, rtol=1e-12, err_msg=f"{key} {name}")
+    if version == "v3.0":
+        files = sorted((tmp_path / "chunked/meta/episodes").rglob("*.parquet"))
+        assert len(files) > 1
+        for path in files:
+            named = pq.read_table(path, columns=["meta/episodes/chunk_index", "meta/episodes/file_index"])
+            chunk, file = int(path.parent.name.split("-")[1]), int(path.stem.split("-")[1])
+            assert set(named["meta/episodes/chunk_index"].to_pylist()) == {chunk}
+            assert set(named["meta/episodes/file_index"].to_pylist()) == {file}
