@@ -247,8 +247,20 @@ def _read_v21(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
     return tasks, episodes, pa.Table.from_pylist(visual, schema=None if visual else NO_VISUAL)
 
 
-def _integers(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(table[name].to_numpy(), dtype=np.int64)
+def numbers(table: pa.Table, name: str, dtype: type[np.number], where: str) -> np.ndarray:
+    """A numeric column as a numpy array, read from its Arrow buffer (pyarrow's to_numpy imports pandas, 0.2 s
+    of a fresh process that a plan would wait for); nulls and values of another kind are refused by name."""
+    try:
+        arr = pc.cast(table[name], pa.from_numpy_dtype(dtype)).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        kind = "integer" if np.issubdtype(dtype, np.integer) else "a number"
+        raise InvalidInput(f"{where}: {name} is not {kind}: {e}") from None
+    if arr.null_count:
+        raise InvalidInput(f"{where}: {arr.null_count} row(s) have no {name}")
+    if not len(arr):
+        return np.zeros(0, dtype=dtype)
+    size = np.dtype(dtype).itemsize
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * size)
 
 
 def _read_v30(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], Episodes, pa.Table]:
@@ -263,24 +275,49 @@ def _read_v30(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
     files = sorted(p for p in fs.find(meta_dir) if p.endswith(".parquet")) if storage.exists(fs, meta_dir) else []
     if not files:
         raise InvalidInput(f"{storage.url(fs, meta_dir)}: no episode metadata files")
-    # numeric stats are recomputed from the data: they are not read, only the visual ones are carried
-    table = pa.concat_tables(
-        [read_parquet(fs, p, lambda c: not c.startswith("stats/") or is_visual_stat(c, features)) for p in files],
-        promote_options="default",
-    )
-    table = table.take(pc.sort_indices(table["episode_index"]))
-    visual = table.select(["episode_index", *(c for c in table.column_names if c.startswith("stats/"))])
+    paths, task_sets = Interned(), Interned()
+    parts = [_episodes_file(fs, p, storage.url(fs, meta_dir), root, info, paths, task_sets) for p in files]
+    columns = {name: np.concatenate([c[name] for c, _ in parts]) for name in parts[0][0]}
+    visual = pa.concat_tables([v for _, v in parts], promote_options="default")
+    if (np.diff(columns["index"]) < 0).any():  # files or rows out of episode order
+        order = np.argsort(columns["index"], kind="stable")
+        columns = {name: values[order] for name, values in columns.items()}
+        visual = visual.take(order)
     keys = video_keys(features)
+    episodes = Episodes(
+        index=columns["index"],
+        length=columns["length"],
+        tasks=columns["tasks"],
+        task_sets=task_sets.values,
+        data_file=columns["data_file"],
+        video_file={k: columns[f"video_file/{k}"] for k in keys},
+        start_s={k: columns[f"start_s/{k}"] for k in keys},
+        end_s={k: columns[f"end_s/{k}"] for k in keys},
+        files=paths.values,
+    )
+    return tasks, episodes, visual
+
+
+def _episodes_file(
+    fs: AbstractFileSystem, path: str, where: str, root: str, info: dict, paths: Interned, task_sets: Interned
+) -> tuple[dict[str, np.ndarray], pa.Table]:
+    """One v3.0 episodes file as columns of codes and numbers, and its image/video stats (`episode_index` and
+    `stats/...`, kept in Arrow). Numeric stats are recomputed from the data: they are not read."""
+    features = info["features"]
+    keys = video_keys(features)
+    table = read_parquet(fs, path, lambda c: not c.startswith("stats/") or is_visual_stat(c, features))
     needed = ["episode_index", "length", "tasks", "data/chunk_index", "data/file_index"]
     needed += [f"videos/{k}/{c}" for k in keys for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
     missing = [c for c in needed if c not in table.column_names]
     if missing:
-        raise InvalidInput(f"{storage.url(fs, meta_dir)}: the episodes metadata has no column {missing[0]!r}")
-    paths, task_sets = Interned(), Interned()
+        raise InvalidInput(f"{where}: the episodes metadata has no column {missing[0]!r}")
+
+    def ints(name: str) -> np.ndarray:
+        return numbers(table, name, np.int64, where)
 
     def file_codes(template: str, prefix: str, **fmt: str) -> np.ndarray:
         """One code per episode for the file its (chunk, file) columns name, each path formatted once."""
-        pairs = np.stack([_integers(table, f"{prefix}chunk_index"), _integers(table, f"{prefix}file_index")], axis=1)
+        pairs = np.stack([ints(f"{prefix}chunk_index"), ints(f"{prefix}file_index")], axis=1)
         found, inverse = np.unique(pairs, axis=0, return_inverse=True)
         codes = [
             paths.code(storage.join(root, template.format(chunk_index=int(c), file_index=int(f), **fmt)))
@@ -293,18 +330,18 @@ def _read_v30(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
         for a in range(0, table.num_rows, 4096)  # Python lists a block at a time
         for t in table["tasks"].slice(a, 4096).to_pylist()
     ]
-    episodes = Episodes(
-        index=_integers(table, "episode_index"),
-        length=_integers(table, "length"),
-        tasks=np.array(task_codes, dtype=np.int32),
-        task_sets=task_sets.values,
-        data_file=file_codes(info["data_path"], "data/"),
-        video_file={k: file_codes(info["video_path"], f"videos/{k}/", video_key=k) for k in keys},
-        start_s={k: np.asarray(table[f"videos/{k}/from_timestamp"].to_numpy(), dtype=np.float64) for k in keys},
-        end_s={k: np.asarray(table[f"videos/{k}/to_timestamp"].to_numpy(), dtype=np.float64) for k in keys},
-        files=paths.values,
-    )
-    return tasks, episodes, visual
+    columns = {
+        "index": ints("episode_index"),
+        "length": ints("length"),
+        "tasks": np.array(task_codes, dtype=np.int32),
+        "data_file": file_codes(info["data_path"], "data/"),
+    }
+    for k in keys:
+        columns[f"video_file/{k}"] = file_codes(info["video_path"], f"videos/{k}/", video_key=k)
+        columns[f"start_s/{k}"] = numbers(table, f"videos/{k}/from_timestamp", np.float64, where)
+        columns[f"end_s/{k}"] = numbers(table, f"videos/{k}/to_timestamp", np.float64, where)
+    visual = table.select(["episode_index", *(c for c in table.column_names if c.startswith("stats/"))])
+    return columns, visual
 
 
 # -- writing ------------------------------------------------------------------------------------

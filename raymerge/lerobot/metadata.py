@@ -50,12 +50,9 @@ class Collected:
         for job in layout.video_jobs:
             got.placements.setdefault(job.key, np.full((layout.n_episodes, 2), np.nan))
             if job.is_copy:
-                got._place(job.key, videos.copy_placements(job.runs[0]))
+                episodes, placed = videos.copy_placements(job.runs[0])
+                got.placements[job.key][episodes] = placed
         return got
-
-    def _place(self, key: str, placements: dict[int, tuple[float, float]]) -> None:
-        if placements:
-            self.placements[key][list(placements)] = list(placements.values())
 
     def add_data(self, task: int, results: list[data.DataResult], stats_path: str) -> None:
         """A data task's results; `stats_path` holds its episodes' stats if any of them has rows."""
@@ -71,7 +68,7 @@ class Collected:
 
     def add_videos(self, results: list[videos.VideoResult]) -> None:
         for r in results:
-            self._place(r.key, r.placements)
+            self.placements[r.key][r.episodes] = r.placements
             for ep, stats in r.stats.items():
                 self.video_stats.setdefault(ep, {})[r.key] = stats
             self.reencoded.update(r.reencoded)

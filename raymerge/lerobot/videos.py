@@ -21,7 +21,8 @@ from raymerge.lerobot.stats import exact_stats
 class VideoResult:
     key: str
     path: str
-    placements: dict[int, tuple[float, float]]
+    episodes: np.ndarray  # the output episodes the file holds
+    placements: np.ndarray  # (episodes, 2): each one's from_timestamp and to_timestamp
     copied: bool
     reencoded: list[int] = field(default_factory=list)
     stats: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -36,10 +37,11 @@ def frame_stats(frames: np.ndarray) -> dict[str, Any]:
     }
 
 
-def copy_placements(run: VideoRun) -> dict[int, tuple[float, float]]:
-    """Where a whole-file copy puts its episodes: the bytes are the source's, so each stays where it was."""
+def copy_placements(run: VideoRun) -> tuple[np.ndarray, np.ndarray]:
+    """Where a whole-file copy puts its episodes (and their (from, to) timestamps): the bytes are the
+    source's, so each stays where it was."""
     starts = run.start_s + run.offsets
-    return dict(zip(run.episodes, zip(starts.tolist(), (starts + run.durations).tolist(), strict=True), strict=True))
+    return np.arange(run.episodes.start, run.episodes.stop), np.stack([starts, starts + run.durations], axis=1)
 
 
 def write_job(
@@ -58,7 +60,7 @@ def write_job(
     if lengths is not None:
         from raymerge.lerobot import video
 
-        for episode, (start, _) in result.placements.items():
+        for episode, start in zip(result.episodes.tolist(), result.placements[:, 0].tolist(), strict=True):
             stamps = [start + i / fps for i in range(lengths[episode])]
             result.stats[episode] = frame_stats(video.decode_at(out_fs, path, stamps))
     return result
@@ -70,20 +72,23 @@ def _write(job: VideoJob, fs_of: dict[int, AbstractFileSystem], out_fs: Abstract
     if job.is_copy:
         run = job.runs[0]
         video.copy(fs_of[run.source], run.path, out_fs, path)
-        return VideoResult(job.key, job.path, copy_placements(run), copied=True)
+        return VideoResult(job.key, job.path, *copy_placements(run), copied=True)
     segments = [video.Segment(fs_of[r.source], r.path, r.start_s, r.end_s) for r in job.runs]
     placed = video.concat(segments, out_fs, path)
-    placements: dict[int, tuple[float, float]] = {}
+    episodes: list[int] = []
+    placements: list[tuple[float, float]] = []
     reencoded: list[int] = []
     for run, where in zip(job.runs, placed, strict=True):
         last = len(run.offsets) - 1
         offsets, durations = run.offsets.tolist(), run.durations.tolist()
         for i, (episode, offset, duration) in enumerate(zip(run.episodes, offsets, durations, strict=True)):
             start = where.from_timestamp + offset
-            placements[episode] = (start, where.to_timestamp if i == last else start + duration)
+            episodes.append(episode)
+            placements.append((start, where.to_timestamp if i == last else start + duration))
             if where.reencoded:
                 reencoded.append(episode)
-    return VideoResult(job.key, job.path, placements, copied=False, reencoded=reencoded)
+    placed = np.array(placements, dtype=np.float64).reshape(-1, 2)
+    return VideoResult(job.key, job.path, np.array(episodes, dtype=np.int64), placed, copied=False, reencoded=reencoded)
 
 
 def write_batch(jobs: list[VideoJob], *args: Any) -> list[VideoResult]:
