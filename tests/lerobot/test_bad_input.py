@@ -188,6 +188,25 @@ def test_episodes_metadata_without_a_column(ray_address, bases, tmp_path):
     _reject(tmp_path, [{"path": str(bad)}], r"meta/episodes: the episodes metadata has no column 'length'")
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "match"),
+    [
+        ("videos/observation.images.cam0/from_timestamp", [None, 0.5], r"1 row\(s\) have no videos/observation"),
+        ("length", ["6", "x"], r"length is not integer"),
+    ],
+)
+def test_episodes_metadata_with_missing_or_non_numeric_values(ray_address, bases, tmp_path, column, values, match):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = _copy(bases["cam"], tmp_path)
+    target = next((bad / "meta/episodes").rglob("*.parquet"))
+    table = pq.read_table(target)
+    i = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(i, column, pa.array(values)), target)
+    _reject(tmp_path, [{"path": str(bad)}], r"input bad: .*meta/episodes: " + match)
+
+
 def test_unknown_codebase_version(ray_address, bases, tmp_path):
     bad = _copy(bases["v30"], tmp_path)
     _edit_json(bad / "meta/info.json", lambda i: i.__setitem__("codebase_version", "v1.6"))
