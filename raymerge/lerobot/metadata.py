@@ -183,6 +183,7 @@ def stats_chunks(
                 pooled[key] = part if part is None or key not in pooled else pooled[key].merge(part)
             columns |= {f"stats/{key}/{name}": values for name, values in mine.items()}
         yield a, b, columns
+        del numeric, cameras, columns  # one chunk alive at a time, not two
 
 
 def _num(value: float) -> float | int:
@@ -237,6 +238,7 @@ def write(
         with EpisodeFiles(fs, root, options.data_files_size_in_mb * 1024**2, options.chunks_size) as files:
             for a, b, stats in chunks:
                 files.write(pa.table(episode_columns(layout, a, b, got.placements) | stats))
+                del stats  # before the next chunk is built
         written += files.paths
         meta.write_parquet(fs, storage.join(root, meta.V30_TASKS), meta.tasks_table(layout.tasks))
         written.append(meta.V30_TASKS)
@@ -263,6 +265,7 @@ def _v21_stats(chunks: Iterable[tuple[int, int, dict[str, Any]]]) -> Iterator[di
                 if values[i] is not None:
                     row.setdefault(key, {})[name] = values[i]
             yield {"episode_index": a + i, "stats": row}
+        del stats, kept  # before the next chunk is built
 
 
 def episode_columns(layout: Layout, a: int, b: int, placements: dict[str, np.ndarray]) -> dict[str, pa.Array]:
