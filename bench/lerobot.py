@@ -49,9 +49,14 @@ def build_inputs(total_bytes: float, address: str) -> list[Path]:
             grain=16,
         )
     copies = max(1, math.ceil(total_bytes / 4 / tree_bytes(base)))
+    return merged_copies(base, copies, ROOT / f"in-{int(total_bytes)}", address)
+
+
+def merged_copies(base: Path, copies: int, prefix: Path, address: str) -> list[Path]:
+    """Four v3.0 datasets `<prefix>-<i>`, each a merge of `copies` copies of `base` (kept if already built)."""
     inputs = []
     for i in range(4):
-        path = ROOT / f"in-{int(total_bytes)}-{i}"
+        path = prefix.with_name(f"{prefix.name}-{i}")
         if not path.exists():
             cfg = {
                 "kind": "lerobot",

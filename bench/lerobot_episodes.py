@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 
 from floor import fresh_driver, start_ray
+from lerobot import merged_copies
 
-from raymerge import api
 from raymerge.lerobot import samples
 
 ROOT = Path("bench-data/lerobot-episodes")
@@ -28,18 +28,7 @@ def build_inputs(copies: int, address: str) -> list[Path]:
     base = ROOT / "base"
     if not base.exists():
         samples.make(None, str(base), version="v2.1", lengths=(20,) * 8, fps=30, height=16, width=16, seed=9)
-    inputs = []
-    for i in range(4):
-        path = ROOT / f"in-{copies}-{i}"
-        if not path.exists():
-            cfg = {
-                "kind": "lerobot",
-                "inputs": [{"path": str(base), "name": f"copy{k}"} for k in range(copies)],
-                "output": {"path": str(path), "format_version": "v3.0"},
-            }
-            api.run(cfg, address=address)
-        inputs.append(path)
-    return inputs
+    return merged_copies(base, copies, ROOT / f"in-{copies}", address)
 
 
 def main() -> None:

@@ -119,47 +119,41 @@ def summarise(
     return pa.table(per_episode), {key: Summary.of(matrix[a:b].T, features[key]) for key, a, b in columns}
 
 
-def write_job(
-    job: DataJob,
-    fs_of: dict[int, AbstractFileSystem],
-    task_maps: dict[int, list[int]],
-    schema: pa.Schema,
-    out_fs: AbstractFileSystem,
-    out_root: str,
-    features: dict[str, tuple[int, ...]],
-    with_quantiles: bool,
-) -> tuple[DataResult, pa.Table]:
+@dataclass
+class Target:
+    """What every data task of one output dataset shares: sources, task maps, schema, where to write."""
+
+    fs_of: dict[int, AbstractFileSystem]  # each source's filesystem, by position
+    task_maps: dict[int, list[int]]
+    schema: pa.Schema
+    fs: AbstractFileSystem
+    root: str
+    features: dict[str, tuple[int, ...]]  # numeric features and their shapes
+    with_quantiles: bool
+
+
+def write_job(job: DataJob, target: Target) -> tuple[DataResult, pa.Table]:
     """One output file; its result and its episodes' stats."""
-    table = build_table(job, fs_of, task_maps, schema)
-    path = storage.join(out_root, job.path)
-    out_fs.makedirs(storage.parent(path), exist_ok=True)
-    with out_fs.open(path, "wb") as f:
+    table = build_table(job, target.fs_of, target.task_maps, target.schema)
+    path = storage.join(target.root, job.path)
+    target.fs.makedirs(storage.parent(path), exist_ok=True)
+    with target.fs.open(path, "wb") as f:
         pq.write_table(table, f, compression="snappy")
-    per_episode, summaries = summarise(table, features, with_quantiles)
+    per_episode, summaries = summarise(table, target.features, target.with_quantiles)
     return DataResult(job.path, table.num_rows, per_episode.num_rows, summaries), per_episode
 
 
-def write_batch(
-    jobs: list[DataJob],
-    fs_of: dict[int, AbstractFileSystem],
-    task_maps: dict[int, list[int]],
-    schema: pa.Schema,
-    out_fs: AbstractFileSystem,
-    out_root: str,
-    features: dict[str, tuple[int, ...]],
-    with_quantiles: bool,
-    stats_path: str,
-) -> list[DataResult]:
-    """The output files of one task, and one file of their episodes' stats at `stats_path` (on `out_fs`) if
-    any episode has rows, in row groups of `STATS_CHUNK` episodes."""
+def write_batch(jobs: list[DataJob], target: Target, stats_path: str) -> list[DataResult]:
+    """The output files of one task, and one file of their episodes' stats at `stats_path` (on the output's
+    filesystem) if any episode has rows, in row groups of `STATS_CHUNK` episodes."""
     results, per_episode = [], []
     for job in jobs:
-        result, stats = write_job(job, fs_of, task_maps, schema, out_fs, out_root, features, with_quantiles)
+        result, stats = write_job(job, target)
         results.append(result)
         if stats.num_rows:
             per_episode.append(stats)
     if per_episode:
-        out_fs.makedirs(storage.parent(stats_path), exist_ok=True)
-        with out_fs.open(stats_path, "wb") as f:
+        target.fs.makedirs(storage.parent(stats_path), exist_ok=True)
+        with target.fs.open(stats_path, "wb") as f:
             pq.write_table(pa.concat_tables(per_episode), f, row_group_size=STATS_CHUNK, compression="snappy")
     return results

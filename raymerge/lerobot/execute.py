@@ -25,7 +25,8 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
 
     cfg = plan.config
     recompute = cfg.recompute_video_stats
-    fs_of = ray.put({s.position: s.fs for s in plan.sources})
+    fs_by_position = {s.position: s.fs for s in plan.sources}
+    fs_of = ray.put(fs_by_position)
     parallelism = cluster_cpus() * 4
     write_data = ray.remote(data.write_batch)
     write_videos = ray.remote(videos.write_batch)
@@ -35,19 +36,14 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
         root = _root(staging, out)
         layout = out.layout
         features = {k: tuple(out.info["features"][k]["shape"]) for k in meta.numeric_keys(out.info["features"])}
+        target = ray.put(
+            data.Target(
+                fs_by_position, layout.task_maps, out.schema, staging.fs, root, features, layout.version == meta.V30
+            )
+        )
         for n, batch in enumerate(batches(layout.data_jobs, parallelism)):
             stats_path = storage.join(staging.scratch, f"output-{i}", f"episode-stats-{n:06d}.parquet")
-            ref = write_data.remote(
-                batch,
-                fs_of,
-                layout.task_maps,
-                out.schema,
-                staging.fs,
-                root,
-                features,
-                layout.version == meta.V30,
-                stats_path,
-            )
+            ref = write_data.remote(batch, target, stats_path)
             pending[ref] = (i, "data", n, stats_path)
             waiting[i] += 1
         lengths = layout.length if recompute else None
