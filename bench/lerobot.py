@@ -68,6 +68,16 @@ def merged_copies(base: Path, copies: int, prefix: Path, address: str) -> list[P
     return inputs
 
 
+def rss_growth(small: tuple[int, float], large: tuple[int, float]) -> str:
+    """The driver's peak RSS at two (episodes, MB) points: ratio and growth per added episode."""
+    (n_small, rss_small), (n_large, rss_large) = small, large
+    per_episode = (rss_large - rss_small) * 1024 / max(n_large - n_small, 1)
+    return (
+        f"driver peak RSS {rss_small:.0f} -> {rss_large:.0f} MB for {n_small:,} -> {n_large:,} episodes: "
+        f"{rss_large / rss_small:.2f}x, {per_episode:.2f} KB per added episode"
+    )
+
+
 def merge_once(inputs: list[Path], out: Path) -> dict:
     cfg = {"kind": "lerobot", "inputs": [{"path": str(p)} for p in inputs], "output": {"path": str(out)}}
     shutil.rmtree(out, ignore_errors=True)
@@ -112,12 +122,7 @@ def main() -> None:
             if not args.keep:
                 for path in [ROOT / "cp", ROOT / "merged", *inputs]:
                     shutil.rmtree(path, ignore_errors=True)
-        (small, rss_small), (large, rss_large) = peaks
-        print(
-            f"driver peak RSS {rss_small:.0f} -> {rss_large:.0f} MB for {small:,} -> {large:,} episodes: "
-            f"{rss_large / rss_small:.2f}x, {(rss_large - rss_small) * 1024 / max(large - small, 1):.1f} KB per added episode",
-            flush=True,
-        )
+        print(rss_growth(peaks[0], peaks[-1]), flush=True)
     finally:
         ray.shutdown()
         if not args.keep:

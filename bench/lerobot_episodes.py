@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from floor import fresh_driver, start_ray
-from lerobot import merged_copies
+from lerobot import merged_copies, rss_growth
 
 from raymerge.lerobot import samples
 
@@ -56,12 +56,7 @@ def main() -> None:
                 f"(plan {run['timings']['plan']:.2f}s, write {run['timings']['write']:.2f}s)",
                 flush=True,
             )
-        (small, rss_small), (large, rss_large) = peaks[0], peaks[-1]
-        print(
-            f"driver peak RSS {rss_small:.0f} -> {rss_large:.0f} MB for {small:,} -> {large:,} episodes: "
-            f"{(rss_large - rss_small) * 1024 / max(large - small, 1):.2f} KB per added episode",
-            flush=True,
-        )
+        print(rss_growth(peaks[0], peaks[-1]), flush=True)
     finally:
         ray.shutdown()
         if not args.keep:
