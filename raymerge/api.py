@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from raymerge import storage
-from raymerge.config import BaseConfig, load_config, redact
+from raymerge.config import BaseConfig, redact
 from raymerge.errors import InvalidInput, RunFailed
-from raymerge.families import FAMILIES, family
+from raymerge.executor import Executor, choose_mode
+from raymerge.families import FAMILIES, family, load_config
 from raymerge.plan import Plan
 from raymerge.report import Progress, Report, Timer
 from raymerge.runtime import ray_session, system_allocator, task_node_ids
@@ -20,10 +21,12 @@ from raymerge.runtime import ray_session, system_allocator, task_node_ids
 ConfigSource = str | Path | Mapping[str, Any] | BaseConfig
 
 
-def _load(config: ConfigSource, overrides: Iterable[str], overwrite: bool | None) -> BaseConfig:
+def _load(config: ConfigSource, overrides: Iterable[str], overwrite: bool | None, executor: str | None) -> BaseConfig:
     cfg = config if isinstance(config, BaseConfig) else load_config(config, overrides)
     if overwrite:
         cfg.output.overwrite = True
+    if executor:
+        cfg.ray.executor = executor  # type: ignore[assignment]  # checked by the CLI's choice
     return cfg
 
 
@@ -38,17 +41,24 @@ def _staging(cfg: BaseConfig) -> storage.Staging:
 
 
 @contextlib.contextmanager
-def _session(cfg: BaseConfig, address: str | None) -> Iterator[None]:
-    with (
-        system_allocator(),
-        ray_session(
-            address or cfg.ray.address,
-            num_cpus=cfg.ray.num_cpus,
-            object_store_memory=cfg.ray.object_store_memory,
-            dashboard=cfg.ray.dashboard,
-        ),
-    ):
-        yield
+def _executor(cfg: BaseConfig, input_bytes: int, address: str | None, progress: Progress) -> Iterator[Executor]:
+    """Ray when it pays (`executor.choose_mode`), this process otherwise; the run's one executor."""
+    mode = choose_mode(cfg.ray.executor, input_bytes, address or cfg.ray.address)
+    with system_allocator():
+        if mode == "in-process":
+            with Executor.in_process(progress) as ex:
+                yield ex
+            return
+        with (
+            ray_session(
+                address or cfg.ray.address,
+                num_cpus=cfg.ray.num_cpus,
+                object_store_memory=cfg.ray.object_store_memory,
+                dashboard=cfg.ray.dashboard,
+            ),
+            Executor.ray(progress) as ex,
+        ):
+            yield ex
 
 
 def plan(
@@ -58,19 +68,24 @@ def plan(
     overwrite: bool | None = None,
     address: str | None = None,
     progress: Progress | None = None,
+    executor: str | None = None,
 ) -> Plan:
     """Resolve and check everything a run would do; write nothing."""
-    cfg = _load(config, overrides, overwrite)
+    cfg = _load(config, overrides, overwrite, executor)
     progress = progress or Progress(enabled=False)
-    _staging(cfg).check()
+    fam = family(cfg.kind)
     timer = Timer()
+    with timer.phase("check"):
+        _staging(cfg).check()
+        input_bytes = fam.check(cfg)
     t0 = time.perf_counter()
-    with _session(cfg, address):
+    with _executor(cfg, input_bytes, address, progress) as ex:
         timer.timings["ray_start"] = time.perf_counter() - t0
         with timer.phase("plan"):
-            result = family(cfg.kind).plan(cfg, progress)
+            result = fam.plan(cfg, ex)
     result.report.status = "planned"
     result.report.timings.update(timer.timings)
+    result.report.details.setdefault("executor", ex.mode)
     return result
 
 
@@ -81,31 +96,35 @@ def run(
     overwrite: bool | None = None,
     address: str | None = None,
     progress: Progress | None = None,
+    executor: str | None = None,
 ) -> Report:
-    """Plan, write to staging with Ray tasks, commit atomically; return what happened."""
+    """Check (no Ray), plan, write to staging with the executor's tasks, commit atomically; return what happened."""
     started = time.perf_counter()
-    cfg = _load(config, overrides, overwrite)
+    cfg = _load(config, overrides, overwrite, executor)
     progress = progress or Progress(enabled=False)
     fam = family(cfg.kind)
     stage = _staging(cfg)
-    stage.check()
     timer = Timer()
+    with timer.phase("check"):
+        stage.check()
+        input_bytes = fam.check(cfg)
     t0 = time.perf_counter()
     try:
-        with _session(cfg, address):
+        with _executor(cfg, input_bytes, address, progress) as ex:
             timer.timings["ray_start"] = time.perf_counter() - t0
-            progress(f"planning {cfg.kind} {cfg.operation} of {len(cfg.inputs)} input(s)")
+            progress(f"planning {cfg.kind} {cfg.operation} of {len(cfg.inputs)} input(s) ({ex.mode})")
             with timer.phase("plan"):
-                the_plan = fam.plan(cfg, progress)
+                the_plan = fam.plan(cfg, ex)
             stage.open()
             progress(f"writing to staging {storage.url(stage.fs, stage.dir)}")
             with timer.phase("write"):
                 try:
-                    report = fam.execute(the_plan, stage, progress)
+                    report = fam.execute(the_plan, stage, ex)
                 except OSError as e:  # e.g. the disk filled up; a Ray task's error carries the original as `cause`
                     raise RunFailed(f"writing {stage.target_url}: {getattr(e, 'cause', None) or e}") from e
             report.bytes_written = stage.written_bytes()
-            nodes = task_node_ids()
+            report.details.setdefault("executor", ex.mode)
+            nodes = task_node_ids() if ex.is_ray else []
             if nodes:
                 report.details.setdefault("node_ids", nodes)
             with timer.phase("commit"):
@@ -122,7 +141,6 @@ def run(
 
 def _manifest(cfg: BaseConfig, the_plan: Plan, report: Report, run_id: str) -> dict[str, Any]:
     import pyarrow
-    import ray
 
     from raymerge import __version__
 
@@ -135,10 +153,16 @@ def _manifest(cfg: BaseConfig, the_plan: Plan, report: Report, run_id: str) -> d
         "report": report.to_dict(),
         "versions": {
             "python": platform.python_version(),
-            "ray": ray.__version__,
+            "ray": _ray_version(),
             "pyarrow": pyarrow.__version__,
         },
     }
+
+
+def _ray_version() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
 
 
 def detect(path: str, storage_options: dict[str, Any] | None = None) -> tuple[str, Any, str]:
@@ -167,7 +191,9 @@ def preview(
 ) -> list[dict[str, Any]]:
     """The first `n` records of a dataset, or of what a config would write."""
     if isinstance(target, BaseConfig) or str(target).endswith((".yaml", ".yml")):
-        cfg = _load(target, overrides, None)
-        return family(cfg.kind).preview_config(cfg, n)
+        cfg = _load(target, overrides, None, None)
+        fam = family(cfg.kind)
+        with _executor(cfg, fam.check(cfg), None, Progress(enabled=False)) as ex:
+            return fam.preview_config(cfg, n, ex)
     kind, fs, p = detect(str(target), storage_options)
     return family(kind).preview(fs, p, n)

@@ -66,6 +66,12 @@ def _guarded(debug: bool, fn: Callable[[], Any]) -> Any:
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks and Ray's own logs.")
+executor_option = click.option(
+    "--executor",
+    type=click.Choice(["auto", "ray", "in-process"]),
+    default=None,
+    help="Where tasks run: auto (this process for small inputs, Ray otherwise; the default), ray, in-process.",
+)
 set_option = click.option(
     "--set",
     "overrides",
@@ -88,6 +94,7 @@ def main() -> None:
 @click.option("--address", default=None, help="Ray cluster to attach to (default: start Ray locally).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@executor_option
 @debug_option
 def run(
     config: str,
@@ -96,6 +103,7 @@ def run(
     address: str | None,
     quiet: bool,
     as_json: bool,
+    executor: str | None,
     debug: bool,
 ) -> None:
     """Run the merge/join/split described by CONFIG."""
@@ -108,6 +116,7 @@ def run(
             overwrite=overwrite or None,
             address=address,
             progress=progress,
+            executor=executor,
         ),
     )
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.render())
@@ -119,13 +128,21 @@ def run(
 @click.option("--overwrite", is_flag=True, help="Plan as if the existing output will be replaced.")
 @click.option("--address", default=None, help="Ray cluster to attach to (default: start Ray locally).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@executor_option
 @debug_option
 def plan(
-    config: str, overrides: tuple[str, ...], overwrite: bool, address: str | None, as_json: bool, debug: bool
+    config: str,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+    address: str | None,
+    as_json: bool,
+    executor: str | None,
+    debug: bool,
 ) -> None:
     """Check CONFIG and print what a run would write; write nothing."""
     result = _guarded(
-        debug, lambda: api.plan(config, overrides=overrides, overwrite=overwrite or None, address=address)
+        debug,
+        lambda: api.plan(config, overrides=overrides, overwrite=overwrite or None, address=address, executor=executor),
     )
     report = result.report
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.render())

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -45,6 +45,9 @@ class RayConfig(Model):
     num_cpus: int | None = Field(default=None, gt=0)
     object_store_memory: int | None = Field(default=None, gt=0, description="bytes")
     dashboard: bool = False
+    executor: Literal["auto", "ray", "in-process"] = Field(
+        default="auto", description="auto: in this process for small inputs, Ray otherwise"
+    )
 
 
 class BaseConfig(Model):
@@ -74,6 +77,9 @@ class BaseConfig(Model):
                 name = f"{base}-{n}"
             names.append(name)
         return names
+
+
+C = TypeVar("C", bound=BaseConfig)
 
 
 def key_path(loc: Iterable[str | int]) -> str:
@@ -185,14 +191,12 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(
+def read_config(
     source: str | Path | Mapping[str, Any],
     overrides: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
-) -> BaseConfig:
-    """Read, override, interpolate and validate a config against its family's schema."""
-    from raymerge.families import family_config
-
+) -> tuple[dict, dict, str]:
+    """Read, override and interpolate a config: (values as written, values to validate, label for messages)."""
     if isinstance(source, Mapping):
         raw, label = dict(source), "<dict>"
     else:
@@ -200,8 +204,11 @@ def load_config(
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain values
     for assignment in overrides:
         apply_override(raw, assignment)
-    data = interpolate(raw, os.environ if environ is None else environ)
-    cls = family_config(data.get("kind"), label)
+    return raw, interpolate(raw, os.environ if environ is None else environ), label
+
+
+def validate(cls: type[C], raw: dict, data: dict, label: str) -> C:
+    """Check `data` against a family's schema; every error names its key path."""
     try:
         cfg = cls.model_validate(data)
     except ValidationError as e:

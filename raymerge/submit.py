@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import raymerge
-from raymerge.config import _ENV_PATTERN, load_config, read_yaml
+from raymerge.config import _ENV_PATTERN, read_yaml
 from raymerge.errors import RunFailed
+from raymerge.families import load_config
 from raymerge.runtime import forwarded_env
 from raymerge.storage import new_run_id
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from raymerge.config import apply_override, interpolate, key_path, load_config, read_yaml, redact
+from raymerge.config import apply_override, interpolate, key_path, read_yaml, redact
+from raymerge.families import load_config
 from raymerge.errors import InvalidInput
 
 

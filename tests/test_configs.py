@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raymerge.config import load_config
+from raymerge.families import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

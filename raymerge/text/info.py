@@ -10,9 +10,9 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
+from raymerge.ordering import concat_order, interleave_order
 from raymerge.text.blocks import scan_chunk
 from raymerge.text.columns import choose_mapping
-from raymerge.text.combine import concat_order, interleave_order
 from raymerge.text.config import Config
 from raymerge.text.sources import (
     FILE_FORMATS,

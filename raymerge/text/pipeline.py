@@ -18,12 +18,13 @@ import ray
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
+from raymerge.ordering import concat_order, interleave_order
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Progress, Report
 from raymerge.runtime import cluster_cpus
 from raymerge.text import blocks as blk
 from raymerge.text import sinks
-from raymerge.text.combine import Block, concat_order, interleave_order, plan_blocks
+from raymerge.text.combine import Block, plan_blocks
 from raymerge.text.config import Config, Target
 from raymerge.text.sources import Source, local_sqlite, open_source
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raymerge import ordering
 from raymerge.webdataset.keytable import ORDINAL_BITS
 
 
@@ -86,73 +87,12 @@ def range_boundaries_uniform(groups: int) -> list[int]:
 def blend_indices(
     lengths: Sequence[int], weights: Sequence[float] | None, seed: int, strategy: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(input, index within input) of every blended sample, matching Hugging Face `interleave_datasets`.
-
-    Same seed, weights and stopping strategy as `datasets` give the same order; the index keeps
-    counting past an input's length when `all_exhausted` repeats it (take it modulo the length).
-    """
-    n = len(lengths)
-    lens = np.asarray(lengths, dtype=np.int64)
-    if weights is None:
-        return _round_robin(lens, strategy)
-    p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    rng = np.random.default_rng(seed)
-    if strategy == "all_exhausted_without_replacement":
-        return _draw_without_replacement(lens, p, rng)
-    blocks, counts = [], np.zeros(n, dtype=np.int64)
-    while not ((counts >= lens).all() if strategy == "all_exhausted" else (counts >= lens).any()):
-        block = rng.choice(n, size=1000, p=p)
-        blocks.append(block)
-        counts += np.bincount(block, minlength=n)
-    draws = np.concatenate(blocks)
-    exhaust = [int(np.flatnonzero(draws == s)[lens[s] - 1]) for s in range(n) if counts[s] >= lens[s]]
-    used = draws[: (max(exhaust) if strategy == "all_exhausted" else min(exhaust)) + 1]
-    return used.astype(np.int32), _running_index(used, n)
-
-
-def _running_index(src: np.ndarray, n: int) -> np.ndarray:
-    idx = np.empty(len(src), dtype=np.int64)
-    for s in range(n):
-        pos = np.flatnonzero(src == s)
-        idx[pos] = np.arange(len(pos))
-    return idx
-
-
-def _round_robin(lens: np.ndarray, strategy: str) -> tuple[np.ndarray, np.ndarray]:
-    n = len(lens)
-    if strategy == "first_exhausted":
-        rounds = int(lens.min())
-    elif strategy == "all_exhausted":
-        rounds = int(lens.max())
-    else:
-        grid_src = np.tile(np.arange(n, dtype=np.int32), int(lens.max()))
-        grid_idx = np.repeat(np.arange(int(lens.max()), dtype=np.int64), n)
-        keep = grid_idx < lens[grid_src]
-        return grid_src[keep], grid_idx[keep]
-    return np.tile(np.arange(n, dtype=np.int32), rounds), np.repeat(np.arange(rounds, dtype=np.int64), n)
-
-
-def _draw_without_replacement(
-    lens: np.ndarray, p: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draws for exhausted inputs are skipped; stops once every input has given all its samples."""
-    n, total = len(lens), int(lens.sum())
-    kept: list[np.ndarray] = []
-    counts = np.zeros(n, dtype=np.int64)
-    taken = 0
-    while taken < total:
-        block = rng.choice(n, size=1000, p=p)
-        seen = counts.copy()
-        ok = np.empty(len(block), dtype=bool)
-        for s in range(n):
-            pos = np.flatnonzero(block == s)
-            ok[pos] = seen[s] + np.arange(len(pos)) < lens[s]
-            counts[s] = min(lens[s], seen[s] + len(pos))
-        block = block[ok][: total - taken]
-        kept.append(block)
-        taken += len(block)
-    src = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    return src.astype(np.int32), _running_index(src, n)
+    """(input, index within input) of every blended sample: Hugging Face `interleave_datasets` with the
+    weights as probabilities. The index keeps counting past an input's length when `all_exhausted` repeats
+    it (take it modulo the length)."""
+    p = None if weights is None else (np.asarray(weights, dtype=np.float64) / float(np.sum(weights))).tolist()
+    src = ordering.interleave_order(lengths, p, seed, strategy).astype(np.int32)
+    return src, ordering.appearance_rank(src, len(lengths))
 
 
 def split_parts(shard_names: Sequence[str], ratio: dict[str, float] | None) -> dict[str, list[str]]:

@@ -12,7 +12,7 @@ import ray
 import yaml
 
 from raymerge.cli import main
-from raymerge.config import load_config
+from raymerge.families import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

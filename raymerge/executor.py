@@ -1,0 +1,323 @@
+"""The one place that runs work: plain task functions as Ray tasks, or the same functions in this process.
+
+Families describe work as calls (`submit(fn, *args)`) and get back a handle per result, which they
+may pass to later calls (Ray resolves a handle given as a top-level argument, as it does an
+`ObjectRef`) or fetch with `get`. Nothing else in raymerge creates Ray tasks, actors or objects.
+
+`Executor.ray()` runs on the Ray session that `runtime.ray_session` opened; `Executor.in_process()`
+runs each call at once, in the calling process, with no Ray at all: for small plans Ray's start-up
+(4-8 s on two cores) costs more than the whole work. Both give the same results, so outputs are
+byte-identical whichever runs them.
+
+Retries: Ray retries a task whose worker process died (`max_retries`, default 3); an exception raised by a
+task fails the run at once, since bad input does not get better by trying again. Cancellation: leaving
+`with executor:` on an error cancels every task still pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from raymerge.report import Progress
+
+MAX_RETRIES = 3
+# Below this many input bytes `ray.executor: auto` runs in this process: Ray's start-up (4-8 s on two cores)
+# is then more than the work it would spread (a copy-bound merge moves roughly 0.5-1 GB/s per core).
+IN_PROCESS_BELOW_BYTES = 1 << 30
+MODES = ("auto", "ray", "in-process")
+PRUNE_EVERY = 256
+
+
+class Local:
+    """The result of a call run in this process: its value, or the exception it raised (raised by `get`)."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Counter:
+    """Done/total, bytes, rate and ETA for one batch of tasks, on the run's progress display."""
+
+    def __init__(self, progress: Progress, label: str, total: int, total_bytes: int = 0) -> None:
+        self.progress, self.label, self.total, self.total_bytes = progress, label, total, total_bytes
+        self.done = 0
+        self.bytes = 0
+        self.start = time.perf_counter()
+        self.shown = self.start
+
+    def advance(self, n_bytes: int = 0) -> None:
+        self.done += 1
+        self.bytes += n_bytes
+        now = time.perf_counter()
+        if self.done == self.total or (now - self.shown >= 2.0 and self.done % max(1, self.total // 20) == 0):
+            self.shown = now
+            self.progress(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        text = f"{self.label}: {self.done}/{self.total} tasks"
+        if self.total_bytes:
+            from raymerge.report import human_bytes
+
+            text += f", {human_bytes(self.bytes)} of {human_bytes(self.total_bytes)} ({human_bytes(self.bytes / elapsed)}/s)"
+        if 0 < self.done < self.total:
+            text += f", about {(self.total - self.done) * elapsed / self.done:.0f}s left"
+        return text
+
+
+class Executor:
+    """Submits calls, tracks them for progress and cancellation, and hands back their results."""
+
+    def __init__(self, mode: str, progress: Progress | None = None) -> None:
+        if mode not in ("ray", "in-process"):
+            raise ValueError(f"executor mode {mode!r}: expected ray or in-process")
+        self.mode = mode
+        self.progress = progress or Progress(enabled=False)
+        self._remote: dict[tuple[Any, ...], Any] = {}
+        self._pending: list[Any] = []
+        self._actors: list[Any] = []
+        self._prune_at = PRUNE_EVERY
+
+    @classmethod
+    def ray(cls, progress: Progress | None = None) -> Executor:
+        return cls("ray", progress)
+
+    @classmethod
+    def in_process(cls, progress: Progress | None = None) -> Executor:
+        return cls("in-process", progress)
+
+    @property
+    def is_ray(self) -> bool:
+        return self.mode == "ray"
+
+    def cpus(self) -> int:
+        """How many calls run at once: the cluster's cores on Ray, one in this process."""
+        if not self.is_ray:
+            return 1
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def parallelism(self, per_cpu: int = 4) -> int:
+        """How many tasks to cut work into: enough to balance uneven pieces over the cores."""
+        return self.cpus() * per_cpu
+
+    # -- calls -------------------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1, num_cpus: float = 1) -> Any:
+        """Run `fn(*args)`; one handle, or a list of `num_returns` handles when `fn` returns that many values."""
+        if not self.is_ray:
+            return self._call(fn, args, num_returns)
+        remote = self._remote_fn(fn, num_returns, num_cpus)
+        refs = remote.remote(*args)
+        self._track(refs if num_returns > 1 else [refs])
+        return refs
+
+    def _track(self, refs: list[Any]) -> None:
+        """Remember unfinished tasks for `cancel`; finished ones are forgotten now and then, so that holding
+        their references does not keep their results in the object store."""
+        self._pending.extend(refs)
+        if len(self._pending) >= self._prune_at:
+            import ray
+
+            _, self._pending = ray.wait(self._pending, num_returns=len(self._pending), timeout=0, fetch_local=False)
+            self._prune_at = max(PRUNE_EVERY, 2 * len(self._pending))
+
+    def _call(self, fn: Callable[..., Any], args: Sequence[Any], num_returns: int) -> Any:
+        try:
+            value = fn(*(a.result() if isinstance(a, Local) else a for a in args))
+        except Exception as e:
+            return Local(error=e) if num_returns == 1 else [Local(error=e) for _ in range(num_returns)]
+        if num_returns == 1:
+            return Local(value)
+        values = list(value)
+        if len(values) != num_returns:
+            raise ValueError(f"{fn.__name__} returned {len(values)} values, expected {num_returns}")
+        return [Local(v) for v in values]
+
+    def _remote_fn(self, fn: Callable[..., Any], num_returns: int, num_cpus: float) -> Any:
+        key = (fn, num_returns, num_cpus)
+        if key not in self._remote:
+            import ray
+
+            self._remote[key] = ray.remote(fn).options(
+                num_returns=num_returns, num_cpus=num_cpus, max_retries=MAX_RETRIES
+            )
+        return self._remote[key]
+
+    def put(self, value: Any) -> Any:
+        """A handle for a value that many calls share: stored once, not once per call."""
+        if not self.is_ray:
+            return Local(value)
+        import ray
+
+        return ray.put(value)
+
+    def get(self, handles: Any) -> Any:
+        """The value of one handle, or the values of a list of handles, in order."""
+        if isinstance(handles, list):
+            if not self.is_ray:
+                return [h.result() for h in handles]
+        elif not self.is_ray:
+            return handles.result()
+        import ray
+
+        return ray.get(handles)
+
+    def as_completed(
+        self, handles: Iterable[Any], label: str = "", sizes: Sequence[int] | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """(position, value) of each handle as soon as it is done; with `label`, a progress line now and then."""
+        pending = list(handles)
+        counter = _Counter(self.progress, label, len(pending), int(sum(sizes or ()))) if label else None
+        if not self.is_ray:
+            for i, h in enumerate(pending):
+                value = h.result()
+                if counter:
+                    counter.advance(sizes[i] if sizes else 0)
+                yield i, value
+            return
+        import ray
+
+        where = {ref: i for i, ref in enumerate(pending)}
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                i = where[ref]
+                value = ray.get(ref)
+                if counter:
+                    counter.advance(sizes[i] if sizes else 0)
+                yield i, value
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        calls: Iterable[Sequence[Any]],
+        *,
+        label: str = "",
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+        num_cpus: float = 1,
+    ) -> Iterator[Any]:
+        """`fn(*args)` for every args tuple with at most `max_in_flight` running at once (default: twice the
+        cores), so a long list of calls never floods the cluster or the object store. Results in call order
+        (`ordered`), or as they complete as (position, value)."""
+        calls = list(calls)
+        if not self.is_ray:
+            counter = _Counter(self.progress, label, len(calls)) if label else None
+            for i, args in enumerate(calls):
+                value = self._call(fn, args, 1).result()
+                if counter:
+                    counter.advance()
+                yield value if ordered else (i, value)
+            return
+        import ray
+
+        limit = max_in_flight or 2 * self.cpus()
+        counter = _Counter(self.progress, label, len(calls)) if label else None
+        running: dict[Any, int] = {}
+        results: dict[int, Any] = {}
+        next_call, next_out = 0, 0
+        while next_call < len(calls) or running:
+            while next_call < len(calls) and len(running) < limit:
+                running[self.submit(fn, *calls[next_call], num_cpus=num_cpus)] = next_call
+                next_call += 1
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                i = running.pop(ref)
+                value = ray.get(ref)
+                if counter:
+                    counter.advance()
+                if not ordered:
+                    yield i, value
+                else:
+                    results[i] = value
+            while ordered and next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+
+    # -- actors ------------------------------------------------------------------------------------
+    def actor(self, cls: type, *args: Any) -> Any:
+        """One stateful worker whose method calls run in submission order: `call(actor, "method", *args)`."""
+        if not self.is_ray:
+            return cls(*args)
+        import ray
+
+        handle = ray.remote(num_cpus=0, max_restarts=0)(cls).remote(*args)
+        self._actors.append(handle)
+        return handle
+
+    def call(self, actor: Any, method: str, *args: Any) -> Any:
+        if not self.is_ray:
+            return self._call(getattr(actor, method), args, 1)
+        ref = getattr(actor, method).remote(*args)
+        self._track([ref])
+        return ref
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def warm_up(self, imports: Callable[[], None]) -> None:
+        """Start workers and their imports now, not waited for: a new Ray job's workers start cold."""
+        if self.is_ray:
+            for _ in range(self.cpus()):
+                self.submit(imports)
+
+    def cancel(self) -> None:
+        """Stop everything still running: the run failed or was cancelled."""
+        if not self.is_ray:
+            return
+        import ray
+
+        for ref in self._pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        for actor in self._actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self._pending.clear()
+        self._actors.clear()
+
+    def close(self) -> None:
+        if self.is_ray:
+            import ray
+
+            for actor in self._actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+        self._pending.clear()
+        self._actors.clear()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self.cancel()
+        self.close()
+
+
+def choose_mode(mode: str, input_bytes: int | None, address: str | None) -> str:
+    """`auto`: Ray when it is already running, when a cluster is named, or when the inputs are large enough
+    that spreading them pays for Ray's start-up; otherwise this process."""
+    if mode != "auto":
+        return mode
+    import ray
+
+    if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    if input_bytes is not None and input_bytes < IN_PROCESS_BELOW_BYTES:
+        return "in-process"
+    return "ray"
