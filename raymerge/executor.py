@@ -311,7 +311,12 @@ class Executor:
 
 def choose_mode(mode: str, input_bytes: int | None, address: str | None) -> str:
     """`auto`: Ray when it is already running, when a cluster is named, or when the inputs are large enough
-    that spreading them pays for Ray's start-up; otherwise this process."""
+    that spreading them pays for Ray's start-up; otherwise this process. `RAYMERGE_EXECUTOR` (ray or in-process)
+    decides for every `auto` run of a process, e.g. to run a test suite under both."""
+    if mode == "auto":
+        mode = os.environ.get("RAYMERGE_EXECUTOR") or "auto"
+        if mode not in MODES:
+            raise ValueError(f"RAYMERGE_EXECUTOR={mode!r}: expected one of {', '.join(MODES)}")
     if mode != "auto":
         return mode
     import ray

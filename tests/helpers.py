@@ -44,3 +44,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     exe = Path(sys.executable).with_name("raymerge")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_rejected(cfg: dict, message: str, inputs: list[Path], output: Path, **run_options) -> None:
+    """`api.run(cfg)` is refused with `message`, writes nothing (no output, no staging or scratch left beside it;
+    a local lock file may remain) and leaves every input byte-identical."""
+    import pytest
+
+    from raymerge import api
+    from raymerge.errors import InvalidInput
+
+    before = [tree_digest(p) if p.is_dir() else tree_digest(p.parent) for p in inputs]
+    with pytest.raises(InvalidInput, match=message):
+        api.run(cfg, **run_options)
+    assert not output.exists()
+    leftovers = [p.name for p in output.parent.glob(f".{output.name}.raymerge*") if not p.name.endswith(".lock")]
+    assert leftovers == []
+    assert [tree_digest(p) if p.is_dir() else tree_digest(p.parent) for p in inputs] == before
