@@ -24,11 +24,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check raymerge tests bench
 	$(BIN)/ruff format --check raymerge tests bench
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/text.py
 	$(BIN)/python bench/webdataset.py
 	$(BIN)/python bench/lerobot.py
+	$(BIN)/python bench/startup.py
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache

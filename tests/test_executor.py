@@ -1,0 +1,125 @@
+"""The executor runs the same plain functions on Ray and in this process, with the same results."""
+
+from __future__ import annotations
+
+import pytest
+
+from raymerge.executor import IN_PROCESS_BELOW_BYTES, Executor, choose_mode
+from raymerge.report import Progress
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def split(x: int) -> tuple[int, int]:
+    return x // 10, x % 10
+
+
+def total(*values: int) -> int:
+    return sum(values)
+
+
+def refuse(x: int) -> int:
+    raise ValueError(f"bad value {x}")
+
+
+class Tally:
+    def __init__(self, start: int) -> None:
+        self.values = [start]
+
+    def add(self, x: int) -> int:
+        self.values.append(x)
+        return len(self.values)
+
+    def seen(self) -> list[int]:
+        return self.values
+
+
+@pytest.fixture(params=["ray", "in-process"])
+def executor(request, ray_address):
+    with Executor(request.param) as ex:
+        yield ex
+
+
+def test_handles_pass_between_calls_and_several_returns_split(executor):
+    tens, ones = executor.submit(split, 42, num_returns=2)
+    shared = executor.put(100)
+    result = executor.submit(total, tens, ones, shared, executor.submit(double, 5))
+    assert executor.get(result) == 4 + 2 + 100 + 10
+    assert executor.get([tens, ones]) == [4, 2]
+
+
+def test_map_keeps_call_order_or_reports_positions(executor):
+    calls = [(i,) for i in range(25)]
+    assert list(executor.map(double, calls, max_in_flight=3)) == [2 * i for i in range(25)]
+    unordered = dict(executor.map(double, calls, ordered=False, max_in_flight=3))
+    assert unordered == {i: 2 * i for i in range(25)}
+
+
+def test_as_completed_yields_every_position_with_progress(executor):
+    lines: list[str] = []
+    executor.progress = Progress(enabled=True)
+    executor.progress.stream = _Lines(lines)
+    handles = [executor.submit(double, i) for i in range(6)]
+    got = dict(executor.as_completed(handles, label="doubling", sizes=[10] * 6))
+    assert got == {i: 2 * i for i in range(6)}
+    assert any("doubling: 6/6 tasks" in line and "60 B of 60 B" in line for line in lines)
+
+
+def test_a_task_error_surfaces_at_get_with_its_message(executor):
+    handle = executor.submit(refuse, 7)
+    with pytest.raises(ValueError, match="bad value 7"):
+        executor.get(handle)
+    with pytest.raises(ValueError, match="bad value 3"):
+        list(executor.map(refuse, [(3,)]))
+
+
+def test_actor_calls_run_in_submission_order(executor):
+    tally = executor.actor(Tally, 1)
+    counts = [executor.call(tally, "add", i) for i in range(2, 6)]
+    assert executor.get(counts) == [2, 3, 4, 5]
+    assert executor.get(executor.call(tally, "seen")) == [1, 2, 3, 4, 5]
+
+
+def test_cpus():
+    assert Executor.in_process().cpus() == 1
+
+
+def test_auto_chooses_by_size_and_running_ray(monkeypatch, ray_address):
+    monkeypatch.delenv("RAYMERGE_EXECUTOR", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert choose_mode("auto", 10, None) == "ray"  # the suite's Ray is running: it costs nothing more
+    assert choose_mode("in-process", 10**12, None) == "in-process"
+    assert choose_mode("ray", 10, None) == "ray"
+    monkeypatch.setenv("RAYMERGE_EXECUTOR", "in-process")
+    assert choose_mode("auto", 10**12, None) == "in-process"
+    monkeypatch.setenv("RAYMERGE_EXECUTOR", "sideways")
+    with pytest.raises(ValueError, match="RAYMERGE_EXECUTOR='sideways'"):
+        choose_mode("auto", 10, None)
+
+
+def test_auto_without_ray_running_goes_by_input_size():
+    """In a process where Ray never started: small inputs stay in it, large ones go to Ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "from raymerge.executor import choose_mode as c;"
+        f"print(c('auto', 1000, None), c('auto', {IN_PROCESS_BELOW_BYTES}, None), c('auto', 1000, 'auto'))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RAYMERGE_EXECUTOR", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["in-process", "ray", "ray"]
+
+
+class _Lines:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.lines.append(text)
+
+    def flush(self) -> None:
+        pass
