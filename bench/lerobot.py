@@ -81,7 +81,7 @@ def rss_growth(small: tuple[int, float], large: tuple[int, float]) -> str:
 def merge_once(inputs: list[Path], out: Path) -> dict:
     cfg = {"kind": "lerobot", "inputs": [{"path": str(p)} for p in inputs], "output": {"path": str(out)}}
     shutil.rmtree(out, ignore_errors=True)
-    run = fresh_driver(cfg, "raymerge.lerobot.execute", inputs)
+    run = fresh_driver(cfg, "raymerge.lerobot.tasks", inputs)
     shutil.rmtree(out)  # as the floor's copy is: neither run starts next to the other's output
     return run
 

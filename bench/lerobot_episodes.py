@@ -48,7 +48,7 @@ def main() -> None:
             out = ROOT / "merged"
             cfg = {"kind": "lerobot", "inputs": [{"path": str(p)} for p in inputs], "output": {"path": str(out)}}
             shutil.rmtree(out, ignore_errors=True)
-            run = fresh_driver(cfg, "raymerge.lerobot.execute", inputs)
+            run = fresh_driver(cfg, "raymerge.lerobot.tasks", inputs)
             shutil.rmtree(out)
             peaks.append((run["episodes"], run["rss_mb"]))
             print(

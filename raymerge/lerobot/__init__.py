@@ -1,103 +1,72 @@
-"""LeRobot robot datasets (v2.1 and v3.0): merge with re-indexing and remuxed videos, split, convert."""
+"""LeRobot robot datasets (v2.1 and v3.0): merge with re-indexing and remuxed videos, split, convert.
+
+The core knows this family through `FAMILY` (`raymerge.families.Family`). The steps: `config`; `check` (no Ray:
+metadata read, inputs compared by `compat`, episodes chosen by `selection`), `plan` (scans and `layout`),
+`execute` (write tasks, gathered in `results`, then metadata), `tasks` (the task bodies), `describe` (inspect
+and preview). The formats: `formats` (paths and versions), `source_meta` (what is read of an input's
+metadata), `output_meta` (what is written of an output's), `data` (episode parquet), `scan`, `video/` (mp4),
+`stats/` (every statistic); `arrays` holds the column helpers they share, `samples` makes small datasets.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from fsspec import AbstractFileSystem
-
-from raymerge import storage
-from raymerge.lerobot import meta, scan
+from raymerge.lerobot import describe, tasks
+from raymerge.lerobot.check import Checked, check_config
 from raymerge.lerobot.config import Config
-from raymerge.lerobot.execute import execute
-from raymerge.lerobot.plan import LeRobotPlan, build, choose, load_sources
-from raymerge.report import Progress
-from raymerge.runtime import cluster_cpus
+from raymerge.lerobot.execute import execute as execute_plan
+from raymerge.lerobot.plan import LeRobotPlan, build
 
-__all__ = ["Config", "detect", "execute", "inspect", "plan", "preview", "preview_config"]
+if TYPE_CHECKING:
+    from raymerge.executor import Executor
+    from raymerge.families import Family
+    from raymerge.report import Report
+    from raymerge.storage import Staging
 
-
-def plan(cfg: Config, progress: Progress) -> LeRobotPlan:
-    scan.warm_up(cluster_cpus())
-    return build(cfg, progress, cluster_cpus() * 4)
-
-
-def detect(fs: AbstractFileSystem, path: str) -> bool:
-    return storage.exists(fs, storage.join(path, meta.INFO))
+__all__ = ["FAMILY", "Config"]
 
 
-def _relative(src: meta.Source, path: str) -> str:
-    return path[len(src.root) + 1 :]
+class LeRobot:
+    """The LeRobot family. `check` keeps what it read for the `plan` or `preview_config` of the same config
+    object, which take it (once) instead of reading every input's metadata again."""
+
+    kind = "lerobot"
+    config = Config
+
+    def __init__(self) -> None:
+        self._checked: tuple[Config, Checked] | None = None
+
+    def _take_checked(self, cfg: Config) -> Checked:
+        """What `check` read for this very config, or a fresh check."""
+        kept, self._checked = self._checked, None
+        if kept is not None and kept[0] is cfg:
+            return kept[1]
+        return check_config(cfg)
+
+    # Metadata of a bare path: nothing to keep between calls.
+    detect = staticmethod(describe.detect)
+    inspect = staticmethod(describe.inspect)
+    preview = staticmethod(describe.preview)
+
+    def preview_config(self, cfg: Config, n: int, executor: Executor) -> list[dict[str, Any]]:
+        """The first `n` episodes a config would write (metadata only: the executor runs nothing)."""
+        return describe.preview_config(self._take_checked(cfg), n)
+
+    def check(self, cfg: Config) -> int:
+        """Everything that needs no Ray; the bytes of the input files the run reads."""
+        checked = check_config(cfg)
+        self._checked = (cfg, checked)
+        return checked.input_bytes
+
+    def plan(self, cfg: Config, executor: Executor) -> LeRobotPlan:
+        """Scans, probes and layouts: everything a run would do, nothing written."""
+        executor.warm_up(tasks.warm_imports)
+        return build(cfg, self._take_checked(cfg), executor)
+
+    def execute(self, plan: LeRobotPlan, staging: Staging, executor: Executor) -> Report:
+        """Write the planned outputs into staging."""
+        return execute_plan(plan, staging, executor)
 
 
-def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
-    src = meta.read_source(0, storage.basename(path), fs, path)
-    features = src.features
-    eps = src.episodes
-    return {
-        "format": "lerobot",
-        "version": src.version,
-        "fps": src.info["fps"],
-        "robot_type": src.info.get("robot_type"),
-        "episodes": len(eps),
-        "frames": int(eps.length.sum()),
-        "tasks": src.tasks,
-        "cameras": [k for k, f in features.items() if f.get("dtype") in meta.VISUAL],
-        "features": {k: {"dtype": f.get("dtype"), "shape": list(f.get("shape", []))} for k, f in features.items()},
-        "files": {
-            "data": len(np.unique(eps.data_file)),
-            "videos": len(np.unique(np.concatenate([np.zeros(0, np.int32), *eps.video_file.values()]))),
-        },
-    }
-
-
-def _episode_record(src: meta.Source, row: int) -> dict[str, Any]:
-    eps = src.episodes
-    return {
-        "episode_index": int(eps.index[row]),
-        "length": int(eps.length[row]),
-        "tasks": list(eps.task_sets[eps.tasks[row]]),
-        "data_file": _relative(src, eps.data_path(row)),
-        "videos": {
-            k: {
-                "file": _relative(src, eps.video_path(k, row)),
-                "from_timestamp": float(eps.start_s[k][row]),
-                "to_timestamp": None if np.isnan(eps.end_s[k][row]) else float(eps.end_s[k][row]),
-            }
-            for k in eps.video_file
-        },
-    }
-
-
-def preview(fs: AbstractFileSystem, path: str, n: int) -> list[dict[str, Any]]:
-    src = meta.read_source(0, storage.basename(path), fs, path)
-    return [_episode_record(src, row) for row in range(min(n, len(src.episodes)))]
-
-
-def preview_config(cfg: Config, n: int) -> list[dict[str, Any]]:
-    """The first n output episodes: where each comes from and its new indices (metadata only, no Ray)."""
-    sources = load_sources(cfg)
-    groups, _ = choose(cfg, sources)
-    out: list[dict[str, Any]] = []
-    for name, chosen in groups.items():
-        frame = 0
-        for i, (pos, row) in enumerate(zip(chosen.source.tolist(), chosen.row.tolist(), strict=True)):
-            if len(out) == n:
-                return out
-            eps = sources[pos].episodes
-            length = int(eps.length[row])
-            record = {"split": name} if name else {}
-            out.append(
-                record
-                | {
-                    "episode_index": i,
-                    "index_from": frame,
-                    "length": length,
-                    "tasks": list(eps.task_sets[eps.tasks[row]]),
-                    "source": sources[pos].name,
-                    "source_episode": int(eps.index[row]),
-                }
-            )
-            frame += length
-    return out
+FAMILY: Family[Config, LeRobotPlan] = LeRobot()

@@ -13,10 +13,14 @@ EpisodeSelection = str | list[int]
 
 
 class LeRobotInput(InputConfig):
+    """An input dataset, optionally only some of its episodes."""
+
     episodes: EpisodeSelection | None = None
 
 
 class LeRobotOutput(OutputConfig):
+    """The output dataset: its version (`same` keeps the inputs') and LeRobot's file size and chunk caps."""
+
     format_version: Literal["same", "v3.0", "v2.1"] = "same"
     data_files_size_in_mb: float = Field(default=100, gt=0)
     video_files_size_in_mb: float = Field(default=200, gt=0)
@@ -24,6 +28,8 @@ class LeRobotOutput(OutputConfig):
 
 
 class SplitConfig(Model):
+    """How `split` divides the episodes: by fractions (shuffled with a seed) or by explicit episode lists."""
+
     fractions: dict[str, float] | None = None
     episodes: dict[str, EpisodeSelection] | None = None
     seed: int | None = None
@@ -38,6 +44,8 @@ class SplitConfig(Model):
 
 
 class Config(BaseConfig):
+    """`kind: lerobot`: merge (conversion with one input) or split, checked for the operation's shape."""
+
     kind: Literal["lerobot"]
     operation: Literal["merge", "split"] = "merge"
     inputs: list[LeRobotInput] = Field(min_length=1)

@@ -1,91 +1,107 @@
-"""Run a plan: data and video Ray tasks into staging; each output's metadata written as soon as the tasks
-it depends on are done (whole-file video copies are placed by the plan, so it does not wait for them)."""
+"""Run a plan: data and video tasks write into staging; each output's metadata is written as soon as the
+tasks it depends on are done (whole-file video copies are placed by the plan, so it does not wait for them)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from raymerge import storage
-from raymerge.lerobot import data, meta, metadata, videos
+from raymerge.executor import Executor
+from raymerge.lerobot import formats, output_meta, tasks
+from raymerge.lerobot.arrays import even_parts
+from raymerge.lerobot.data import DataWriteContext
 from raymerge.lerobot.layout import summary
-from raymerge.lerobot.metadata import Collected
 from raymerge.lerobot.plan import LeRobotPlan, Output
-from raymerge.lerobot.scan import batches
-from raymerge.report import Progress, Report
-from raymerge.runtime import cluster_cpus
+from raymerge.lerobot.results import TaskResults
+from raymerge.report import Report
 from raymerge.storage import Staging
 
 
+class _Submitted(NamedTuple):
+    """What a submitted task is for: its output, its kind (data, video, or a copy the metadata need not wait
+    for) and, for data, its number and the scratch file of its episodes' stats."""
+
+    output: int
+    kind: str
+    number: int = 0
+    stats_path: str = ""
+
+
 def _root(staging: Staging, out: Output) -> str:
+    """Where an output dataset goes in staging: the root (merge) or a folder per split."""
     return storage.join(staging.path, out.name) if out.name else staging.path
 
 
-def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
-    import ray
-
-    cfg = plan.config
-    recompute = cfg.recompute_video_stats
+def _submit(plan: LeRobotPlan, staging: Staging, executor: Executor) -> tuple[list[Any], list[_Submitted]]:
+    """Every write task of every output: data files in contiguous batches, then one task per video file,
+    longest first (so that the last ones to finish are short)."""
     fs_by_position = {s.position: s.fs for s in plan.sources}
-    fs_of = ray.put(fs_by_position)
-    parallelism = cluster_cpus() * 4
-    write_data = ray.remote(data.write_batch)
-    write_videos = ray.remote(videos.write_batch)
-    pending: dict[Any, tuple[int, str, int, str]] = {}  # output, kind of task, data task number, its stats file
-    waiting = [0] * len(plan.outputs)  # tasks whose results each output's metadata needs
+    fs_of = executor.put(fs_by_position)
+    recompute = plan.config.recompute_video_stats
+    handles: list[Any] = []
+    submitted: list[_Submitted] = []
     for i, out in enumerate(plan.outputs):
         root = _root(staging, out)
         layout = out.layout
-        features = {k: tuple(out.info["features"][k]["shape"]) for k in meta.numeric_keys(out.info["features"])}
-        target = ray.put(
-            data.Target(
-                fs_by_position, layout.task_maps, out.schema, staging.fs, root, features, layout.version == meta.V30
+        features = out.info["features"]
+        shapes = {k: tuple(features[k]["shape"]) for k in formats.numeric_keys(features)}
+        context = executor.put(
+            DataWriteContext(
+                fs_by_position, layout.task_maps, out.schema, staging.fs, root, shapes, layout.version == formats.V30
             )
         )
-        for n, batch in enumerate(batches(layout.data_jobs, parallelism)):
+        for n, jobs in enumerate(even_parts(layout.data_jobs, executor.parallelism())):
             stats_path = storage.join(staging.scratch, f"output-{i}", f"episode-stats-{n:06d}.parquet")
-            ref = write_data.remote(batch, target, stats_path)
-            pending[ref] = (i, "data", n, stats_path)
-            waiting[i] += 1
+            handles.append(executor.submit(tasks.write_data_files, jobs, context, stats_path))
+            submitted.append(_Submitted(i, "data", n, stats_path))
         lengths = layout.length if recompute else None
-        # one task per output video, longest first, so that the last ones to finish are short
+        fps = float(out.info["fps"])
         for job in sorted(layout.video_jobs, key=lambda j: -sum(r.end_s - r.start_s for r in j.runs)):
-            ref = write_videos.remote([job], fs_of, staging.fs, root, lengths, float(out.info["fps"]))
-            needed = recompute or not job.is_copy
-            pending[ref] = (i, "video" if needed else "copy", 0, "")
-            waiting[i] += needed
-    collected = [Collected.planned(out.layout) for out in plan.outputs]
+            handles.append(executor.submit(tasks.write_video_file, job, fs_of, staging.fs, root, lengths, fps))
+            submitted.append(_Submitted(i, "video" if recompute or not job.is_copy else "copy"))
+    return handles, submitted
+
+
+def execute(plan: LeRobotPlan, staging: Staging, executor: Executor) -> Report:
+    """Write every output dataset of the plan into staging; the report of what was written."""
+    cfg = plan.config
+    handles, submitted = _submit(plan, staging, executor)
+    waiting = [0] * len(plan.outputs)  # tasks whose results each output's metadata needs
+    for task in submitted:
+        waiting[task.output] += task.kind != "copy"
+    results = [TaskResults.planned(out.layout) for out in plan.outputs]
     written: dict[int, list[str]] = {}
 
     def write_ready() -> None:
         for i, out in enumerate(plan.outputs):
             if not waiting[i] and i not in written:
                 root = _root(staging, out)
-                written[i] = metadata.write(plan.sources, out, collected[i], staging.fs, root, cfg.output, recompute)
+                written[i] = output_meta.write(
+                    plan.sources, out, results[i], staging.fs, root, cfg.output, cfg.recompute_video_stats
+                )
 
-    total, done = len(pending), 0
-    progress(
+    executor.progress(
         f"writing {sum(len(o.layout.data_jobs) for o in plan.outputs)} data and "
-        f"{sum(len(o.layout.video_jobs) for o in plan.outputs)} video file(s) in {total} task(s)"
+        f"{sum(len(o.layout.video_jobs) for o in plan.outputs)} video file(s) in {len(handles)} task(s)"
     )
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            i, kind, n, stats_path = pending.pop(ref)
-            results = ray.get(ref)
-            if kind == "data":
-                collected[i].add_data(n, results, stats_path)
-            else:
-                collected[i].add_videos(results)
-            waiting[i] -= kind != "copy"
-            done += 1
-            if done == total or done % max(1, total // 10) == 0:
-                progress(f"written {done}/{total} tasks")
+    for k, value in executor.as_completed(handles, label="written"):
+        task = submitted[k]
+        if task.kind == "data":
+            results[task.output].add_data(task.number, value, task.stats_path)
+        else:
+            results[task.output].add_video(value)
+        waiting[task.output] -= task.kind != "copy"
         write_ready()
     write_ready()
+    return _report(plan, results, written)
+
+
+def _report(plan: LeRobotPlan, results: list[TaskResults], written: dict[int, list[str]]) -> Report:
+    """The plan's report completed with the files written and how the videos were made."""
     report = plan.report
     report.files_written = []
     details: dict[str, Any] = {}
-    for i, (out, got) in enumerate(zip(plan.outputs, collected, strict=True)):
+    for i, (out, got) in enumerate(zip(plan.outputs, results, strict=True)):
         prefix = f"{out.name}/" if out.name else ""
         report.files_written.extend(prefix + f for f in sorted(got.files) + written[i])
         details[out.name] = summary(out.layout) | {
@@ -98,6 +114,6 @@ def execute(plan: LeRobotPlan, staging: Staging, progress: Progress) -> Report:
         report.details.update(details[""])
     else:
         report.details["splits"] = details
-    report.details["episodes_reencoded"] = sum(len(c.reencoded) for c in collected)
+    report.details["episodes_reencoded"] = sum(len(c.reencoded) for c in results)
     report.status = "ok"
     return report

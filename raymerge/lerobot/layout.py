@@ -1,6 +1,6 @@
 """Where every output episode, frame and video segment goes: offsets, tasks, files. Plain values only.
 
-Given the chosen source episodes in output order (with their estimated byte sizes), this decides new
+Given the selected source episodes in output order (with their estimated byte sizes), this decides new
 indices, the task table, and the jobs the writers run: one per output parquet file and one per output
 video file. v2.1 puts each episode in its own files; v3.0 packs consecutive episodes into files up to a
 size cap, and chunk folders up to `chunks_size` files. Episodes are columns throughout: a plan costs tens of
@@ -10,37 +10,17 @@ bytes per episode, not objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from raymerge.lerobot import meta
-from raymerge.lerobot.meta import Episodes, Interned
+from raymerge.lerobot import formats
+from raymerge.lerobot.arrays import Interned, runs
+from raymerge.lerobot.selection import SelectedEpisodes
+from raymerge.lerobot.source_meta import Episodes
 
 # Two episodes of one source video are contiguous when one ends where the next starts.
 _CONTIGUOUS_S = 1e-4
-
-
-@dataclass
-class Chosen:
-    """Source episodes in output order: each one's source position and row in that source's `Episodes`."""
-
-    source: np.ndarray  # (E,) int32
-    row: np.ndarray  # (E,) int64
-
-    def __len__(self) -> int:
-        return len(self.row)
-
-    @classmethod
-    def concat(cls, parts: list[Chosen]) -> Chosen:
-        return cls(
-            np.concatenate([p.source for p in parts] or [np.zeros(0, np.int32)]),
-            np.concatenate([p.row for p in parts] or [np.zeros(0, np.int64)]),
-        )
-
-    @classmethod
-    def of(cls, source: int, rows: np.ndarray) -> Chosen:
-        return cls(np.full(len(rows), source, dtype=np.int32), np.asarray(rows, dtype=np.int64))
 
 
 @dataclass
@@ -65,6 +45,8 @@ class DataRun:
 
 @dataclass
 class DataJob:
+    """One output data file: the runs of source episodes it gathers, in order."""
+
     path: str  # relative to the output dataset root
     runs: list[DataRun]
 
@@ -85,17 +67,21 @@ class VideoRun:
 
     @property
     def episodes(self) -> range:
+        """The output episodes the run holds."""
         return range(self.first, self.first + len(self.offsets))
 
 
 @dataclass
 class VideoJob:
+    """One output video file of camera `key`: the runs of source video it concatenates, in order."""
+
     key: str
     path: str
     runs: list[VideoRun]
 
     @property
     def is_copy(self) -> bool:
+        """Whether the file is one whole source file, copied as it is."""
         return len(self.runs) == 1 and self.runs[0].whole_file
 
 
@@ -120,16 +106,18 @@ class Layout:
 
     @property
     def n_episodes(self) -> int:
+        """How many episodes the output holds."""
         return len(self.row)
 
     @property
     def frames(self) -> int:
+        """How many frames the output holds."""
         return int(self.length.sum())
 
 
 @dataclass
-class Spans:
-    """One camera's video of each chosen episode, by output position."""
+class CameraSpans:
+    """One camera's video of each selected episode, by output position."""
 
     file: np.ndarray  # (E,) int64 into the layout's (source, path) files
     start_s: np.ndarray
@@ -139,42 +127,52 @@ class Spans:
     owned: np.ndarray  # (E,) bool: the episode owns its file (v2.1 sources)
 
 
-def _gather(chosen: Chosen, per_source: dict[int, np.ndarray], dtype: Any) -> np.ndarray:
-    """Each chosen episode's value from per-source arrays indexed by row."""
-    out = np.zeros(len(chosen), dtype=dtype)
+class EpisodeRuns(NamedTuple):
+    """Runs of consecutive output positions [first, end), and whether each is a whole source file."""
+
+    first: np.ndarray  # (R,) int64
+    end: np.ndarray  # (R,) int64
+    whole: np.ndarray  # (R,) bool
+
+
+def _gather(selected: SelectedEpisodes, per_source: dict[int, np.ndarray], dtype: Any) -> np.ndarray:
+    """Each selected episode's value from per-source arrays indexed by row."""
+    out = np.zeros(len(selected), dtype=dtype)
     for pos, values in per_source.items():
-        mask = chosen.source == pos
-        out[mask] = values[chosen.row[mask]]
+        mask = selected.source == pos
+        out[mask] = values[selected.row[mask]]
     return out
 
 
-def spans(chosen: Chosen, episodes: dict[int, Episodes], sizes: dict[int, Sizes], key: str, files: Interned) -> Spans:
-    """Camera `key` of the chosen episodes; `files` numbers the (source, path) video files."""
-    used = {pos: episodes[pos] for pos in np.unique(chosen.source).tolist()}
+def camera_spans(
+    selected: SelectedEpisodes, episodes: dict[int, Episodes], sizes: dict[int, Sizes], key: str, files: Interned
+) -> CameraSpans:
+    """Camera `key` of the selected episodes; `files` numbers the (source, path) video files."""
+    used = {pos: episodes[pos] for pos in np.unique(selected.source).tolist()}
     codes = {pos: np.array([files.code((pos, p)) for p in ep.files], dtype=np.int64) for pos, ep in used.items()}
     held = {
         pos: np.bincount(ep.video_file[key], minlength=len(ep.files))[ep.video_file[key]] for pos, ep in used.items()
     }
-    return Spans(
-        file=_gather(chosen, {pos: codes[pos][ep.video_file[key]] for pos, ep in used.items()}, np.int64),
-        start_s=_gather(chosen, {pos: ep.start_s[key] for pos, ep in used.items()}, np.float64),
-        end_s=_gather(chosen, {pos: ep.end_s[key] for pos, ep in used.items()}, np.float64),
-        size=_gather(chosen, {pos: sizes[pos].video[key] for pos in used}, np.float64),
-        file_episodes=_gather(chosen, held, np.int64),
-        owned=_gather(chosen, {pos: np.full(len(ep), ep.whole_files) for pos, ep in used.items()}, bool),
+    return CameraSpans(
+        file=_gather(selected, {pos: codes[pos][ep.video_file[key]] for pos, ep in used.items()}, np.int64),
+        start_s=_gather(selected, {pos: ep.start_s[key] for pos, ep in used.items()}, np.float64),
+        end_s=_gather(selected, {pos: ep.end_s[key] for pos, ep in used.items()}, np.float64),
+        size=_gather(selected, {pos: sizes[pos].video[key] for pos in used}, np.float64),
+        file_episodes=_gather(selected, held, np.int64),
+        owned=_gather(selected, {pos: np.full(len(ep), ep.whole_files) for pos, ep in used.items()}, bool),
     )
 
 
 def union_tasks(
-    chosen: Chosen, episodes: dict[int, Episodes], source_tasks: dict[int, list[str]]
+    selected: SelectedEpisodes, episodes: dict[int, Episodes], source_tasks: dict[int, list[str]]
 ) -> tuple[list[str], dict[int, list[int]]]:
-    """Tasks used by the chosen episodes, in the sources' order of first appearance; old -> new per source."""
+    """Tasks used by the selected episodes, in the sources' order of first appearance; old -> new per source."""
     tasks: list[str] = []
     position: dict[str, int] = {}
     maps: dict[int, list[int]] = {}
-    for src in np.unique(chosen.source).tolist():
+    for src in np.unique(selected.source).tolist():
         ep = episodes[src]
-        codes = np.unique(ep.tasks[chosen.row[chosen.source == src]])
+        codes = np.unique(ep.tasks[selected.row[selected.source == src]])
         used = {t for c in codes.tolist() for t in ep.task_sets[c]}
         for task in source_tasks[src]:
             if task in used and task not in position:
@@ -196,47 +194,46 @@ def _pack(sizes: np.ndarray, cap_bytes: float) -> np.ndarray:
 
 
 def _chunk_file(n: np.ndarray, chunks_size: int) -> np.ndarray:
+    """(chunk, file) slots of file numbers: `chunks_size` files per chunk folder."""
     return np.stack([n // chunks_size, n % chunks_size], axis=1)
 
 
-def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and ends of the runs of equal consecutive values."""
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.zeros(0, np.int64)
-    return starts, np.r_[starts[1:], len(values)].astype(np.int64)
-
-
-def units(video: Spans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs `(firsts, ends, whole)` of chosen positions: a whole source file when all of its episodes come
-    consecutively in their file order (it can be copied as it is), single episodes otherwise."""
-    firsts, ends = _runs(video.file)
+def whole_file_runs(video: CameraSpans) -> EpisodeRuns:
+    """Runs of selected positions: a whole source file when all of its episodes come consecutively in their
+    file order (it can be copied as it is), single episodes otherwise."""
+    firsts, ends = runs(video.file)
     if not len(firsts):
-        return firsts, ends, np.zeros(0, dtype=bool)
+        return EpisodeRuns(firsts, ends, np.zeros(0, dtype=bool))
     before_next = np.ones(len(video.file), dtype=bool)  # each episode ends before the next starts
     before_next[:-1] = video.end_s[:-1] <= video.start_s[1:] + _CONTIGUOUS_S
     before_next[ends - 1] = True  # a run's last episode is not compared with the next run's first
     ordered = np.logical_and.reduceat(before_next, firsts)
-    return _split(firsts, ends, (ends - firsts == video.file_episodes[firsts]) & ordered)
+    return _episode_by_episode(EpisodeRuns(firsts, ends, (ends - firsts == video.file_episodes[firsts]) & ordered))
 
 
-def _split(firsts: np.ndarray, ends: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs that are not kept whole become one unit per episode."""
+def _episode_by_episode(found: EpisodeRuns) -> EpisodeRuns:
+    """Runs that are not `whole` become one run per episode."""
+    firsts, ends, keep = found
     counts = np.where(keep, 1, ends - firsts)
     starts = np.repeat(firsts, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
-    return starts, np.where(np.repeat(keep, counts), np.repeat(ends, counts), starts + 1), np.repeat(keep, counts)
+    return EpisodeRuns(
+        starts, np.where(np.repeat(keep, counts), np.repeat(ends, counts), starts + 1), np.repeat(keep, counts)
+    )
 
 
-def _video_units(video: Spans, cap_bytes: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """v3.0 video units of one camera and the file number of each: whole source files are kept whole unless
+def _packed_video_runs(video: CameraSpans, cap_bytes: float) -> tuple[EpisodeRuns, np.ndarray]:
+    """v3.0 runs of one camera and the output file number of each: whole source files are kept whole unless
     they pass the cap alone (then their episodes are packed one by one)."""
-    firsts, ends, whole = units(video)
-    sizes = np.add.reduceat(video.size, firsts) if len(firsts) else np.zeros(0)
-    firsts, ends, whole = _split(firsts, ends, whole & ~((ends - firsts > 1) & (sizes > cap_bytes)))
-    sizes = np.add.reduceat(video.size, firsts) if len(firsts) else np.zeros(0)
-    return firsts, ends, whole, _pack(sizes, cap_bytes)
+    found = whole_file_runs(video)
+    sizes = np.add.reduceat(video.size, found.first) if len(found.first) else np.zeros(0)
+    too_big = (found.end - found.first > 1) & (sizes > cap_bytes)
+    found = _episode_by_episode(found._replace(whole=found.whole & ~too_big))
+    sizes = np.add.reduceat(video.size, found.first) if len(found.first) else np.zeros(0)
+    return found, _pack(sizes, cap_bytes)
 
 
 def plan_layout(
-    chosen: Chosen,
+    selected: SelectedEpisodes,
     episodes: dict[int, Episodes],
     sizes: dict[int, Sizes],
     source_tasks: dict[int, list[str]],
@@ -247,35 +244,38 @@ def plan_layout(
     video_files_size_in_mb: float,
     chunks_size: int,
 ) -> Layout:
-    tasks, task_maps = union_tasks(chosen, episodes, source_tasks)
-    n = len(chosen)
-    used = {pos: episodes[pos] for pos in np.unique(chosen.source).tolist()}
-    length = _gather(chosen, {pos: ep.length for pos, ep in used.items()}, np.int64)
+    """Where the selected episodes go in one output dataset of `version`: indices, tasks, files and the jobs
+    that write them. `episodes` must have every selected episode's video end (probed for v2.1 sources)."""
+    tasks, task_maps = union_tasks(selected, episodes, source_tasks)
+    n = len(selected)
+    used = {pos: episodes[pos] for pos in np.unique(selected.source).tolist()}
+    length = _gather(selected, {pos: ep.length for pos, ep in used.items()}, np.int64)
     frame_from = (np.cumsum(length) - length).astype(np.int64)
     task_sets = Interned()
     codes = {pos: np.array([task_sets.code(t) for t in ep.task_sets], np.int32) for pos, ep in used.items()}
-    episode_tasks = _gather(chosen, {pos: codes[pos][ep.tasks] for pos, ep in used.items()}, np.int32)
+    episode_tasks = _gather(selected, {pos: codes[pos][ep.tasks] for pos, ep in used.items()}, np.int32)
     files = Interned()
-    video = {k: spans(chosen, episodes, sizes, k, files) for k in video_keys}
+    video = {k: camera_spans(selected, episodes, sizes, k, files) for k in video_keys}
     video_slots: dict[str, np.ndarray] = {}
-    video_units: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    if version == meta.V21:
+    video_runs: dict[str, EpisodeRuns] = {}
+    if version == formats.V21:
         positions = np.arange(n, dtype=np.int64)
         data_slots = np.stack([positions // chunks_size, positions], axis=1)
         for k in video:
-            video_units[k] = (positions, positions + 1, video[k].owned)
+            video_runs[k] = EpisodeRuns(positions, positions + 1, video[k].owned)
             video_slots[k] = data_slots
     else:
-        data_bytes = _gather(chosen, {pos: sizes[pos].data for pos in used}, np.float64)
+        data_bytes = _gather(selected, {pos: sizes[pos].data for pos in used}, np.float64)
         data_slots = _chunk_file(_pack(data_bytes, data_files_size_in_mb * 1024**2), chunks_size)
         for k in video:
-            firsts, ends, whole, numbers = _video_units(video[k], video_files_size_in_mb * 1024**2)
-            video_units[k] = (firsts, ends, whole)
-            video_slots[k] = np.repeat(_chunk_file(numbers, chunks_size), ends - firsts, axis=0)
+            video_runs[k], numbers = _packed_video_runs(video[k], video_files_size_in_mb * 1024**2)
+            video_slots[k] = np.repeat(
+                _chunk_file(numbers, chunks_size), video_runs[k].end - video_runs[k].first, axis=0
+            )
     layout = Layout(
         version=version,
-        source=chosen.source,
-        row=chosen.row,
+        source=selected.source,
+        row=selected.row,
         length=length,
         frame_from=frame_from,
         episode_tasks=episode_tasks,
@@ -288,20 +288,8 @@ def plan_layout(
         video_jobs=[],
     )
     layout.data_jobs = data_jobs(layout, episodes)
-    layout.video_jobs = [job for k in video for job in video_jobs(layout, k, video[k], video_units[k], files.values)]
+    layout.video_jobs = [job for k in video for job in video_jobs(layout, k, video[k], video_runs[k], files.values)]
     return layout
-
-
-def data_path(version: str, slot: tuple[int, int]) -> str:
-    if version == meta.V21:
-        return meta.V21_DATA_PATH.format(episode_chunk=slot[0], episode_index=slot[1])
-    return meta.V30_DATA_PATH.format(chunk_index=slot[0], file_index=slot[1])
-
-
-def video_path(version: str, key: str, slot: tuple[int, int]) -> str:
-    if version == meta.V21:
-        return meta.V21_VIDEO_PATH.format(episode_chunk=slot[0], video_key=key, episode_index=slot[1])
-    return meta.V30_VIDEO_PATH.format(video_key=key, chunk_index=slot[0], file_index=slot[1])
 
 
 def data_jobs(layout: Layout, episodes: dict[int, Episodes]) -> list[DataJob]:
@@ -316,10 +304,10 @@ def data_jobs(layout: Layout, episodes: dict[int, Episodes]) -> list[DataJob]:
         file[mask] = codes[episodes[pos].data_file[layout.row[mask]]]
     slot = layout.data_slots[:, 0] * (int(layout.data_slots[:, 1].max()) + 1) + layout.data_slots[:, 1]
     jobs: dict[int, DataJob] = {}
-    firsts, ends = _runs(file * (int(slot.max()) + 1) + slot)  # a run: one source file into one output file
+    firsts, ends = runs(file * (int(slot.max()) + 1) + slot)  # a run: one source file into one output file
     for a, b in zip(firsts.tolist(), ends.tolist(), strict=True):
         chunk, number = layout.data_slots[a].tolist()
-        job = jobs.setdefault(int(slot[a]), DataJob(data_path(layout.version, (chunk, number)), []))
+        job = jobs.setdefault(int(slot[a]), DataJob(formats.data_path(layout.version, (chunk, number)), []))
         source, path = files.values[file[a]]
         src_rows = layout.row[a:b]
         job.runs.append(
@@ -328,40 +316,58 @@ def data_jobs(layout: Layout, episodes: dict[int, Episodes]) -> list[DataJob]:
     return list(jobs.values())
 
 
+@dataclass
+class _GrowingRun:
+    """A run of one source video file while the next pieces of the same output file extend it."""
+
+    job: VideoJob
+    file: int  # into the layout's (source, path) video files
+    start_s: float
+    end_s: float
+    first: int  # output positions [first, end)
+    end: int
+    whole: bool
+
+
 def video_jobs(
-    layout: Layout,
-    key: str,
-    video: Spans,
-    file_units: tuple[np.ndarray, np.ndarray, np.ndarray],
-    files: list[tuple[int, str]],
+    layout: Layout, key: str, video: CameraSpans, pieces: EpisodeRuns, files: list[tuple[int, str]]
 ) -> list[VideoJob]:
-    """One camera's output files: runs of source video to concatenate, or one whole file to copy."""
+    """One camera's output files: runs of source video to concatenate, or one whole file to copy. Consecutive
+    pieces of one source file that follow each other in it become one run."""
     by_file: dict[tuple[int, int], VideoJob] = {}
-    runs: list[list[Any]] = []  # [job, file, start_s, end_s, first, end, whole] while they grow
-    for first, end, whole in zip(*(u.tolist() for u in file_units), strict=True):
+    grown: list[_GrowingRun] = []
+    for first, end, whole in zip(pieces.first.tolist(), pieces.end.tolist(), pieces.whole.tolist(), strict=True):
         slot = tuple(layout.video_slots[key][first].tolist())
         start, stop = float(video.start_s[first]), float(video.end_s[first:end].max())
         if np.isnan(video.end_s[first:end]).any():
             raise AssertionError("video spans are probed before layout")
         job = by_file.get(slot)
         if job is None:
-            job = by_file[slot] = VideoJob(key, video_path(layout.version, key, slot), [])
-        last = runs[-1] if runs and runs[-1][0] is job else None
-        if whole or not (
-            last is not None and not last[6] and last[1] == video.file[first] and abs(last[3] - start) < _CONTIGUOUS_S
-        ):
-            last = [job, int(video.file[first]), start, start, first, first, whole]
-            runs.append(last)
-        last[3], last[5] = max(last[3], stop), end
-    for job, file, start, stop, first, end, whole in runs:
-        source, path = files[file]
-        offsets = video.start_s[first:end] - start
-        durations = video.end_s[first:end] - video.start_s[first:end]
-        job.runs.append(VideoRun(source, path, start, stop, first, offsets, durations, bool(whole)))
+            job = by_file[slot] = VideoJob(key, formats.video_path(layout.version, key, slot), [])
+        last = grown[-1] if grown and grown[-1].job is job else None
+        follows = (
+            last is not None
+            and not last.whole
+            and last.file == video.file[first]
+            and abs(last.end_s - start) < _CONTIGUOUS_S
+        )
+        if whole or not follows:
+            last = _GrowingRun(job, int(video.file[first]), start, start, first, first, whole)
+            grown.append(last)
+        assert last is not None
+        last.end_s, last.end = max(last.end_s, stop), end
+    for run in grown:
+        source, path = files[run.file]
+        offsets = video.start_s[run.first : run.end] - run.start_s
+        durations = video.end_s[run.first : run.end] - video.start_s[run.first : run.end]
+        run.job.runs.append(
+            VideoRun(source, path, run.start_s, run.end_s, run.first, offsets, durations, bool(run.whole))
+        )
     return list(by_file.values())
 
 
 def summary(layout: Layout) -> dict[str, Any]:
+    """What the plan and the report say of a layout: counts of episodes, frames, tasks and files."""
     copies = sum(1 for j in layout.video_jobs if j.is_copy)
     return {
         "format_version": layout.version,

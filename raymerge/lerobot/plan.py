@@ -1,27 +1,34 @@
-"""Everything checked before a byte is written, and the layout a run will write.
+"""The plan of a run, after `check`: the scans that need tasks (rows and tasks of every data file, video
+stream probes), the output layouts, and what the report will say; metadata only, nothing written.
 
-Driver work is metadata only: info/episodes/tasks files, directory listings, parquet footers. The
-per-file scans (episode rows, task indices, video probes) run as Ray tasks. Every failure raises
-`InvalidInput` naming the dataset, the episode or file, and both values.
+Every failure raises `InvalidInput` naming the dataset, the episode or file, and both values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.lerobot import checks, meta, scan, selection
+from raymerge.lerobot import formats, scan, tasks
+from raymerge.lerobot.check import Checked
 from raymerge.lerobot.config import Config
-from raymerge.lerobot.layout import Chosen, Layout, Sizes, plan_layout, summary
-from raymerge.lerobot.meta import Source
+from raymerge.lerobot.layout import Layout, Sizes, plan_layout, summary
+from raymerge.lerobot.source_meta import Episodes, Source
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
+
+if TYPE_CHECKING:
+    from raymerge.executor import Executor
+    from raymerge.lerobot.video.probe import StreamInfo
+
+# Probed video streams by (source position, path).
+Streams = dict[tuple[int, str], "StreamInfo"]
 
 
 @dataclass
@@ -35,101 +42,63 @@ class Output:
 
 
 @dataclass
-class LeRobotPlan(Plan):
+class LeRobotPlan(Plan[Config]):
+    """The checked inputs and, per output dataset, its layout: all `execute` needs."""
+
     sources: list[Source] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
 
 
-def load_sources(cfg: Config) -> list[Source]:
-    sources = []
-    for i, (inp, name) in enumerate(zip(cfg.inputs, cfg.input_names(), strict=True)):
-        fs, root = storage.resolve(inp.path, inp.storage_options)
-        if not storage.exists(fs, root):
-            raise InvalidInput(f"input {name} ({inp.path}): no such folder")
-        try:
-            sources.append(meta.read_source(i, name, fs, root))
-        except InvalidInput as e:
-            raise InvalidInput(f"input {name}: {e}") from None
-    first = sources[0]
-    for other in sources[1:]:
-        problems = checks.dataset_mismatches(first.info, other.info)
-        if problems:
-            raise InvalidInput(
-                f"input {other.name} ({other.url}) cannot be merged with {first.name} ({first.url}): "
-                + "; ".join(problems)
-            )
-    return sources
+def build(cfg: Config, checked: Checked, executor: Executor) -> LeRobotPlan:
+    """Scan, probe and lay out the episodes `checked` selected: the plan of the run."""
+    sources = checked.sources
+    found, streams = _scan(checked, executor)
+    episodes: dict[int, Episodes] = {}
+    sizes: dict[int, Sizes] = {}
+    for pos, rows in checked.selected.rows_by_source().items():
+        episodes[pos] = _with_probed_ends(sources[pos].episodes, pos, rows, streams)
+        sizes[pos] = _sizes(episodes[pos], pos, rows, checked.listings[pos], found, streams)
+    video_keys = formats.video_keys(sources[0].features)
+    source_tasks = {s.position: s.tasks for s in sources}
+    outputs = []
+    for name, mine in checked.groups.items():
+        layout = plan_layout(
+            mine,
+            episodes,
+            sizes,
+            source_tasks,
+            checked.version,
+            video_keys,
+            data_files_size_in_mb=cfg.output.data_files_size_in_mb,
+            video_files_size_in_mb=cfg.output.video_files_size_in_mb,
+            chunks_size=cfg.output.chunks_size,
+        )
+        outputs.append(Output(name, layout, output_info(sources), checked.schema))
+    streams |= index_cut_files(sources, outputs, executor)
+    report = _report(cfg, sources, outputs, checked.left_out, streams)
+    fingerprints = [storage.fingerprint(s.fs, s.root) for s in sources]
+    return LeRobotPlan(cfg, report, fingerprints, sources, outputs)
 
 
-def output_version(cfg: Config, sources: list[Source]) -> str:
-    if cfg.output.format_version != "same":
-        return cfg.output.format_version
-    versions = {s.version for s in sources}
-    return versions.pop() if len(versions) == 1 else meta.V30
-
-
-def choose(cfg: Config, sources: list[Source]) -> tuple[dict[str, Chosen], list[int]]:
-    """Episodes per output dataset in output order ("" is the merge output), and episodes left out by a split."""
-    if cfg.operation == "merge":
-        parts = []
-        for inp, src in zip(cfg.inputs, sources, strict=True):
-            available = np.unique(src.episodes.index).tolist()
-            picked = selection.select(inp.episodes, available, f"input {src.name}: inputs[{src.position}]")
-            parts.append(Chosen.of(src.position, src.episodes.rows_of(picked)))
-        chosen = Chosen.concat(parts)
-        if not len(chosen):
-            raise InvalidInput("the inputs hold no episodes: nothing to merge")
-        return {"": chosen}, []
-    src = sources[0]
-    assert cfg.split is not None
-    available = np.unique(src.episodes.index).tolist()
-    if cfg.split.fractions is not None:
-        parts = selection.split_fractions(available, cfg.split.fractions, cfg.split.seed, "split")
-    else:
-        assert cfg.split.episodes is not None
-        parts = selection.split_lists(available, cfg.split.episodes, "split")
-    for name in parts:
-        if not name or "/" in name or name.startswith("."):
-            raise InvalidInput(f"split {name!r}: a split name must be a plain folder name")
-    groups = {name: Chosen.of(src.position, src.episodes.rows_of(eps)) for name, eps in parts.items()}
-    return groups, selection.unassigned(available, parts)
-
-
-def _listing(src: Source) -> dict[str, int]:
-    return {p: int(i.get("size") or 0) for p, i in src.fs.find(src.root, detail=True).items()}
-
-
-def _missing(src: Source, episode: int, path: str, what: str) -> InvalidInput:
-    return InvalidInput(
-        f"input {src.name}: episode {episode} needs {what} {storage.url(src.fs, path)}, which is missing"
+def _scan(checked: Checked, executor: Executor) -> tuple[dict[tuple[int, str], scan.EpisodeRows], Streams]:
+    """Rows and tasks of every data file and the stream of every video file the selection needs, scanned by
+    tasks running at the same time, each checked against the metadata."""
+    by_pos = {s.position: s for s in checked.sources}
+    executor.progress(
+        f"scanning {len(checked.data_files)} data file(s) and probing {len(checked.video_files)} video file(s)"
     )
-
-
-def _read_schema(src: Source, path: str) -> pa.Schema:
-    try:
-        with src.fs.open(path, "rb") as f:
-            return pq.read_schema(f)
-    except (pa.ArrowException, OSError) as e:
-        raise InvalidInput(f"input {src.name}: {storage.url(src.fs, path)}: corrupt parquet file: {e}") from None
-
-
-def _used_rows(chosen: Chosen) -> dict[int, np.ndarray]:
-    """The rows of each source some output uses, sorted."""
-    return {pos: np.unique(chosen.row[chosen.source == pos]) for pos in np.unique(chosen.source).tolist()}
-
-
-def _files_of(src: Source, rows: np.ndarray, listing: dict[str, int]) -> tuple[list[str], list[str]]:
-    """The data and video files the rows need, each checked to exist."""
-    eps = src.episodes
-    found: tuple[list[str], list[str]] = ([], [])
-    columns = [(eps.data_file, "data file", 0)] + [(codes, "video file", 1) for codes in eps.video_file.values()]
-    for codes, what, kind in columns:
-        for code in np.unique(codes[rows]).tolist():
+    scanned = scan.submit_batched(executor, tasks.scan_data_files, [(by_pos[s].fs, p) for s, p in checked.data_files])
+    videos = [(by_pos[s].fs, p) for s, p in checked.video_files]
+    probed = scan.submit_batched(executor, tasks.probe_video_files, videos)
+    data, probes = scan.settle(scanned, probed)
+    found = dict(zip(checked.data_files, data.result(), strict=True))
+    for pos, rows in checked.selected.rows_by_source().items():
+        eps = by_pos[pos].episodes
+        for code in np.unique(eps.data_file[rows]).tolist():
             path = eps.files[code]
-            if path not in listing:
-                raise _missing(src, int(eps.index[rows[codes[rows] == code][0]]), path, what)
-            found[kind].append(path)
-    return found
+            _check_rows(by_pos[pos], rows[eps.data_file[rows] == code], path, found[(pos, path)])
+    streams = dict(zip(checked.video_files, probes.result(), strict=True))
+    return found, _check_videos(checked.sources, streams, checked.version)
 
 
 def _allowed_tasks(src: Source) -> np.ndarray:
@@ -177,64 +146,42 @@ def _check_rows(src: Source, rows: np.ndarray, path: str, found: scan.EpisodeRow
         )
 
 
-def check_and_size(
-    sources: list[Source], chosen: Chosen, parallelism: int, progress: Any, remux: bool
-) -> tuple[dict[int, Sizes], pa.Schema, dict[tuple[int, str], Any]]:
-    """Verify files, rows, tasks and video streams of the chosen episodes; estimate their output bytes.
+def _durations(eps: Episodes, position: int, streams: Streams) -> np.ndarray:
+    """The probed duration of each of the source's files (0 for one not probed, e.g. a data file)."""
+    return np.array([s.duration_s if (s := streams.get((position, p))) else 0.0 for p in eps.files])
 
-    Also returns the probed streams by (source position, path), for planning which cuts re-encode. The
-    probed duration of a v2.1 episode's own video is its end.
 
-    With `remux` (v3.0 output: episodes of different sources share a file) streams must also share codec headers.
-    """
-    by_pos = {s.position: s for s in sources}
-    used = _used_rows(chosen)
-    listings = {pos: _listing(by_pos[pos]) for pos in used}
-    data_files: list[tuple[int, str]] = []
-    video_files: list[tuple[int, str]] = []
-    for pos, rows in used.items():
-        data, videos = _files_of(by_pos[pos], rows, listings[pos])
-        data_files += [(pos, p) for p in data]
-        video_files += [(pos, p) for p in videos]
-
-    progress(f"scanning {len(data_files)} data file(s) and probing {len(video_files)} video file(s)")
-    scanned = scan.scan_data([(by_pos[s].fs, p) for s, p in data_files], parallelism)
-    probed = (
-        scan.probe_videos([(by_pos[s].fs, p) for s, p in video_files], parallelism) if video_files else (lambda: [])
-    )
-    found = dict(zip(data_files, scanned(), strict=True))
-    for pos, rows in used.items():
-        eps = by_pos[pos].episodes
-        for code in np.unique(eps.data_file[rows]).tolist():
-            path = eps.files[code]
-            _check_rows(by_pos[pos], rows[eps.data_file[rows] == code], path, found[(pos, path)])
-
-    schema = _check_schemas(sources, chosen)
-    streams = _check_videos(sources, dict(zip(video_files, probed(), strict=True)), remux)
-    sizes = {pos: _sizes(by_pos[pos], rows, listings[pos], found, streams) for pos, rows in used.items()}
-    return sizes, schema, streams
+def _with_probed_ends(eps: Episodes, position: int, rows: np.ndarray, streams: Streams) -> Episodes:
+    """The episodes with each used episode's video end known: a v2.1 episode owns its video files, whose
+    probed duration is its end (its metadata has none); v3.0 episodes already have theirs."""
+    if not eps.whole_files:
+        return eps
+    duration = _durations(eps, position, streams)
+    end_s = {}
+    for key, codes in eps.video_file.items():
+        end_s[key] = eps.end_s[key].copy()
+        end_s[key][rows] = duration[codes[rows]]
+    return dataclasses.replace(eps, end_s=end_s)
 
 
 def _sizes(
-    src: Source,
+    eps: Episodes,
+    position: int,
     rows: np.ndarray,
     listing: dict[str, int],
     found: dict[tuple[int, str], scan.EpisodeRows],
-    streams: dict[tuple[int, str], Any],
+    streams: Streams,
 ) -> Sizes:
     """Each used episode's share of its data file's bytes (by rows) and of its video files' (by duration)."""
-    eps = src.episodes
     size = np.array([listing.get(p, 0) for p in eps.files], dtype=np.float64)
-    file_rows = np.array([int(found[k].rows.sum()) if (k := (src.position, p)) in found else 0 for p in eps.files])
+    file_rows = np.array([int(found[k].rows.sum()) if (k := (position, p)) in found else 0 for p in eps.files])
     data = np.zeros(len(eps))
     codes = eps.data_file[rows]
     data[rows] = size[codes] * eps.length[rows] / np.maximum(file_rows[codes], 1)
+    duration = _durations(eps, position, streams)
     video = {}
     for key, all_codes in eps.video_file.items():
-        duration = np.array([s.duration_s if (s := streams.get((src.position, p))) else 0.0 for p in eps.files])
         codes = all_codes[rows]
-        if eps.whole_files:
-            eps.end_s[key][rows] = duration[codes]
         d = duration[codes]
         share = np.where(d > 0, (eps.end_s[key][rows] - eps.start_s[key][rows]) / np.where(d > 0, d, 1.0), 1.0)
         video[key] = np.zeros(len(eps))
@@ -242,38 +189,12 @@ def _sizes(
     return Sizes(data, video)
 
 
-def _check_schemas(sources: list[Source], chosen: Chosen) -> pa.Schema:
-    """The first chosen data file's schema is the output's; every input's columns must match it."""
-    positions, first = np.unique(chosen.source, return_index=True)
-    by_pos = {s.position: s for s in sources}
-    first_file = {
-        int(pos): by_pos[int(pos)].episodes.data_path(int(chosen.row[i]))
-        for pos, i in sorted(zip(positions, first, strict=True), key=lambda p: p[1])
-    }
-    ref_pos = min(first_file)
-    ref = _read_schema(by_pos[ref_pos], first_file[ref_pos])
-    for pos, path in first_file.items():
-        src = by_pos[pos]
-        schema = ref if pos == ref_pos else _read_schema(src, path)
-        ref_types = {f.name: f.type for f in ref}
-        types = {f.name: f.type for f in schema}
-        for name in ref_types.keys() | types.keys():
-            if ref_types.get(name) != types.get(name):
-                raise InvalidInput(
-                    f"input {src.name}: column {name!r} of {storage.url(src.fs, path)} is {types.get(name)}, "
-                    f"but {by_pos[ref_pos].name} has {ref_types.get(name)}"
-                )
-        for col in ("episode_index", "index", "task_index", "frame_index", "timestamp"):
-            if col not in types:
-                raise InvalidInput(f"input {src.name}: {storage.url(src.fs, path)} has no {col!r} column")
-    return ref
-
-
-def _check_videos(sources: list[Source], infos: dict[tuple[int, str], Any], remux: bool) -> dict[tuple[int, str], Any]:
-    """Every probed stream (by source position and path) against the first one of its camera."""
-    if not infos:
+def _check_videos(sources: list[Source], streams: Streams, version: str) -> Streams:
+    """Every probed stream against the first one of its camera; a v3.0 output (episodes of different sources
+    share a file) also needs equal codec headers."""
+    if not streams:
         return {}
-    from raymerge.lerobot import video
+    from raymerge.lerobot.video.probe import incompatibilities
 
     by_pos = {s.position: s for s in sources}
     key_of = {}
@@ -282,57 +203,26 @@ def _check_videos(sources: list[Source], infos: dict[tuple[int, str], Any], remu
             for code in np.unique(codes).tolist():
                 key_of[(src.position, src.episodes.files[code])] = key
     reference: dict[str, tuple[int, str]] = {}
-    for f in infos:
+    for f in streams:
         key = key_of[f]
         ref = reference.setdefault(key, f)
-        problems = video.incompatibilities(infos[f], infos[ref], remux=remux)
+        problems = incompatibilities(streams[f], streams[ref], remux=version == formats.V30)
         if problems:
             a, b = by_pos[ref[0]], by_pos[f[0]]
             raise InvalidInput(
                 f"input {b.name}: video {storage.url(b.fs, f[1])} ({key}) is not compatible with "
                 f"{storage.url(a.fs, ref[1])} of {a.name}: " + "; ".join(problems)
             )
-    return infos
+    return streams
 
 
-def output_info(sources: list[Source], version: str) -> dict[str, Any]:
+def output_info(sources: list[Source]) -> dict[str, Any]:
     """info.json fields carried from the first input (features with their names and video stream info)."""
     first = sources[0].info
     return {"robot_type": first.get("robot_type"), "fps": first["fps"], "features": first["features"]}
 
 
-def build(cfg: Config, progress: Any, parallelism: int) -> LeRobotPlan:
-    sources = load_sources(cfg)
-    groups, left_out = choose(cfg, sources)
-    version = output_version(cfg, sources)
-    chosen = Chosen.concat(list(groups.values()))
-    sizes, schema, streams = check_and_size(sources, chosen, parallelism, progress, version == meta.V30)
-    video_keys = meta.video_keys(sources[0].features)
-    source_tasks = {s.position: s.tasks for s in sources}
-    episodes = {s.position: s.episodes for s in sources}
-    outputs = []
-    for name, mine in groups.items():
-        layout = plan_layout(
-            mine,
-            episodes,
-            sizes,
-            source_tasks,
-            version,
-            video_keys,
-            data_files_size_in_mb=cfg.output.data_files_size_in_mb,
-            video_files_size_in_mb=cfg.output.video_files_size_in_mb,
-            chunks_size=cfg.output.chunks_size,
-        )
-        outputs.append(Output(name, layout, output_info(sources, version), schema))
-    streams |= index_cut_files(sources, outputs, parallelism, progress)
-    report = _report(cfg, sources, outputs, left_out, streams)
-    fingerprints = [storage.fingerprint(s.fs, s.root) for s in sources]
-    return LeRobotPlan(cfg, report, fingerprints, sources, outputs)
-
-
-def index_cut_files(
-    sources: list[Source], outputs: list[Output], parallelism: int, progress: Any
-) -> dict[tuple[int, str], Any]:
+def index_cut_files(sources: list[Source], outputs: list[Output], executor: Executor) -> Streams:
     """Groups of pictures of the source videos the layouts cut (not copied or remuxed whole), to predict
     which cuts re-encode; this reads those files, so whole-file work never pays for it."""
     cut = {
@@ -345,33 +235,29 @@ def index_cut_files(
     }
     if not cut:
         return {}
-    progress(f"indexing the groups of pictures of {len(cut)} video file(s) the layout cuts")
+    executor.progress(f"indexing the groups of pictures of {len(cut)} video file(s) the layout cuts")
     by_pos = {s.position: s for s in sources}
-    found = scan.probe_videos([(by_pos[pos].fs, path) for pos, path in cut], parallelism, index=True)()
+    work = [(by_pos[pos].fs, path) for pos, path in cut]
+    found = scan.submit_batched(executor, tasks.index_video_files, work)()
     return dict(zip(cut, found, strict=True))
 
 
-def planned_videos(layout: Layout, streams: dict[tuple[int, str], Any]) -> dict[str, Any]:
-    """Which output videos `video.concat` will re-encode part of, and which output episodes that touches."""
-    from raymerge.lerobot import video
+def planned_videos(layout: Layout, streams: Streams) -> dict[str, Any]:
+    """Which output videos `remux.concat` will re-encode part of, and which output episodes that touches."""
+    from raymerge.lerobot.video.cut import cut_reencodes
 
-    files, episodes = 0, set()
+    files, episodes = 0, set[int]()
     for job in layout.video_jobs:
         if job.is_copy:
             continue
-        cut = [
-            r
-            for r in job.runs
-            if (g := streams[(r.source, r.path)].gops) and video.cut_reencodes(g, r.start_s, r.end_s)
-        ]
+        cut = [r for r in job.runs if (g := streams[(r.source, r.path)].gops) and cut_reencodes(g, r.start_s, r.end_s)]
         files += bool(cut)
         episodes.update(e for r in cut for e in r.episodes)
     return {"videos_reencoded": files, "episodes_reencoded": len(episodes), "reencoded_episodes": sorted(episodes)}
 
 
-def _report(
-    cfg: Config, sources: list[Source], outputs: list[Output], left_out: list[int], streams: dict[tuple[int, str], Any]
-) -> Report:
+def _report(cfg: Config, sources: list[Source], outputs: list[Output], left_out: list[int], streams: Streams) -> Report:
+    """The planned report: frames in and out per input, and per output its layout and predicted re-encodes."""
     fs, root = storage.resolve(cfg.output.path, cfg.output.storage_options)
     inputs = []
     for src in sources:

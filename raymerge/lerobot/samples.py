@@ -1,7 +1,7 @@
 """Small, real LeRobot datasets (v2.1 or v3.0) for tests, demos and benchmarks.
 
 Frames are encoded to real mp4s with `video.encode`; v3.0 files are built the way LeRobot builds them,
-by concatenating per-episode encodes (`video.concat`), or, with `keyframe_aligned=False`, by encoding a
+by concatenating per-episode encodes (`video.remux.concat`), or, with `keyframe_aligned=False`, by encoding a
 whole file at once so that episodes start between keyframes.
 """
 
@@ -18,8 +18,11 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from raymerge import storage
-from raymerge.lerobot import meta
-from raymerge.lerobot.stats import exact_stats
+from raymerge.lerobot import formats
+from raymerge.lerobot.output_meta import tasks_table, write_json, write_jsonl, write_parquet
+from raymerge.lerobot.stats.columns import flat_stats
+from raymerge.lerobot.stats.per_episode import frame_stats
+from raymerge.lerobot.stats.summary import MOMENTS, column_values, exact_stats
 
 STATE_DIM = 6
 
@@ -37,6 +40,7 @@ def png(image: np.ndarray) -> bytes:
 
 
 def camera_keys(cameras: int) -> list[str]:
+    """The video feature names of a sample dataset with `cameras` cameras."""
     return [f"observation.images.cam{c}" for c in range(cameras)]
 
 
@@ -60,6 +64,7 @@ def frames_of(seed: int, episode: int, camera: int, length: int, height: int, wi
 
 
 def features(cameras: int, height: int, width: int, fps: int, with_image: bool, codec: str) -> dict[str, Any]:
+    """info.json features as LeRobot writes them: state and action vectors, cameras, the frame columns."""
     names = [f"joint{j}" for j in range(STATE_DIM)]
     out: dict[str, Any] = {
         "action": {"dtype": "float32", "shape": [STATE_DIM], "names": names},
@@ -87,7 +92,7 @@ def features(cameras: int, height: int, width: int, fps: int, with_image: bool, 
             "shape": [height, width, 3],
             "names": ["height", "width", "channels"],
         }
-    for key, dtype in (("timestamp", "float32"), *((k, "int64") for k in meta.INDEX_COLUMNS[1:])):
+    for key, dtype in (("timestamp", "float32"), *((k, "int64") for k in formats.INDEX_COLUMNS[1:])):
         out[key] = {"dtype": dtype, "shape": [1], "names": None}
     return out
 
@@ -118,15 +123,12 @@ def _episode_table(
 
 
 def _stats(table: pa.Table, feats: dict[str, Any], frames: dict[str, np.ndarray], with_q: bool) -> dict[str, Any]:
-    from raymerge.lerobot.stats import column_values
-    from raymerge.lerobot.videos import frame_stats
-
     out: dict[str, Any] = {}
     for key in feats:
         if key in frames:
             s = frame_stats(frames[key])
-            out[key] = s if with_q else {k: v for k, v in s.items() if k in ("min", "max", "mean", "std", "count")}
-        elif key in table.column_names and feats[key]["dtype"] not in meta.VISUAL:
+            out[key] = s if with_q else {k: v for k, v in s.items() if k in MOMENTS}
+        elif key in table.column_names and feats[key]["dtype"] not in formats.CAMERA_DTYPES:
             out[key] = exact_stats(column_values(table[key]), with_q)
     return out
 
@@ -135,7 +137,7 @@ def make(
     fs: AbstractFileSystem | None,
     root: str,
     *,
-    version: str = meta.V30,
+    version: str = formats.V30,
     lengths: tuple[int, ...] = (12, 9, 15, 10),
     tasks: tuple[str, ...] = ("pick the cube", "place the cube"),
     episode_tasks: tuple[int, ...] | None = None,
@@ -153,10 +155,10 @@ def make(
     grain: int = 0,
 ) -> str:
     """Write a dataset at `root`; returns its path. v3.0 files hold `episodes_per_file` episodes each."""
-    from raymerge.lerobot import video
+    from raymerge.lerobot.video import encode
 
     fs = fs or LocalFileSystem()
-    encoder = video.available_encoder(codec) if codec else video.default_encoder()
+    encoder = encode.available_encoder(codec) if codec else encode.default_encoder()
     codec_name = "av1" if "av1" in str(encoder) else "h264"
     feats = features(cameras, height, width, fps, with_image, codec_name)
     keys = camera_keys(cameras)
@@ -176,7 +178,7 @@ def make(
         tables.append(table)
         frames = {k: all_frames[(ep, k)] for k in keys}
         episode_rows.append({"episode_index": ep, "tasks": [used[task]], "length": lengths[ep]})
-        stats_rows.append(_stats(table, feats, frames, version == meta.V30))
+        stats_rows.append(_stats(table, feats, frames, version == formats.V30))
 
     info: dict[str, Any] = {
         "codebase_version": version,
@@ -185,26 +187,26 @@ def make(
         "total_frames": int(starts[-1]),
         "total_tasks": len(used),
     }
-    if version == meta.V21:
+    if version == formats.V21:
         for ep in range(n):
-            rel = meta.V21_DATA_PATH.format(episode_chunk=0, episode_index=ep)
-            meta.write_parquet(fs, storage.join(root, rel), tables[ep])
+            rel = formats.V21_DATA_PATH.format(episode_chunk=0, episode_index=ep)
+            write_parquet(fs, storage.join(root, rel), tables[ep])
             for key in keys:
-                rel = meta.V21_VIDEO_PATH.format(episode_chunk=0, video_key=key, episode_index=ep)
+                rel = formats.V21_VIDEO_PATH.format(episode_chunk=0, video_key=key, episode_index=ep)
                 path = storage.join(root, rel)
                 fs.makedirs(storage.parent(path), exist_ok=True)
-                video.encode(all_frames[(ep, key)], fps, fs, path, codec=encoder, gop=gop)
-        meta.write_jsonl(fs, storage.join(root, meta.V21_EPISODES), episode_rows)
-        meta.write_jsonl(
+                encode.encode(all_frames[(ep, key)], fps, fs, path, codec=encoder, gop=gop)
+        write_jsonl(fs, storage.join(root, formats.V21_EPISODES), episode_rows)
+        write_jsonl(
             fs,
-            storage.join(root, meta.V21_EPISODES_STATS),
+            storage.join(root, formats.V21_EPISODES_STATS),
             [{"episode_index": i, "stats": s} for i, s in enumerate(stats_rows)],
         )
-        meta.write_jsonl(
-            fs, storage.join(root, meta.V21_TASKS), [{"task_index": i, "task": t} for i, t in enumerate(used)]
+        write_jsonl(
+            fs, storage.join(root, formats.V21_TASKS), [{"task_index": i, "task": t} for i, t in enumerate(used)]
         )
         info |= {"total_videos": n * cameras, "total_chunks": 1, "chunks_size": 1000}
-        paths = {"data_path": meta.V21_DATA_PATH, "video_path": meta.V21_VIDEO_PATH if keys else None}
+        paths = {"data_path": formats.V21_DATA_PATH, "video_path": formats.V21_VIDEO_PATH if keys else None}
     else:
         rows = _write_v30_files(
             fs, root, tables, all_frames, keys, lengths, fps, episodes_per_file, keyframe_aligned, encoder, gop
@@ -212,18 +214,18 @@ def make(
         for row, base, stats in zip(rows, episode_rows, stats_rows, strict=True):
             row |= base | {"dataset_from_index": int(starts[row["episode_index"]])}
             row["dataset_to_index"] = row["dataset_from_index"] + row["length"]
-            row |= meta.flat_stats(stats) | {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
-        meta.write_parquet(
+            row |= flat_stats(stats) | {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+        write_parquet(
             fs,
-            storage.join(root, meta.V30_EPISODES_PATH.format(chunk_index=0, file_index=0)),
+            storage.join(root, formats.V30_EPISODES_PATH.format(chunk_index=0, file_index=0)),
             pa.Table.from_pylist(rows),
         )
-        meta.write_parquet(fs, storage.join(root, meta.V30_TASKS), meta.tasks_table(used))
+        write_parquet(fs, storage.join(root, formats.V30_TASKS), tasks_table(used))
         info |= {"chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200}
-        paths = {"data_path": meta.V30_DATA_PATH, "video_path": meta.V30_VIDEO_PATH if keys else None}
-        meta.write_json(fs, storage.join(root, meta.STATS), _pooled_stats(tables, feats, all_frames, keys))
+        paths = {"data_path": formats.V30_DATA_PATH, "video_path": formats.V30_VIDEO_PATH if keys else None}
+        write_json(fs, storage.join(root, formats.STATS), _pooled_stats(tables, feats, all_frames, keys))
     info |= {"fps": fps, "splits": {"train": f"0:{n}"}, **paths, "features": feats}
-    meta.write_json(fs, storage.join(root, meta.INFO), info)
+    write_json(fs, storage.join(root, formats.INFO), info)
     return root
 
 
@@ -245,21 +247,23 @@ def _write_v30_files(
     fps: int,
     per_file: int,
     keyframe_aligned: bool,
-    encoder: str,
+    encoder: str | None,
     gop: int | None,
 ) -> list[dict[str, Any]]:
     """Data and video files of `per_file` episodes each; the episodes' file positions and timestamps."""
-    from raymerge.lerobot import video
+    from raymerge.lerobot.video import encode, remux
 
     rows: list[dict[str, Any]] = [{"episode_index": ep} for ep in range(len(tables))]
     for file_index, first in enumerate(range(0, len(tables), per_file)):
         group = list(range(first, min(first + per_file, len(tables))))
-        rel = meta.V30_DATA_PATH.format(chunk_index=0, file_index=file_index)
-        meta.write_parquet(fs, storage.join(root, rel), pa.concat_tables([tables[ep] for ep in group]))
+        rel = formats.V30_DATA_PATH.format(chunk_index=0, file_index=file_index)
+        write_parquet(fs, storage.join(root, rel), pa.concat_tables([tables[ep] for ep in group]))
         for ep in group:
             rows[ep] |= {"data/chunk_index": 0, "data/file_index": file_index}
         for key in keys:
-            path = storage.join(root, meta.V30_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=file_index))
+            path = storage.join(
+                root, formats.V30_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=file_index)
+            )
             fs.makedirs(storage.parent(path), exist_ok=True)
             if keyframe_aligned:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -267,12 +271,14 @@ def _write_v30_files(
                     parts = []
                     for ep in group:
                         part = f"{tmp}/{ep}.mp4"
-                        video.encode(frames[(ep, key)], fps, local, part, codec=encoder, gop=gop)
-                        parts.append(video.Segment(local, part, 0.0, lengths[ep] / fps))
-                    placed = video.concat(parts, fs, path)
+                        encode.encode(frames[(ep, key)], fps, local, part, codec=encoder, gop=gop)
+                        parts.append(remux.Segment(local, part, 0.0, lengths[ep] / fps))
+                    placed = remux.concat(parts, fs, path)
                 spans = [(p.from_timestamp, p.to_timestamp) for p in placed]
             else:
-                video.encode(np.concatenate([frames[(ep, key)] for ep in group]), fps, fs, path, codec=encoder, gop=gop)
+                encode.encode(
+                    np.concatenate([frames[(ep, key)] for ep in group]), fps, fs, path, codec=encoder, gop=gop
+                )
                 offsets = np.r_[0, np.cumsum([lengths[ep] for ep in group])] / fps
                 spans = [(float(offsets[i]), float(offsets[i + 1])) for i in range(len(group))]
             for ep, (start, end) in zip(group, spans, strict=True):
@@ -288,11 +294,11 @@ def _write_v30_files(
 def demo(root: str) -> None:
     """The datasets the example configs read: `python -m raymerge.lerobot.samples demo-data`."""
     base = storage.join(root, "lerobot")
-    make(None, storage.join(base, "pick_v30"), version=meta.V30, lengths=(20, 15, 25, 18), seed=1)
+    make(None, storage.join(base, "pick_v30"), version=formats.V30, lengths=(20, 15, 25, 18), seed=1)
     make(
         None,
         storage.join(base, "place_v21"),
-        version=meta.V21,
+        version=formats.V21,
         lengths=(16, 22, 12),
         seed=2,
         tasks=("place the cube", "push"),

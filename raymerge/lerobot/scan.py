@@ -1,4 +1,5 @@
-"""Metadata scans in Ray tasks: rows and task indices per episode of each data file, video stream probes.
+"""Metadata scans of input files, run as tasks: rows and task indices per episode of each data file, and
+video stream probes.
 
 Only the small `episode_index`/`task_index` columns and mp4 headers (plus the last groups of pictures) are
 read, unless a plan asks for the groups of pictures of files it cuts; results are tiny tables.
@@ -6,9 +7,10 @@ read, unless a plan asks for the groups of pictures of files it cuts; results ar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +19,11 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.lerobot import meta
+from raymerge.lerobot.arrays import even_parts, numbers
+
+if TYPE_CHECKING:
+    from raymerge.executor import Executor
+    from raymerge.lerobot.video.probe import StreamInfo
 
 
 @dataclass
@@ -39,7 +45,7 @@ class EpisodeRows:
         return out
 
 
-def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
+def read_episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
     """Rows and task indices per episode of one data file; a corrupt file is rejected by name."""
     try:
         with fs.open(path, "rb") as f:
@@ -48,7 +54,7 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
         raise InvalidInput(f"{storage.url(fs, path)}: data file is missing") from None
     except (pa.ArrowException, OSError) as e:
         raise InvalidInput(f"{storage.url(fs, path)}: corrupt parquet file: {e}") from None
-    eps, tasks = (meta.numbers(table, c, np.int64, storage.url(fs, path)) for c in ("episode_index", "task_index"))
+    eps, tasks = (numbers(table, c, np.int64, storage.url(fs, path)) for c in ("episode_index", "task_index"))
     found, counts = np.unique(eps, return_counts=True)
     if not len(eps):
         return EpisodeRows(found, counts, eps, tasks)
@@ -57,85 +63,67 @@ def episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
     return EpisodeRows(found, counts, pairs // span + found[0], pairs % span + low)
 
 
-def _scan_batch(fs: AbstractFileSystem, paths: list[str]) -> list[EpisodeRows]:
-    return [episode_rows(fs, p) for p in paths]
+def probe_video(fs: AbstractFileSystem, path: str, index: bool) -> StreamInfo:
+    """One video's stream (with `index`, also its groups of pictures); an unreadable file is rejected by name."""
+    from raymerge.lerobot.video.probe import probe
+
+    try:
+        return probe(fs, path, index=index)
+    except FileNotFoundError:
+        raise InvalidInput(f"{storage.url(fs, path)}: video file is missing") from None
+    except Exception as e:
+        raise InvalidInput(f"{storage.url(fs, path)}: not a readable video: {e}") from None
 
 
-def _probe_all(fs: AbstractFileSystem, paths: list[str], index: bool) -> list[Any]:
-    from raymerge.lerobot import video
-
-    out = []
-    for p in paths:
-        try:
-            out.append(video.probe(fs, p, index=index))
-        except FileNotFoundError:
-            raise InvalidInput(f"{storage.url(fs, p)}: video file is missing") from None
-        except Exception as e:
-            raise InvalidInput(f"{storage.url(fs, p)}: not a readable video: {e}") from None
-    return out
-
-
-def _probe_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
-    return _probe_all(fs, paths, index=False)
-
-
-def _index_batch(fs: AbstractFileSystem, paths: list[str]) -> list[Any]:
-    return _probe_all(fs, paths, index=True)
-
-
-def _warm() -> None:
-    import raymerge.lerobot.data
-    import raymerge.lerobot.video  # noqa: F401
-
-
-def warm_up(workers: int) -> None:
-    """Start the job's workers and their imports now (not waited for), while the driver reads metadata:
-    a new Ray job's workers start cold, which otherwise delays the first scan."""
-    import ray
-
-    remote = ray.remote(_warm)
-    for _ in range(workers):
-        remote.remote()
-
-
-def batches(items: list[Any], n: int) -> list[list[Any]]:
-    """Split into at most n contiguous, nearly equal batches (order kept)."""
-    n = max(1, min(n, len(items)))
-    bounds = np.linspace(0, len(items), n + 1).astype(int)
-    return [items[bounds[i] : bounds[i + 1]] for i in range(n) if bounds[i] < bounds[i + 1]]
-
-
-def run_batched(fn: Any, work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> Callable[[], list[Any]]:
-    """`fn(fs, paths)` in Ray tasks over (fs, path) pairs grouped by filesystem, submitted now; the returned
-    function waits for the results, in input order (so that several scans run at the same time)."""
-    import ray
-
-    remote = ray.remote(fn)
-    refs, spans = [], []
+def submit_batched(
+    executor: Executor,
+    task: Callable[[AbstractFileSystem, list[str]], list[Any]],
+    work: list[tuple[AbstractFileSystem, str]],
+) -> Callable[[], list[Any]]:
+    """`task(fs, paths)` over (fs, path) pairs grouped by filesystem, in about `executor.parallelism()` tasks
+    submitted now; the returned function waits for the results, in input order (so that several scans run
+    at the same time). A failed task's error is raised once every task has finished (`settle`)."""
+    handles, spans = [], []
     groups: dict[int, tuple[AbstractFileSystem, list[int]]] = {}
     for i, (fs, _) in enumerate(work):
         groups.setdefault(id(fs), (fs, []))[1].append(i)
     for fs, idxs in groups.values():
-        for batch in batches(idxs, parallelism):
-            refs.append(remote.remote(fs, [work[i][1] for i in batch]))
-            spans.append(batch)
+        for part in even_parts(idxs, executor.parallelism()):
+            handles.append(executor.submit(task, fs, [work[i][1] for i in part]))
+            spans.append(part)
 
     def gather() -> list[Any]:
         results: list[Any] = [None] * len(work)
-        for batch, values in zip(spans, ray.get(refs), strict=True):
-            for i, v in zip(batch, values, strict=True):
+        per_task = [s.result() for s in settle(*(functools.partial(executor.get, h) for h in handles))]
+        for part, found in zip(spans, per_task, strict=True):
+            for i, v in zip(part, found, strict=True):
                 results[i] = v
         return results
 
     return gather
 
 
-def scan_data(work: list[tuple[AbstractFileSystem, str]], parallelism: int) -> Callable[[], list[EpisodeRows]]:
-    return run_batched(_scan_batch, work, parallelism)
+class Settled(NamedTuple):
+    """What waiting for something gave: its value, or the error it raised."""
+
+    value: Any
+    error: Exception | None
+
+    def result(self) -> Any:
+        """The value, or the error raised now."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
-def probe_videos(
-    work: list[tuple[AbstractFileSystem, str]], parallelism: int, *, index: bool = False
-) -> Callable[[], list[Any]]:
-    """Stream probes; with `index` also each file's groups of pictures (reads the files whole)."""
-    return run_batched(_index_batch if index else _probe_batch, work, parallelism)
+def settle(*waits: Callable[[], Any]) -> list[Settled]:
+    """Each wait waited for, in order, even after one failed: a failing scan ends the run only once the other
+    scans are done (none is cancelled as it finishes), and bad input names the first failing file in input
+    order, whichever task finished first."""
+    out = []
+    for wait in waits:
+        try:
+            out.append(Settled(wait(), None))
+        except Exception as e:
+            out.append(Settled(None, e))
+    return out

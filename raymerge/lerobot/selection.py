@@ -1,8 +1,10 @@
-"""Which source episodes go where: `episodes:` selections and split assignments, on plain index lists."""
+"""Which source episodes go where: `episodes:` selections and split assignments, on plain index lists, and
+the selected episodes as columns."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,5 +92,34 @@ def split_lists(available: list[int], lists: dict[str, str | list[int]], where: 
 
 
 def unassigned(available: list[int], parts: dict[str, list[int]]) -> list[int]:
+    """The episodes no split takes, in index order (reported, not written)."""
     used = {ep for part in parts.values() for ep in part}
     return [ep for ep in available if ep not in used]
+
+
+@dataclass
+class SelectedEpisodes:
+    """Source episodes in output order: each one's source position and row in that source's `Episodes`."""
+
+    source: np.ndarray  # (E,) int32
+    row: np.ndarray  # (E,) int64
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @classmethod
+    def concat(cls, parts: list[SelectedEpisodes]) -> SelectedEpisodes:
+        """The parts one after the other."""
+        return cls(
+            np.concatenate([p.source for p in parts] or [np.zeros(0, np.int32)]),
+            np.concatenate([p.row for p in parts] or [np.zeros(0, np.int64)]),
+        )
+
+    @classmethod
+    def of(cls, source: int, rows: np.ndarray) -> SelectedEpisodes:
+        """Rows of one source, in the order given."""
+        return cls(np.full(len(rows), source, dtype=np.int32), np.asarray(rows, dtype=np.int64))
+
+    def rows_by_source(self) -> dict[int, np.ndarray]:
+        """The rows of each source some output uses, sorted."""
+        return {pos: np.unique(self.row[self.source == pos]) for pos in np.unique(self.source).tolist()}

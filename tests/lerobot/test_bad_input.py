@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from raymerge import api
-from raymerge.errors import InvalidInput
-from tests.helpers import run_cli, tree_digest
+from tests.helpers import assert_rejected, run_cli
 from tests.lerobot import util
 
 
@@ -31,16 +29,10 @@ def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
     path.write_text(json.dumps(value))
 
 
-def _reject(tmp_path: Path, inputs: list[dict], match: str, **output) -> None:
-    out = tmp_path / "out"
-    paths = [Path(i["path"]) for i in inputs]
-    before = [tree_digest(p) for p in paths]
-    cfg = {"kind": "lerobot", "inputs": inputs, "output": {"path": str(out), **output}}
-    with pytest.raises(InvalidInput, match=match):
-        api.run(cfg)
-    assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] in ([], [".out.raymerge.lock"])
-    assert [tree_digest(p) for p in paths] == before
+def _merge(out: Path, *inputs: Path | dict) -> dict:
+    """The config of a merge of `inputs` (folders, or input sections) into `out`."""
+    sections = [i if isinstance(i, dict) else {"path": str(i)} for i in inputs]
+    return {"kind": "lerobot", "inputs": sections, "output": {"path": str(out)}}
 
 
 def _copy(base: Path, tmp_path: Path, name: str = "bad") -> Path:
@@ -49,12 +41,22 @@ def _copy(base: Path, tmp_path: Path, name: str = "bad") -> Path:
 
 def test_fps_mismatch(ray_address, bases, tmp_path):
     other = util.make(tmp_path / "fps15", version="v2.1", lengths=(5,), cameras=0, fps=15)
-    _reject(tmp_path, [{"path": str(bases["v21"])}, {"path": str(other)}], r"input fps15 .*: fps 15 != 10")
+    assert_rejected(
+        _merge(tmp_path / "out", bases["v21"], other),
+        r"input fps15 .*: fps 15 != 10",
+        [bases["v21"], other],
+        tmp_path / "out",
+    )
 
 
 def test_robot_type_mismatch(ray_address, bases, tmp_path):
     other = util.make(tmp_path / "koch", version="v3.0", lengths=(5,), cameras=0, robot_type="koch")
-    _reject(tmp_path, [{"path": str(bases["v21"])}, {"path": str(other)}], r"robot_type 'koch' != 'so100'")
+    assert_rejected(
+        _merge(tmp_path / "out", bases["v21"], other),
+        r"robot_type 'koch' != 'so100'",
+        [bases["v21"], other],
+        tmp_path / "out",
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,9 @@ def test_robot_type_mismatch(ray_address, bases, tmp_path):
 def test_feature_mismatch(ray_address, bases, tmp_path, attr, value, match):
     bad = _copy(bases["v30"], tmp_path)
     _edit_json(bad / "meta/info.json", lambda i: i["features"]["observation.state"].__setitem__(attr, value))
-    _reject(tmp_path, [{"path": str(bases["v21"])}, {"path": str(bad)}], r"input bad .*" + match)
+    assert_rejected(
+        _merge(tmp_path / "out", bases["v21"], bad), r"input bad .*" + match, [bases["v21"], bad], tmp_path / "out"
+    )
 
 
 def test_video_size_mismatch(ray_address, bases, tmp_path):
@@ -77,32 +81,44 @@ def test_video_size_mismatch(ray_address, bases, tmp_path):
     _edit_json(
         other / "meta/info.json", lambda i: i["features"]["observation.images.cam0"].__setitem__("shape", [32, 48, 3])
     )
-    _reject(
-        tmp_path,
-        [{"path": str(bases["cam"])}, {"path": str(other)}],
+    assert_rejected(
+        _merge(tmp_path / "out", bases["cam"], other),
         r"input wide: video .*file-000.mp4 .*width 64 != 48",
+        [bases["cam"], other],
+        tmp_path / "out",
     )
 
 
 def test_video_codec_mismatch(ray_address, bases, tmp_path):
     other = util.make(tmp_path / "av1", version="v3.0", lengths=(4,), cameras=1, codec="av1")
-    _reject(tmp_path, [{"path": str(bases["cam"])}, {"path": str(other)}], r"input av1: video .*codec av1 != h264")
+    assert_rejected(
+        _merge(tmp_path / "out", bases["cam"], other),
+        r"input av1: video .*codec av1 != h264",
+        [bases["cam"], other],
+        tmp_path / "out",
+    )
 
 
 def test_missing_parquet(ray_address, bases, tmp_path):
     bad = _copy(bases["v21"], tmp_path)
     (bad / "data/chunk-000/episode_000001.parquet").unlink()
-    _reject(
-        tmp_path,
-        [{"path": str(bad)}],
+    assert_rejected(
+        _merge(tmp_path / "out", bad),
         r"input bad: episode 1 needs data file .*episode_000001.parquet, which is missing",
+        [bad],
+        tmp_path / "out",
     )
 
 
 def test_missing_mp4(ray_address, bases, tmp_path):
     bad = _copy(bases["cam"], tmp_path)
     (bad / "videos/observation.images.cam0/chunk-000/file-000.mp4").unlink()
-    _reject(tmp_path, [{"path": str(bad)}], r"input bad: episode 0 needs video file .*file-000.mp4, which is missing")
+    assert_rejected(
+        _merge(tmp_path / "out", bad),
+        r"input bad: episode 0 needs video file .*file-000.mp4, which is missing",
+        [bad],
+        tmp_path / "out",
+    )
 
 
 def test_rows_disagree_with_length(ray_address, bases, tmp_path):
@@ -111,18 +127,20 @@ def test_rows_disagree_with_length(ray_address, bases, tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     rows[1]["length"] = 10
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _reject(
-        tmp_path,
-        [{"path": str(bad)}],
+    assert_rejected(
+        _merge(tmp_path / "out", bad),
         r"input bad: episode 1 has 9 rows in .*episode_000001.parquet but its metadata says length 10",
+        [bad],
+        tmp_path / "out",
     )
 
 
 def test_selection_out_of_range(ray_address, bases, tmp_path):
-    _reject(
-        tmp_path,
-        [{"path": str(bases["v30"]), "episodes": "1:5"}],
+    assert_rejected(
+        _merge(tmp_path / "out", {"path": str(bases["v30"]), "episodes": "1:5"}),
         r"input v30: inputs\[0\]: episodes '1:5' is out of range: episode 3 does not exist; the dataset has 3 episodes \(0..2\)",
+        [bases["v30"]],
+        tmp_path / "out",
     )
 
 
@@ -130,7 +148,7 @@ def test_corrupt_parquet(ray_address, bases, tmp_path):
     bad = _copy(bases["v30"], tmp_path)
     target = bad / "data/chunk-000/file-001.parquet"
     target.write_bytes(b"PAR1" + b"\x00" * 64)
-    _reject(tmp_path, [{"path": str(bad)}], r"file-001.parquet: corrupt parquet file")
+    assert_rejected(_merge(tmp_path / "out", bad), r"file-001.parquet: corrupt parquet file", [bad], tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -151,7 +169,7 @@ def test_bad_indices_in_data(ray_address, bases, tmp_path, values, match):
     column = pa.array(values + [0] * (table.num_rows - len(values)))  # int64 with a null, or double
     table = table.set_column(i, "task_index", column)
     pq.write_table(table, target)
-    _reject(tmp_path, [{"path": str(bad)}], match)
+    assert_rejected(_merge(tmp_path / "out", bad), match, [bad], tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -176,7 +194,7 @@ def test_frames_with_a_task_their_episode_does_not_have(ray_address, bases, tmp_
     assert tasks[0] == 0 and table["episode_index"][0].as_py() == 0
     table = table.set_column(i, table.schema.field(i), pa.array([task, *tasks[1:]], table.schema.field(i).type))
     pq.write_table(table, target)
-    _reject(tmp_path, [{"path": str(bad)}], r"input bad: " + match)
+    assert_rejected(_merge(tmp_path / "out", bad), r"input bad: " + match, [bad], tmp_path / "out")
 
 
 def test_episodes_metadata_without_a_column(ray_address, bases, tmp_path):
@@ -185,7 +203,12 @@ def test_episodes_metadata_without_a_column(ray_address, bases, tmp_path):
     bad = _copy(bases["v30"], tmp_path)
     target = next((bad / "meta/episodes").rglob("*.parquet"))
     pq.write_table(pq.read_table(target).drop_columns(["length"]), target)
-    _reject(tmp_path, [{"path": str(bad)}], r"meta/episodes: the episodes metadata has no column 'length'")
+    assert_rejected(
+        _merge(tmp_path / "out", bad),
+        r"meta/episodes: the episodes metadata has no column 'length'",
+        [bad],
+        tmp_path / "out",
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,16 +227,17 @@ def test_episodes_metadata_with_missing_or_non_numeric_values(ray_address, bases
     table = pq.read_table(target)
     i = table.schema.get_field_index(column)
     pq.write_table(table.set_column(i, column, pa.array(values)), target)
-    _reject(tmp_path, [{"path": str(bad)}], r"input bad: .*meta/episodes: " + match)
+    assert_rejected(_merge(tmp_path / "out", bad), r"input bad: .*meta/episodes: " + match, [bad], tmp_path / "out")
 
 
 def test_unknown_codebase_version(ray_address, bases, tmp_path):
     bad = _copy(bases["v30"], tmp_path)
     _edit_json(bad / "meta/info.json", lambda i: i.__setitem__("codebase_version", "v1.6"))
-    _reject(
-        tmp_path,
-        [{"path": str(bad)}],
+    assert_rejected(
+        _merge(tmp_path / "out", bad),
         r"input bad: .*codebase_version 'v1.6' is not supported; expected one of v2.1, v3.0",
+        [bad],
+        tmp_path / "out",
     )
 
 

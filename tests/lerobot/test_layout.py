@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from raymerge.lerobot.layout import Chosen, Sizes, plan_layout, spans, units
-from raymerge.lerobot.meta import Episodes, Interned
+from raymerge.lerobot.arrays import Interned
+from raymerge.lerobot.layout import Sizes, camera_spans, plan_layout, whole_file_runs
+from raymerge.lerobot.selection import SelectedEpisodes
+from raymerge.lerobot.source_meta import Episodes
 
 KEY = "observation.images.cam0"
 MB = 1024**2
@@ -42,13 +44,15 @@ S0 = [(0, r) for r in range(4)]
 S1 = [(1, r) for r in range(3)]
 
 
-def chosen(picks: list[tuple[int, int]]) -> Chosen:
-    return Chosen(np.array([s for s, _ in picks], dtype=np.int32), np.array([r for _, r in picks], dtype=np.int64))
+def selected(picks: list[tuple[int, int]]) -> SelectedEpisodes:
+    return SelectedEpisodes(
+        np.array([s for s, _ in picks], dtype=np.int32), np.array([r for _, r in picks], dtype=np.int64)
+    )
 
 
 def layout(picks: list[tuple[int, int]], cap_mb: float, version: str = "v3.0"):
     return plan_layout(
-        chosen(picks),
+        selected(picks),
         EPISODES,
         SIZES,
         {0: ["t"], 1: ["t"]},
@@ -60,15 +64,15 @@ def layout(picks: list[tuple[int, int]], cap_mb: float, version: str = "v3.0"):
     )
 
 
-def unit_list(picks: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
-    firsts, ends, whole = units(spans(chosen(picks), EPISODES, SIZES, KEY, Interned()))
-    return list(zip(firsts.tolist(), ends.tolist(), whole.tolist(), strict=True))
+def run_list(picks: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+    found = whole_file_runs(camera_spans(selected(picks), EPISODES, SIZES, KEY, Interned()))
+    return list(zip(found.first.tolist(), found.end.tolist(), found.whole.tolist(), strict=True))
 
 
-def test_whole_files_are_units_and_partial_or_reordered_ones_are_not():
-    assert unit_list(S0 + S1) == [(0, 2, True), (2, 4, True), (4, 7, True)]
-    assert unit_list(S0[1:] + S1[:2]) == [(0, 1, False), (1, 3, True), (3, 4, False), (4, 5, False)]
-    assert unit_list([S0[1], S0[0]]) == [(0, 1, False), (1, 2, False)]
+def test_whole_files_are_runs_and_partial_or_reordered_ones_are_not():
+    assert run_list(S0 + S1) == [(0, 2, True), (2, 4, True), (4, 7, True)]
+    assert run_list(S0[1:] + S1[:2]) == [(0, 1, False), (1, 3, True), (3, 4, False), (4, 5, False)]
+    assert run_list([S0[1], S0[0]]) == [(0, 1, False), (1, 2, False)]
 
 
 def test_a_whole_file_alone_in_an_output_file_is_copied_with_its_episodes_in_place():

@@ -118,32 +118,12 @@ def test_s3_in_and_out(ray_address, sources, s3, tmp_path):
     shutil.rmtree(local)
 
 
-def test_reindex_slices_contiguous_episodes_and_filters_scattered_ones():
-    import pyarrow as pa
-
-    from raymerge.lerobot import data
-
-    def table(eps: list[int]) -> pa.Table:
-        n = len(eps)
-        return pa.table({"episode_index": eps, "index": list(range(n)), "task_index": [e % 2 for e in eps]})
-
-    contiguous, scattered = table([4, 4, 7, 7, 7]), table([4, 7, 4, 7, 7])
-    assert data.episode_rows(contiguous) == {4: (0, 2), 7: (2, 3)}
-    assert data.episode_rows(scattered) == {}
-    task_map = np.array([1, 0])
-    for t in (contiguous, scattered):
-        got = data.reindex(t, 7, 2, 100, task_map, data.episode_rows(t))
-        assert got["episode_index"].to_pylist() == [2, 2, 2]
-        assert got["index"].to_pylist() == [100, 101, 102]
-        assert got["task_index"].to_pylist() == [0, 0, 0]
-
-
 def test_recompute_video_stats_decodes_the_written_videos(ray_address, sources, tmp_path):
     """Per-episode camera stats come from the output's own decoded frames (not the sources' metadata), and
     meta/stats.json pools them."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from raymerge.lerobot import video
+    from raymerge.lerobot.video.decode import decode_at
 
     a, _ = sources
     out = tmp_path / "out"
@@ -155,7 +135,7 @@ def test_recompute_video_stats_decodes_the_written_videos(ray_address, sources, 
     pixels = []
     for row in rows:
         path, start = util.video_ref(out, row["episode_index"], key)
-        decoded = video.decode_at(LocalFileSystem(), str(path), [start + i / fps for i in range(row["length"])])
+        decoded = decode_at(LocalFileSystem(), str(path), [start + i / fps for i in range(row["length"])])
         x = decoded.reshape(-1, 3).astype(np.float64) / 255.0
         pixels.append(x)
         np.testing.assert_allclose(np.ravel(row[f"stats/{key}/mean"]), x.mean(axis=0), rtol=1e-9)
@@ -200,12 +180,12 @@ def test_episodes_metadata_written_a_chunk_at_a_time_equals_one_chunk(
     """The episodes metadata is written a few episodes at a time: per-episode stats read back from the data
     tasks' files, camera stats taken and pooled per chunk, v3.0 episodes files filled up to their cap. However
     it is cut, the rows and the pooled stats are the same."""
-    from raymerge.lerobot import data
+    from raymerge.lerobot.stats import per_episode
 
     a, b = sources
     inputs = [{"path": str(a)}, {"path": str(b), "episodes": [2, 0]}]
     merge(inputs, tmp_path / "whole", format_version=version)
-    monkeypatch.setattr(data, "STATS_CHUNK", 2)
+    monkeypatch.setattr(per_episode, "STATS_CHUNK", 2)
     merge(inputs, tmp_path / "chunked", format_version=version, data_files_size_in_mb=0.004)
     whole, chunked = (util.episodes(tmp_path / name) for name in ("whole", "chunked"))
     laid_out = ("data/", "meta/episodes/")  # where files go depends on the size cap, not on the chunks

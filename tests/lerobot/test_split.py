@@ -98,7 +98,7 @@ def test_split_cutting_between_keyframes_reencodes_only_those_episodes(ray_addre
     # the episodes cut on group boundaries are copied packet for packet
     from fsspec.implementations.local import LocalFileSystem
 
-    from raymerge.lerobot import video
+    from raymerge.lerobot.video.decode import decode_at
 
     fs = LocalFileSystem()
     for part, new, old in (("first", 1, 2), ("rest", 1, 3)):
@@ -109,8 +109,8 @@ def test_split_cutting_between_keyframes_reencodes_only_those_episodes(ray_addre
             )
             stamps = [i / 10 for i in range(0, 8)]
             np.testing.assert_array_equal(
-                video.decode_at(fs, str(out_file), [out_from + t for t in stamps]),
-                video.decode_at(fs, str(src_file), [src_from + t for t in stamps]),
+                decode_at(fs, str(out_file), [out_from + t for t in stamps]),
+                decode_at(fs, str(src_file), [src_from + t for t in stamps]),
             )
 
 

@@ -142,7 +142,7 @@ def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 
     source frame at that time, not to its neighbours)."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from raymerge.lerobot import video
+    from raymerge.lerobot.video.decode import decode_at
 
     got = frames_by_episode(out)
     expected = [(root, ep) for root, eps in parts for ep in eps]
@@ -163,15 +163,15 @@ def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 
         for key in samples.camera_keys(cameras):
             out_file, out_from = video_ref(out, new, key)
             src_file, src_from = video_ref(root, ep, key)
-            a = video.decode_at(fs, str(out_file), [out_from + t for t in stamps])
-            b = video.decode_at(fs, str(src_file), [src_from + t for t in stamps])
+            a = decode_at(fs, str(out_file), [out_from + t for t in stamps])
+            b = decode_at(fs, str(src_file), [src_from + t for t in stamps])
             if not reencoded:
                 np.testing.assert_array_equal(a, b, err_msg=f"episode {new} {key}")
                 continue
             step = 1 / info(root)["fps"]
             for frame, t in zip(a, stamps, strict=True):
                 near = [src_from + t + d for d in (-step, 0.0, step) if 0 <= t + d <= stamps[-1]]
-                ref = video.decode_at(fs, str(src_file), near)
+                ref = decode_at(fs, str(src_file), near)
                 dist = [np.abs(frame.astype(int) - r.astype(int)).mean() for r in ref]
                 assert np.argmin(dist) == near.index(src_from + t), f"episode {new} {key} t={t}: {dist}"
     assert info(out)["total_frames"] == next_index

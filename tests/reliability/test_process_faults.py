@@ -26,7 +26,7 @@ FAMILIES = {
     "text": (text_config, "text_input", "merged.jsonl", "_write_block"),
 }
 # LeRobot's write stage (data and video tasks) is too short to reliably interrupt the driver within it.
-WRITERS = {**FAMILIES, "lerobot": (lerobot_config, "lerobot_input", "out", "write_batch")}
+WRITERS = {**FAMILIES, "lerobot": (lerobot_config, "lerobot_input", "out", "write_")}
 
 
 def _case(request, family: str, tmp_path: Path):

@@ -1,4 +1,6 @@
-"""Compatibility rules between datasets, as plain functions returning what differs."""
+"""What must agree between datasets merged into one, as plain functions returning what differs: the
+info.json facts (fps, robot type, features, declared video codecs). Video streams themselves are compared
+when probed (`video.probe.incompatibilities`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ _IGNORED_FEATURE_KEYS = {"fps", "info"}
 
 
 def _shape(value: Any) -> tuple | None:
+    """A shape as a tuple, whether JSON gave a list or not."""
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
@@ -43,3 +46,20 @@ def dataset_mismatches(first: dict[str, Any], other: dict[str, Any]) -> list[str
     if other.get("robot_type") != first.get("robot_type"):
         out.append(f"robot_type {other.get('robot_type')!r} != {first.get('robot_type')!r}")
     return out + feature_mismatches(first["features"], other["features"])
+
+
+def declared_codecs(features: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each video feature's codec as info.json declares it (`info.video.codec`), where it does."""
+    out = {}
+    for key, feature in features.items():
+        info = feature.get("info")
+        if feature.get("dtype") == "video" and isinstance(info, dict) and info.get("video.codec"):
+            out[key] = str(info["video.codec"])
+    return out
+
+
+def codec_mismatches(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """Cameras whose declared codecs differ (`camera: codec other != first`), found before any video is
+    probed; a camera either dataset does not declare is left to the probe."""
+    a, b = declared_codecs(first["features"]), declared_codecs(other["features"])
+    return [f"{key!r}: codec {b[key]} != {a[key]}" for key in a if key in b and a[key] != b[key]]

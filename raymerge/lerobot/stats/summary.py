@@ -1,4 +1,5 @@
-"""Exact statistics by map-reduce: per-file summaries in the write tasks, pooled on the driver.
+"""Exact statistics by map-reduce: mergeable summaries (per file in the write tasks, pooled on the driver)
+and exact per-episode statistics computed all at once.
 
 Moments are pooled with Chan's parallel formulas (exact up to float rounding); min/max elementwise.
 Quantiles come from a mergeable summary: each dimension keeps its distinct values with counts while
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from raymerge.lerobot.arrays import run_starts
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 MOMENTS = ("min", "max", "mean", "std", "count")
@@ -71,7 +74,7 @@ def _distinct(values: np.ndarray, counts: np.ndarray | None, rounded: bool) -> t
         if len(values) > 1 and not (values[1:] >= values[:-1]).all():  # exp is monotonic; guard all the same
             order = np.argsort(values, kind="stable")
             values, counts = values[order], counts[order]
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]) if len(values) else np.zeros(0, dtype=np.intp)
+    starts = run_starts(values)
     values, counts = values[starts], np.add.reduceat(counts, starts) if len(starts) else counts[:0]
     if not rounded and len(values) > MAX_EXACT_VALUES:
         return _distinct(values, counts, True)
@@ -146,6 +149,7 @@ class Summary:
         return cls(shape, n, pooled_mean, m2, lo.min(axis=0), hi.max(axis=0))
 
     def _snapped(self) -> Summary:
+        """Itself with every dimension's values snapped to buckets (bounded memory from here on)."""
         assert self.values is not None and self.counts is not None
         pairs = [_distinct(v, c, True) for v, c in zip(self.values, self.counts, strict=True)]
         self.values = [p[0] for p in pairs]
@@ -154,6 +158,7 @@ class Summary:
         return self
 
     def merge(self, other: Summary) -> Summary:
+        """The summary of both parts' values together (Chan's formulas; value counts added)."""
         n = self.count + other.count
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / n) if n else self.mean
@@ -266,3 +271,15 @@ def merge_all(summaries: dict[str, Summary], more: dict[str, Summary]) -> dict[s
     for key, s in more.items():
         summaries[key] = summaries[key].merge(s) if key in summaries else s
     return summaries
+
+
+def dataset_stats(features: list[str], summaries: dict[str, Summary], pooled: dict[str, Summary | None]) -> dict:
+    """`meta/stats.json`, in feature order: numeric features from the data's summaries (with quantiles), cameras
+    pooled from per-episode stats (moments only); a feature with neither is left out."""
+    out: dict[str, Any] = {}
+    for key in features:
+        if key in summaries:
+            out[key] = summaries[key].to_stats(with_quantiles=True)
+        elif (part := pooled.get(key)) is not None:
+            out[key] = part.to_stats(with_quantiles=False)
+    return out

@@ -1,46 +1,42 @@
-"""LeRobot metadata in both on-disk versions: read a dataset's `meta/` into plain values, write it back.
+"""What raymerge reads of an input dataset's metadata (never its payload): `meta/info.json`, the episodes
+(v2.1 `episodes.jsonl`, v3.0 `meta/episodes/*.parquet`), the tasks, and the stored image/video stats.
 
-v2.1: `info.json`, `episodes.jsonl`, `episodes_stats.jsonl`, `tasks.jsonl`, one parquet/mp4 per episode.
-v3.0: `info.json`, `episodes/chunk-XXX/file-XXX.parquet` (one row per episode, with file positions, video
-timestamps and `stats/<feature>/<stat>` columns), `tasks.parquet`, `stats.json`, many episodes per file.
+Episodes are kept as columns: a plan costs tens of bytes per episode, however many there are. Every file that
+cannot be read is refused by name (`InvalidInput`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-
-V21, V30 = "v2.1", "v3.0"
-VERSIONS = (V21, V30)
-INFO = "meta/info.json"
-STATS = "meta/stats.json"
-V21_EPISODES, V21_EPISODES_STATS, V21_TASKS = "meta/episodes.jsonl", "meta/episodes_stats.jsonl", "meta/tasks.jsonl"
-V30_EPISODES_DIR, V30_TASKS = "meta/episodes", "meta/tasks.parquet"
-V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
-V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
-V30_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-V30_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-V30_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-# Columns every frame has besides the dataset's own features.
-INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
-VISUAL = ("video", "image")
-NO_VISUAL = pa.schema([("episode_index", pa.int64())])  # the stats table of no episodes
+from raymerge.lerobot.arrays import Interned, numbers
+from raymerge.lerobot.formats import (
+    INFO,
+    V21,
+    V21_EPISODES,
+    V21_EPISODES_STATS,
+    V21_TASKS,
+    V30_EPISODES_DIR,
+    V30_TASKS,
+    VERSIONS,
+    video_keys,
+)
+from raymerge.lerobot.stats.columns import NO_CAMERA_STATS, flat_stats, is_camera_stat
 
 
 @dataclass
 class Episodes:
-    """A source's episodes as columns, in episode order (row r is also row r of the source's `visual` table):
+    """A source's episodes as columns, in episode order (row r is also row r of the source's `camera_stats` table):
     what a plan needs of each episode in a few tens of bytes, however many there are."""
 
     index: np.ndarray  # (E,) int64 episode_index
@@ -58,29 +54,16 @@ class Episodes:
         return len(self.index)
 
     def video_path(self, key: str, row: int) -> str:
+        """The video file of camera `key` that holds episode row `row`."""
         return self.files[self.video_file[key][row]]
 
     def data_path(self, row: int) -> str:
+        """The data file that holds episode row `row`."""
         return self.files[self.data_file[row]]
 
     def rows_of(self, indices: list[int]) -> np.ndarray:
         """Rows of the given episode indices (which must exist)."""
         return np.searchsorted(self.index, np.asarray(indices, dtype=np.int64))
-
-
-class Interned:
-    """Codes for repeated values (file paths, task lists): each stored once."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-        self._codes: dict[Any, int] = {}
-
-    def code(self, value: Any) -> int:
-        found = self._codes.get(value)
-        if found is None:
-            found = self._codes[value] = len(self.values)
-            self.values.append(value)
-        return found
 
 
 @dataclass
@@ -96,37 +79,26 @@ class Source:
     episodes: Episodes
     # the episodes' stored image/video stats: `episode_index` and `stats/<feature>/<stat>` columns, kept in
     # Arrow (nested lists of floats as Python objects would cost the driver kilobytes per episode)
-    visual: pa.Table
+    camera_stats: pa.Table
 
     @property
     def version(self) -> str:
+        """`v2.1` or `v3.0`."""
         return self.info["codebase_version"]
 
     @property
     def url(self) -> str:
+        """Where the dataset is, as errors name it."""
         return storage.url(self.fs, self.root)
 
     @property
     def features(self) -> dict[str, dict[str, Any]]:
+        """info.json's features: dtype, shape, names (and video stream info)."""
         return self.info["features"]
-
-    def video_keys(self) -> list[str]:
-        return [k for k, f in self.features.items() if f.get("dtype") == "video"]
-
-
-def video_keys(features: dict[str, dict[str, Any]]) -> list[str]:
-    return [k for k, f in features.items() if f.get("dtype") == "video"]
-
-
-def numeric_keys(features: dict[str, dict[str, Any]]) -> list[str]:
-    """Features whose stats come from the parquet data (everything but images, videos and strings)."""
-    return [k for k, f in features.items() if f.get("dtype") not in (*VISUAL, "string")]
-
-
-# -- reading ------------------------------------------------------------------------------------
 
 
 def read_json(fs: AbstractFileSystem, path: str) -> Any:
+    """A JSON file's value; a missing or malformed file is refused by name."""
     try:
         with fs.open(path, "rb") as f:
             return json.loads(f.read())
@@ -137,6 +109,7 @@ def read_json(fs: AbstractFileSystem, path: str) -> Any:
 
 
 def read_jsonl(fs: AbstractFileSystem, path: str) -> list[dict[str, Any]]:
+    """A JSON-lines file's rows (blank lines skipped); a bad line is refused with its number."""
     try:
         with fs.open(path, "rb") as f:
             lines = f.read().decode().splitlines()
@@ -166,6 +139,7 @@ def read_parquet(fs: AbstractFileSystem, path: str, wanted: Callable[[str], bool
 
 
 def read_info(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
+    """`meta/info.json`, checked for a supported version and the keys every reader needs."""
     info = read_json(fs, storage.join(root, INFO))
     where = storage.url(fs, storage.join(root, INFO))
     version = info.get("codebase_version") if isinstance(info, dict) else None
@@ -180,35 +154,17 @@ def read_info(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
 
 
 def read_source(position: int, name: str, fs: AbstractFileSystem, root: str) -> Source:
+    """Everything raymerge reads of an input's metadata, in either version."""
     info = read_info(fs, root)
     if info["codebase_version"] == V21:
-        tasks, episodes, visual = _read_v21(fs, root, info)
+        tasks, episodes, camera_stats = _read_v21(fs, root, info)
     else:
-        tasks, episodes, visual = _read_v30(fs, root, info)
-    return Source(position, name, fs, root, info, tasks, episodes, visual)
-
-
-def is_visual_stat(column: str, features: dict[str, dict[str, Any]]) -> bool:
-    """Whether a `stats/<feature>/<stat>` column holds an image or video feature's stats."""
-    return is_stat_of(column, features) and features[stat_of(column)[0]].get("dtype") in VISUAL
-
-
-def is_stat_of(column: str, features: set[str] | dict[str, Any]) -> bool:
-    return column.startswith("stats/") and stat_of(column)[0] in features
-
-
-def stat_of(column: str) -> tuple[str, str]:
-    """`stats/<feature>/<stat>` -> (feature, stat); feature names may hold slashes, stat names do not."""
-    feature, name = column[len("stats/") :].rsplit("/", 1)
-    return feature, name
-
-
-def flat_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """{feature: {stat: v}} -> {"stats/feature/stat": v}, the v3.0 episodes columns."""
-    return {f"stats/{feat}/{name}": value for feat, d in stats.items() for name, value in d.items()}
+        tasks, episodes, camera_stats = _read_v30(fs, root, info)
+    return Source(position, name, fs, root, info, tasks, episodes, camera_stats)
 
 
 def _read_v21(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], Episodes, pa.Table]:
+    """Tasks, episodes and camera stats of a v2.1 dataset: paths come from the info's templates."""
     features = info["features"]
     task_rows = read_jsonl(fs, storage.join(root, V21_TASKS))
     tasks = [r["task"] for r in sorted(task_rows, key=lambda r: r["task_index"])]
@@ -217,12 +173,15 @@ def _read_v21(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
     if storage.exists(fs, stats_path):
         for r in read_jsonl(fs, stats_path):
             flat = flat_stats(r.get("stats", {}))
-            stats[r["episode_index"]] = {k: v for k, v in flat.items() if is_visual_stat(k, features)}
+            stats[r["episode_index"]] = {k: v for k, v in flat.items() if is_camera_stat(k, features)}
     chunks_size = int(info.get("chunks_size", 1000))
     rows = sorted(read_jsonl(fs, storage.join(root, V21_EPISODES)), key=lambda r: r["episode_index"])
     keys = video_keys(features)
     files, task_sets = Interned(), Interned()
-    index, data_file, videos, visual = [], [], {k: [] for k in keys}, []
+    index: list[int] = []
+    data_file: list[int] = []
+    videos: dict[str, list[int]] = {k: [] for k in keys}
+    camera_stats: list[dict[str, Any]] = []
     for row in rows:
         ep = int(row["episode_index"])
         fmt = {"episode_chunk": ep // chunks_size, "episode_index": ep}
@@ -230,7 +189,7 @@ def _read_v21(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
         data_file.append(files.code(storage.join(root, info["data_path"].format(**fmt))))
         for key in keys:
             videos[key].append(files.code(storage.join(root, info["video_path"].format(video_key=key, **fmt))))
-        visual.append({"episode_index": ep} | stats.pop(ep, {}))
+        camera_stats.append({"episode_index": ep} | stats.pop(ep, {}))
     n = len(rows)
     episodes = Episodes(
         index=np.array(index, dtype=np.int64),
@@ -244,26 +203,11 @@ def _read_v21(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
         files=files.values,
         whole_files=True,
     )
-    return tasks, episodes, pa.Table.from_pylist(visual, schema=None if visual else NO_VISUAL)
-
-
-def numbers(table: pa.Table, name: str, dtype: type[np.number], where: str) -> np.ndarray:
-    """A numeric column as a numpy array, read from its Arrow buffer (pyarrow's to_numpy imports pandas, 0.2 s
-    of a fresh process that a plan would wait for); nulls and values of another kind are refused by name."""
-    try:
-        arr = pc.cast(table[name], pa.from_numpy_dtype(dtype)).combine_chunks()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        kind = "integer" if np.issubdtype(dtype, np.integer) else "a number"
-        raise InvalidInput(f"{where}: {name} is not {kind}: {e}") from None
-    if arr.null_count:
-        raise InvalidInput(f"{where}: {arr.null_count} row(s) have no {name}")
-    if not len(arr):
-        return np.zeros(0, dtype=dtype)
-    size = np.dtype(dtype).itemsize
-    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * size)
+    return tasks, episodes, pa.Table.from_pylist(camera_stats, schema=None if camera_stats else NO_CAMERA_STATS)
 
 
 def _read_v30(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str], Episodes, pa.Table]:
+    """Tasks, episodes and camera stats of a v3.0 dataset, its episodes files read one at a time."""
     features = info["features"]
     tasks_table = read_parquet(fs, storage.join(root, V30_TASKS))
     task_col = "task" if "task" in tasks_table.column_names else "__index_level_0__"
@@ -278,11 +222,11 @@ def _read_v30(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
     paths, task_sets = Interned(), Interned()
     parts = [_episodes_file(fs, p, storage.url(fs, meta_dir), root, info, paths, task_sets) for p in files]
     columns = {name: np.concatenate([c[name] for c, _ in parts]) for name in parts[0][0]}
-    visual = pa.concat_tables([v for _, v in parts], promote_options="default")
+    camera_stats = pa.concat_tables([v for _, v in parts], promote_options="default")
     if (np.diff(columns["index"]) < 0).any():  # files or rows out of episode order
         order = np.argsort(columns["index"], kind="stable")
         columns = {name: values[order] for name, values in columns.items()}
-        visual = visual.take(order)
+        camera_stats = camera_stats.take(order)
     keys = video_keys(features)
     episodes = Episodes(
         index=columns["index"],
@@ -295,7 +239,7 @@ def _read_v30(fs: AbstractFileSystem, root: str, info: dict) -> tuple[list[str],
         end_s={k: columns[f"end_s/{k}"] for k in keys},
         files=paths.values,
     )
-    return tasks, episodes, visual
+    return tasks, episodes, camera_stats
 
 
 def _episodes_file(
@@ -305,7 +249,7 @@ def _episodes_file(
     `stats/...`, kept in Arrow). Numeric stats are recomputed from the data: they are not read."""
     features = info["features"]
     keys = video_keys(features)
-    table = read_parquet(fs, path, lambda c: not c.startswith("stats/") or is_visual_stat(c, features))
+    table = read_parquet(fs, path, lambda c: not c.startswith("stats/") or is_camera_stat(c, features))
     needed = ["episode_index", "length", "tasks", "data/chunk_index", "data/file_index"]
     needed += [f"videos/{k}/{c}" for k in keys for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
     missing = [c for c in needed if c not in table.column_names]
@@ -340,36 +284,5 @@ def _episodes_file(
         columns[f"video_file/{k}"] = file_codes(info["video_path"], f"videos/{k}/", video_key=k)
         columns[f"start_s/{k}"] = numbers(table, f"videos/{k}/from_timestamp", np.float64, where)
         columns[f"end_s/{k}"] = numbers(table, f"videos/{k}/to_timestamp", np.float64, where)
-    visual = table.select(["episode_index", *(c for c in table.column_names if c.startswith("stats/"))])
-    return columns, visual
-
-
-# -- writing ------------------------------------------------------------------------------------
-
-
-def _write_bytes(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    fs.makedirs(storage.parent(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(data)
-
-
-def write_json(fs: AbstractFileSystem, path: str, value: Any) -> None:
-    _write_bytes(fs, path, json.dumps(value, indent=4, ensure_ascii=False).encode())
-
-
-def write_jsonl(fs: AbstractFileSystem, path: str, rows: Iterable[dict[str, Any]]) -> None:
-    _write_bytes(fs, path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-
-
-def write_parquet(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
-    fs.makedirs(storage.parent(path), exist_ok=True)
-    with fs.open(path, "wb") as f:  # straight to the file: no second copy of the encoded table in memory
-        pq.write_table(table, f, compression="snappy")
-
-
-def tasks_table(tasks: list[str]) -> pa.Table:
-    """`tasks.parquet` as LeRobot writes it with pandas: the task string is the (named) index."""
-    import pandas as pd
-
-    frame = pd.DataFrame({"task_index": list(range(len(tasks)))}, index=pd.Index(tasks, name="task"))
-    return pa.Table.from_pandas(frame)
+    camera_stats = table.select(["episode_index", *(c for c in table.column_names if c.startswith("stats/"))])
+    return columns, camera_stats

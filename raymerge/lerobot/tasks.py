@@ -1,0 +1,79 @@
+"""The task bodies of a LeRobot run: plain functions the executor runs as Ray tasks or in this process.
+
+Scans (data rows, video probes) run during the plan; writes (data files with their stats, video files)
+during execute. Each takes and returns small values: paths, jobs of the layout, results and summaries.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+from raymerge.lerobot.data import DataResult, DataWriteContext, write_data_file
+from raymerge.lerobot.layout import DataJob, VideoJob
+from raymerge.lerobot.scan import EpisodeRows, probe_video, read_episode_rows
+from raymerge.lerobot.stats import per_episode
+from raymerge.lerobot.video.write import VideoResult, write_video
+
+if TYPE_CHECKING:
+    from raymerge.lerobot.video.probe import StreamInfo
+
+
+def warm_imports() -> None:
+    """Import what the write tasks need (PyAV, the mp4 modules), started while the driver reads metadata: a new
+    Ray job's workers start cold, which would otherwise delay the first scan."""
+    import raymerge.lerobot.video.decode
+    import raymerge.lerobot.video.remux  # noqa: F401
+
+
+def scan_data_files(fs: AbstractFileSystem, paths: list[str]) -> list[EpisodeRows]:
+    """Rows and task indices per episode of each data file."""
+    return [read_episode_rows(fs, p) for p in paths]
+
+
+def probe_video_files(fs: AbstractFileSystem, paths: list[str]) -> list[StreamInfo]:
+    """Each video's stream parameters and length, from its headers and last groups of pictures."""
+    return [probe_video(fs, p, index=False) for p in paths]
+
+
+def index_video_files(fs: AbstractFileSystem, paths: list[str]) -> list[StreamInfo]:
+    """Each video's stream and groups of pictures (reads the files whole): for files a layout cuts."""
+    return [probe_video(fs, p, index=True) for p in paths]
+
+
+def write_data_files(jobs: list[DataJob], context: DataWriteContext, stats_path: str) -> list[DataResult]:
+    """The output data files of one task, and one scratch file of their episodes' stats at `stats_path` (on the
+    output's filesystem) if any episode has rows."""
+    results, stats = [], []
+    for job in jobs:
+        result, episode_stats = write_data_file(job, context)
+        results.append(result)
+        if episode_stats.num_rows:
+            stats.append(episode_stats)
+    if stats:
+        per_episode.write_scratch(context.fs, stats_path, stats)
+    return results
+
+
+def write_video_file(
+    job: VideoJob,
+    fs_of: dict[int, AbstractFileSystem],
+    out_fs: AbstractFileSystem,
+    out_root: str,
+    lengths: np.ndarray | None,
+    fps: float,
+) -> VideoResult:
+    """One output video file; given the output episodes' `lengths` (recompute_video_stats), also the camera
+    stats of each of its episodes, from the frames decoded back from the written file."""
+    result = write_video(job, fs_of, out_fs, out_root)
+    if lengths is not None:
+        from raymerge.lerobot.video.decode import decode_at
+
+        path = storage.join(out_root, job.path)
+        for episode, start in zip(result.episodes.tolist(), result.placements[:, 0].tolist(), strict=True):
+            stamps = [start + i / fps for i in range(lengths[episode])]
+            result.stats[episode] = per_episode.frame_stats(decode_at(out_fs, path, stamps))
+    return result
