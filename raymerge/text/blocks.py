@@ -1,6 +1,7 @@
-"""The work of one task, as plain functions: scan a chunk into pairs, assemble an output block.
+"""Assembling one output block from the scanned chunks of every source.
 
-Ray only wraps these (see `pipeline`), so they are tested directly on tables.
+Each block needs one contiguous (wrapping) range of appearances per source (`combine.plan_blocks`);
+a block task receives only the chunks that hold those rows and puts them in the output order.
 """
 
 from __future__ import annotations
@@ -9,59 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
-from fsspec import AbstractFileSystem
 
-from raymerge.text.columns import PAIR_SCHEMA, Mapping, choose_mapping, normalise
-from raymerge.text.sources import Chunk, chunk_schema, read_chunk
-
-
-@dataclass
-class ChunkStats:
-    rows_in: int
-    rows: int
-    dropped: int
-    mapping: str | None
-    hashes: np.ndarray | None = None
-
-
-def mapping_columns(m: Mapping) -> list[str]:
-    return [c for c in (m.input, m.output, m.extra) if c]
-
-
-def scan_chunk(
-    fs: AbstractFileSystem,
-    chunk: Chunk,
-    where: str,
-    input_column: str | None,
-    output_column: str | None,
-    with_hashes: bool,
-) -> tuple[ChunkStats, pa.Table]:
-    """Read one chunk and normalise it to pairs; parquet reads only the mapped columns."""
-    schema = chunk_schema(fs, chunk)
-    if schema is not None:
-        mapping = choose_mapping(schema, where, input_column, output_column)
-        table = read_chunk(fs, chunk, mapping_columns(mapping))
-    else:
-        table = read_chunk(fs, chunk)
-        if table.num_columns == 0:
-            return ChunkStats(0, 0, 0, None, _hashes(PAIR_SCHEMA.empty_table()) if with_hashes else None), (
-                PAIR_SCHEMA.empty_table()
-            )
-        mapping = choose_mapping(table.schema, where, input_column, output_column)
-    pairs, rows_in, dropped = normalise(table, mapping)
-    stats = ChunkStats(rows_in, pairs.num_rows, dropped, mapping.describe(), _hashes(pairs) if with_hashes else None)
-    return stats, pairs
-
-
-def _hashes(pairs: pa.Table) -> np.ndarray:
-    """A 128-bit identity per pair (two 64-bit hashes), for exact-duplicate detection."""
-    df = pl.from_arrow(pairs)
-    h = np.empty((pairs.num_rows, 2), np.uint64)
-    h[:, 0] = df["input"].hash(seed=0x5EED).to_numpy()
-    h[:, 1] = df["output"].hash(seed=0xD0D0).to_numpy()
-    return h
+from raymerge.text.columns import PAIR_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -77,7 +28,7 @@ class SourceSlice:
 
 
 def chunks_for(first: int, count: int, length: int, chunk_starts: Sequence[int]) -> list[int]:
-    """Indexes of the chunks holding rows (first + i) % length for i < count."""
+    """Indexes of the chunks holding rows (first + i) % length for i < count: a block task is sent only those."""
     if count == 0:
         return []
     if count >= length:
@@ -95,7 +46,8 @@ def chunks_for(first: int, count: int, length: int, chunk_starts: Sequence[int])
 
 
 def assemble_block(order: np.ndarray, slices: Sequence[SourceSlice], tables: Sequence[pa.Table]) -> pa.Table:
-    """Output rows in `order` (source per row) from each source's rows in appearance order."""
+    """Output rows in `order` (source per row) from each source's rows in appearance order; a concat block
+    is a zero-copy slice, an interleaved one one gather."""
     pieces, t = [], 0
     for sl in slices:
         tabs = tables[t : t + len(sl.chunk_starts)]

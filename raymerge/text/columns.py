@@ -51,6 +51,7 @@ class Mapping:
     assistant_role: str = ""
 
     def describe(self) -> str:
+        """The mapping as the report and `inspect` show it, so a user can see which columns were used."""
         if self.kind == "conversation":
             return f"{self.input} ({self.user_role} -> {self.assistant_role} turns)"
         if self.kind == "alpaca":
@@ -58,6 +59,10 @@ class Mapping:
         if self.kind == "context":
             return f"{self.extra} + {self.input} -> {self.output}"
         return f"{self.input} -> {self.output}"
+
+    def columns(self) -> list[str]:
+        """The source columns the mapping reads: all a columnar reader needs to load."""
+        return [c for c in (self.input, self.output, self.extra) if c]
 
 
 def _scalar(t: pa.DataType) -> bool:
@@ -141,7 +146,8 @@ def _join(first: pa.Array, second: pa.Array) -> pa.Array:
 
 
 def normalise(table: pa.Table, mapping: Mapping) -> tuple[pa.Table, int, int]:
-    """(pairs with both sides non-empty, rows in, rows dropped as empty)."""
+    """(pairs with both sides non-empty, rows in, rows dropped as empty): a pair with an empty side teaches
+    nothing, and the report says how many were dropped."""
     if mapping.kind == "conversation":
         inp, out = _conversation_pairs(table.column(mapping.input), mapping)
     else:

@@ -28,7 +28,8 @@ PROBABILITY_TOLERANCE = math.sqrt(2.220446049250313e-16)
 
 
 def target_format(path: str, fmt: str) -> str:
-    """The format of an output target: explicit, else from the file extension."""
+    """The format of an output target: explicit, else from the file extension, so `out.parquet` needs no
+    `format:` key."""
     if fmt != "auto":
         return fmt
     ext = posixpath.splitext(path.rstrip("/"))[1].lower()
@@ -41,6 +42,8 @@ def target_format(path: str, fmt: str) -> str:
 
 
 class TextInput(InputConfig):
+    """One source; the hints choose within it (split, config, session) or override the column auto-mapping."""
+
     format: SourceFormat = "auto"
     split: str | None = None
     config: str | None = Field(default=None, description="Hugging Face config (subset) name")
@@ -62,6 +65,7 @@ class Target(Model):
     session_name: str | None = None
 
     def resolved_format(self) -> str:
+        """The format this target is written in, whether it was named or follows from the extension."""
         return target_format(self.path, self.format)  # type: ignore[attr-defined]
 
     @model_validator(mode="after")
@@ -75,14 +79,18 @@ class Target(Model):
 
 
 class TextOutput(Target, OutputConfig):
-    pass
+    """The main output: one file, committed by the core after every export."""
 
 
 class Export(Target, Location):
+    """A second copy of the merged pairs in another format, written from the same parts as the output."""
+
     overwrite: bool = False
 
 
 class Interleave(Model):
+    """The options of HF's `interleave_datasets`, with its defaults, so a config reproduces its order."""
+
     probabilities: list[float] | None = None
     seed: int | None = None
     stopping_strategy: StoppingStrategy = "first_exhausted"
@@ -100,6 +108,8 @@ class Interleave(Model):
 
 
 class Config(BaseConfig):
+    """A `kind: text` run: which inputs, concat or interleave, where the pairs go."""
+
     kind: Literal["text"]
     operation: Literal["concat", "interleave"]
     inputs: list[TextInput] = Field(min_length=1)
@@ -119,11 +129,13 @@ class Config(BaseConfig):
 
     @property
     def combine(self) -> Interleave:
+        """The interleave options, or HF's defaults when the config gives none."""
         return self.interleave or Interleave()
 
     def output_is_file(self) -> bool:
+        """Every text output is one file (staged beside the target, then renamed)."""
         return True
 
     def output_allow_existing(self) -> bool:
-        # A database gains a session; whether that session already exists is checked by the plan.
+        """A database may exist: it gains a session (whether that session exists is checked by `check`)."""
         return self.output.resolved_format() == "sqlite"

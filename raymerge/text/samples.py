@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from raymerge.text.sinks import SCHEMA_SQL
+from raymerge.text.finefoundry import SCHEMA_SQL
 
 
 def pairs(prefix: str, n: int, input_key: str = "input", output_key: str = "output") -> pa.Table:
-    """n distinct pairs: `<prefix> question i` / `<prefix> answer i`."""
+    """n distinct pairs: `<prefix> question i` / `<prefix> answer i`, so a merged row names its source and position."""
     return pa.table(
         {
             input_key: pa.array([f"{prefix} question {i}" for i in range(n)], pa.string()),
@@ -28,14 +29,16 @@ def pairs(prefix: str, n: int, input_key: str = "input", output_key: str = "outp
 
 
 def write_jsonl(path: Path, table: pa.Table) -> Path:
+    """One object per line, as most instruction datasets ship."""
     import polars as pl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pl.from_arrow(table).write_ndjson(path)
+    pl.DataFrame(table).write_ndjson(path)
     return path
 
 
-def write_json_array(path: Path, rows: list[dict]) -> Path:
+def write_json_array(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """One indented array of objects, as FineFoundry exports and Alpaca/ShareGPT files are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
     return path
@@ -67,7 +70,7 @@ def write_save_to_disk(root: Path, table: pa.Table, shards: int = 1) -> Path:
     (root / "dataset_info.json").write_text(
         json.dumps({"citation": "", "description": "", "features": features, "homepage": "", "license": ""})
     )
-    state = {
+    state: dict[str, object] = {
         "_data_files": [{"filename": n} for n in names],
         "_fingerprint": "raymerge-sample",
         "_format_columns": None,
@@ -81,6 +84,7 @@ def write_save_to_disk(root: Path, table: pa.Table, shards: int = 1) -> Path:
 
 
 def write_dataset_dict(root: Path, splits: dict[str, pa.Table]) -> Path:
+    """What `DatasetDict.save_to_disk` writes: one `save_to_disk` folder per split and `dataset_dict.json`."""
     root.mkdir(parents=True, exist_ok=True)
     for split, table in splits.items():
         write_save_to_disk(root / split, table)
@@ -119,7 +123,7 @@ def write_finefoundry_db(path: Path, sessions: dict[str, pa.Table]) -> Path:
 
 
 def make_samples(root: str | Path) -> dict[str, Path]:
-    """One small dataset per supported source shape, under root."""
+    """One small dataset per supported source shape, under root: the demo's and the tests' inputs."""
     root = Path(root)
     out: dict[str, Path] = {}
     jsonl = [

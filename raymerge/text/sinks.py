@@ -3,19 +3,18 @@
 Blocks serialise their rows once per part kind (JSON lines text, or Arrow IPC for parquet and
 SQLite); each target's assembler streams the parts in order into the one output file, so no
 process ever holds all rows. JSON output is FineFoundry's export: one array of
-{"input", "output"} objects, made from the JSON-lines parts by byte edits.
+{"input", "output"} objects, made from the JSON-lines parts by byte edits. A parquet file gets
+row groups of a fixed size, so its bytes do not depend on how the output was cut into blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import shutil
-import sqlite3
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 import polars as pl
 import pyarrow as pa
@@ -23,54 +22,25 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
-from raymerge.errors import InvalidInput
+from raymerge.text import finefoundry
+from raymerge.text.columns import PAIR_SCHEMA
 
 PART_KIND = {"jsonl": "jsonl", "json": "jsonl", "parquet": "arrow", "sqlite": "arrow"}
 COPY_BUFFER = 8 << 20
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS scrape_sessions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT,
-    source TEXT NOT NULL,
-    source_details TEXT,
-    dataset_format TEXT DEFAULT 'standard',
-    pair_count INTEGER DEFAULT 0,
-    created_at TEXT DEFAULT (datetime('now')),
-    metadata_json TEXT
-);
-CREATE TABLE IF NOT EXISTS scraped_pairs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id INTEGER NOT NULL REFERENCES scrape_sessions(id) ON DELETE CASCADE,
-    input_text TEXT NOT NULL,
-    output_text TEXT NOT NULL,
-    source_url TEXT,
-    metadata_json TEXT,
-    created_at TEXT DEFAULT (datetime('now'))
-);
-CREATE INDEX IF NOT EXISTS idx_scraped_pairs_session ON scraped_pairs(session_id);
-"""
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    """The session a SQLite target gains; `replace` drops an existing session of that name first."""
-
-    name: str
-    operation: str
-    source_count: int
-    replace: bool
+PARQUET_ROW_GROUP_ROWS = 131_072
 
 
 def part_path(part_dir: str, kind: str, index: int) -> str:
+    """Where block `index` leaves its part of one kind: names sort in block order."""
     return storage.join(part_dir, f"part-{index:06d}.{kind}")
 
 
 def write_parts(table: pa.Table, fs: AbstractFileSystem, part_dir: str, index: int, kinds: list[str]) -> None:
+    """Serialise a block once per part kind, however many targets read that kind."""
     for kind in kinds:
         with fs.open(part_path(part_dir, kind, index), "wb") as f:
             if kind == "jsonl":
-                pl.from_arrow(table).write_ndjson(f)
+                pl.DataFrame(table).write_ndjson(f)
             else:
                 with pa.ipc.new_stream(f, table.schema) as w:
                     w.write_table(table)
@@ -82,10 +52,10 @@ def assemble(
     parts: list[str],
     out_fs: AbstractFileSystem,
     out_path: str,
-    session: SessionSpec | None = None,
+    session: finefoundry.SessionSpec | None = None,
     existing_db: str | None = None,
 ) -> None:
-    """Write one target file from the ordered parts."""
+    """Write one target file from the ordered parts, streaming: no more than a row group is in memory."""
     if fmt == "sqlite":
         assert session is not None
         _assemble_sqlite(parts_fs, parts, out_fs, out_path, session, existing_db)
@@ -103,7 +73,7 @@ def assemble(
             raise ValueError(f"unknown output format {fmt}")
 
 
-def _write_json_array(fs: AbstractFileSystem, parts: list[str], out: io.RawIOBase) -> None:
+def _write_json_array(fs: AbstractFileSystem, parts: list[str], out: BinaryIO) -> None:
     # A JSON-lines object never holds a raw newline, so "\n" separates objects exactly.
     out.write(b"[")
     first = True
@@ -117,32 +87,34 @@ def _write_json_array(fs: AbstractFileSystem, parts: list[str], out: io.RawIOBas
     out.write(b"\n]\n")
 
 
-def iter_arrow_parts(fs: AbstractFileSystem, parts: list[str]):
+def iter_arrow_parts(fs: AbstractFileSystem, parts: list[str]) -> Iterator[pa.RecordBatch]:
+    """The rows of Arrow parts in order, a batch at a time, so a target never holds all of them."""
     for p in parts:
         with fs.open(p, "rb") as f:
             yield from pa.ipc.open_stream(f)
 
 
-def _write_parquet(fs: AbstractFileSystem, parts: list[str], out: io.RawIOBase) -> None:
-    from raymerge.text.columns import PAIR_SCHEMA
+def fixed_row_groups(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """The rows of `batches` regrouped into tables of exactly `rows` rows (the last may be shorter): blocks
+    vary in size with the cores a run has, a file's row groups must not."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(pending, PAIR_SCHEMA)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending, PAIR_SCHEMA)
 
+
+def _write_parquet(fs: AbstractFileSystem, parts: list[str], out: BinaryIO) -> None:
     with pq.ParquetWriter(out, PAIR_SCHEMA, compression="zstd") as w:
-        for batch in iter_arrow_parts(fs, parts):
-            w.write_batch(batch)
-
-
-# -- FineFoundry databases ------------------------------------------------------------------
-def session_conflict(db_path: str, name: str) -> list[int]:
-    """Ids of sessions already named `name` in a local database file (none if it has no tables)."""
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in con.execute("SELECT id FROM scrape_sessions WHERE name = ?", (name,))]
-    except sqlite3.OperationalError:
-        return []
-    except sqlite3.DatabaseError as e:
-        raise InvalidInput(f"{db_path}: not a SQLite database: {e}") from None
-    finally:
-        con.close()
+        for group in fixed_row_groups(iter_arrow_parts(fs, parts), PARQUET_ROW_GROUP_ROWS):
+            w.write_table(group, row_group_size=PARQUET_ROW_GROUP_ROWS)
 
 
 def _assemble_sqlite(
@@ -150,7 +122,7 @@ def _assemble_sqlite(
     parts: list[str],
     out_fs: AbstractFileSystem,
     out_path: str,
-    session: SessionSpec,
+    session: finefoundry.SessionSpec,
     existing_db: str | None,
 ) -> None:
     """A copy of the existing database (if any) gains the session in one transaction."""
@@ -158,49 +130,13 @@ def _assemble_sqlite(
     work = out_path if local else tempfile.mkstemp(suffix=".db")[1]
     try:
         if existing_db is not None:
-            from raymerge.text.sources import local_sqlite
-
-            shutil.copyfile(local_sqlite(out_fs, existing_db), work)
+            shutil.copyfile(finefoundry.local_sqlite(out_fs, existing_db), work)
         elif not local:
             os.unlink(work)
-        write_session(work, session, iter_arrow_parts(parts_fs, parts))
+        finefoundry.write_session(work, session, iter_arrow_parts(parts_fs, parts))
         if not local:
             out_fs.put(work, out_path)
     finally:
         if not local:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(work)
-
-
-def write_session(db_path: str, session: SessionSpec, batches) -> int:
-    """Add one session with its pairs in merged order; returns its id."""
-    con = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        con.executescript(SCHEMA_SQL)
-        con.execute("BEGIN")
-        if session.replace:
-            old = [r[0] for r in con.execute("SELECT id FROM scrape_sessions WHERE name = ?", (session.name,))]
-            con.executemany("DELETE FROM scraped_pairs WHERE session_id = ?", [(i,) for i in old])
-            con.executemany("DELETE FROM scrape_sessions WHERE id = ?", [(i,) for i in old])
-        meta = json.dumps({"operation": session.operation, "source_count": session.source_count})
-        sid = con.execute(
-            "INSERT INTO scrape_sessions (name, source, source_details, metadata_json) VALUES (?, 'Merged', ?, ?)",
-            (session.name, session.name, meta),
-        ).lastrowid
-        count = 0
-        for batch in batches:
-            n = batch.num_rows
-            con.executemany(
-                "INSERT INTO scraped_pairs (session_id, input_text, output_text) VALUES (?, ?, ?)",
-                zip([sid] * n, batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True),
-            )
-            count += n
-        con.execute("UPDATE scrape_sessions SET pair_count = ? WHERE id = ?", (count, sid))
-        con.execute("COMMIT")
-        return int(sid)
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()

@@ -12,9 +12,10 @@ import pytest
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.text import info
+from raymerge.text.describe import detect, source_pairs
+from raymerge.text.readers import read_chunk
 from raymerge.text.samples import pairs, write_hub_snapshot
-from raymerge.text.sources import Chunk, open_source, read_chunk
+from raymerge.text.sources import Chunk, open_source
 
 
 def _open(path, **kw):
@@ -24,7 +25,7 @@ def _open(path, **kw):
 
 def _all_inputs(path, **kw) -> list[str]:
     fs, p = storage.resolve(str(path))
-    return [r["input"] for r in info._pairs(open_source(fs, p, **kw))]
+    return [r["input"] for r in source_pairs(open_source(fs, p, **kw))]
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def _all_inputs(path, **kw) -> list[str]:
 )
 def test_every_sample_format_is_detected_and_read(samples, key, kind, first):
     fs, p = storage.resolve(str(samples[key]))
-    assert info.detect(fs, p)
+    assert detect(fs, p)
     src = open_source(fs, p, session="reddit-python" if key == "sqlite" else None)
     assert src.kind == kind
     assert _all_inputs(samples[key], session="reddit-python" if key == "sqlite" else None)[0] == first
@@ -139,25 +140,6 @@ def test_unreadable_parquet_is_named(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(InvalidInput, match=r"nowhere.jsonl: no such file or folder"):
         _open(tmp_path / "nowhere.jsonl")
-
-
-def test_inspect_lists_sessions_and_columns(samples):
-    fs, p = storage.resolve(str(samples["sqlite"]))
-    got = info.inspect(fs, p)
-    assert [(s["id"], s["name"], s["pairs"]) for s in got["sessions"]] == [(1, "reddit-python", 6), (2, "stack-sql", 3)]
-    fs, p = storage.resolve(str(samples["hub"]))
-    got = info.inspect(fs, p)
-    assert got["rows"] == 9 and got["columns"] == {"input": "string", "output": "string"}
-    assert got["mapping"] == "input -> output" and got["splits"] == ["train", "test"]
-
-
-def test_preview_of_a_file(samples):
-    fs, p = storage.resolve(str(samples["json"]))
-    rows = info.preview(fs, p, 2)
-    assert rows == [
-        {"input": "alpaca instruction 0", "output": "alpaca output 0"},
-        {"input": "alpaca instruction 1\nalpaca context 1", "output": "alpaca output 1"},
-    ]
 
 
 def test_csv_values_stay_text(tmp_path):

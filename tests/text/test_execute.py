@@ -1,4 +1,4 @@
-"""End-to-end runs on the shared Ray session: HF order, SQLite sessions, exports, dedup."""
+"""What a run writes: HF order across chunk and block edges, SQLite sessions, exports, dedup."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from raymerge import api
 from raymerge.errors import InvalidInput
-from raymerge.text import pipeline, sources
+from raymerge.text import plan, sources
 from raymerge.text.samples import pairs, write_finefoundry_db, write_hub_snapshot, write_jsonl, write_save_to_disk
 from tests.helpers import tree_digest
 
@@ -43,8 +43,8 @@ def small_chunks(monkeypatch):
     """Many chunks and blocks from tiny data, so ranges across chunk and block edges are exercised."""
     monkeypatch.setattr(sources, "CHUNK_BYTES", 300)
     monkeypatch.setattr(sources, "CHUNK_ROWS", 4)
-    monkeypatch.setattr(pipeline, "MIN_BLOCK_ROWS", 7)
-    monkeypatch.setattr(pipeline, "MAX_BLOCK_ROWS", 7)
+    monkeypatch.setattr(plan, "MIN_BLOCK_ROWS", 7)
+    monkeypatch.setattr(plan, "MAX_BLOCK_ROWS", 7)
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -80,6 +80,26 @@ def test_output_order_matches_hf_datasets(ray_address, four_sources, small_chunk
     assert report.rows_out == len(got)
     assert [i.rows_in for i in report.inputs] == list(LENGTHS.values())
     assert tree_digest(root) == before
+
+
+def test_dedup_keeps_first_appearances_in_hf_order(ray_address, four_sources, small_chunks, tmp_path):
+    """all_exhausted repeats the shorter inputs: dedup keeps each pair where it first appears."""
+    _, tables, inputs = four_sources
+    interleave = {"probabilities": [0.4, 0.3, 0.1, 0.2], "seed": 5, "stopping_strategy": "all_exhausted"}
+    cfg = {
+        "kind": "text",
+        "operation": "interleave",
+        "interleave": interleave,
+        "dedup": "exact",
+        "inputs": inputs,
+        "output": {"path": str(tmp_path / "o.jsonl")},
+    }
+    report = api.run(cfg)
+    hf = interleave_datasets([Dataset(tables[k]) for k in LENGTHS], **interleave)
+    expected = list(dict.fromkeys(zip(hf["input"], hf["output"], strict=True)))
+    got = [(r["input"], r["output"]) for r in _read_jsonl(tmp_path / "o.jsonl")]
+    assert got == expected
+    assert report.rows_out == len(expected) == sum(LENGTHS.values()) < len(hf)
 
 
 def test_sqlite_output_adds_a_session_and_leaves_others_untouched(ray_address, samples, tmp_path):
@@ -144,7 +164,8 @@ def test_new_database_json_export_parquet_and_dedup(ray_address, samples, tmp_pa
     )
     assert [r[0] for r in rows] == [e["input"] for e in expected]
     assert report.inputs[1].dropped == {"exact duplicate": 3} and report.rows_out == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.jsonl", "export.json", "new.db", "out.parquet"]
+    written = [p.name for p in tmp_path.iterdir() if not p.name.endswith(".raymerge.json")]  # the report
+    assert sorted(written) == ["dup.jsonl", "export.json", "new.db", "out.parquet"]
 
 
 def test_conversations_and_alpaca_to_json(ray_address, samples, tmp_path):

@@ -1,4 +1,7 @@
-"""detect, inspect and preview: in-process reads of the first chunks, no Ray needed."""
+"""detect, inspect and preview: what a path or a config holds, read in this process.
+
+These read listings, headers and the first chunks only, so they answer at once and never need Ray.
+"""
 
 from __future__ import annotations
 
@@ -10,50 +13,45 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.ordering import concat_order, interleave_order
-from raymerge.text.blocks import scan_chunk
+from raymerge.text import finefoundry
 from raymerge.text.columns import choose_mapping
+from raymerge.text.combine import output_order
 from raymerge.text.config import Config
-from raymerge.text.sources import (
-    FILE_FORMATS,
-    SQLITE_MAGIC,
-    Source,
-    list_sessions,
-    local_sqlite,
-    open_source,
-    read_chunk,
-    readme_configs,
-)
+from raymerge.text.plan import open_inputs
+from raymerge.text.readers import read_chunk
+from raymerge.text.sources import FILE_FORMATS, Chunk, Source, open_source, readme_configs
+from raymerge.text.tasks import scan_chunk
+
+DATA_EXTENSIONS = {"parquet", "jsonl", "json", "csv", "arrow"}
 
 
 def detect(fs: AbstractFileSystem, path: str) -> bool:
+    """True for a text file, a FineFoundry database or a folder of data files; other families are probed first,
+    so a folder of parquet files here is what is left."""
     if not fs.isdir(path):
         ext = path.rsplit(".", 1)[-1].lower() if "." in storage.basename(path) else ""
         if f".{ext}" in FILE_FORMATS:
             return True
-        with fs.open(path, "rb") as f:
-            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+        return _is_sqlite(fs, path)
     for marker in ("refs/main", "dataset_dict.json", "state.json"):
         if storage.exists(fs, storage.join(path, marker)):
             return True
     if readme_configs(fs, path):
         return True
-    return any(f.rsplit(".", 1)[-1].lower() in {"parquet", "jsonl", "json", "csv", "arrow"} for f in fs.find(path))
+    return any(f.rsplit(".", 1)[-1].lower() in DATA_EXTENSIONS for f in fs.find(path))
 
 
-def _sqlite_sessions(fs: AbstractFileSystem, path: str) -> list[dict] | None:
-    if fs.isdir(path):
-        return None
+def _is_sqlite(fs: AbstractFileSystem, path: str) -> bool:
     with fs.open(path, "rb") as f:
-        if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-            return None
-    return list_sessions(local_sqlite(fs, path), storage.url(fs, path))
+        return f.read(len(finefoundry.SQLITE_MAGIC)) == finefoundry.SQLITE_MAGIC
 
 
 def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
+    """Format, files, columns, the mapping that would be used and the row count; a database lists its
+    sessions, since a config must choose one."""
     where = storage.url(fs, path)
-    sessions = _sqlite_sessions(fs, path)
-    if sessions is not None:
+    if not fs.isdir(path) and _is_sqlite(fs, path):
+        sessions = finefoundry.list_sessions(finefoundry.local_sqlite(fs, path), where)
         return {"format": "sqlite (FineFoundry)", "path": where, "sessions": sessions}
     src = open_source(fs, path)
     info: dict[str, Any] = {"format": src.kind, "path": where, **src.details}
@@ -69,7 +67,7 @@ def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
     return info
 
 
-def _rows(fs: AbstractFileSystem, chunk) -> int:
+def _rows(fs: AbstractFileSystem, chunk: Chunk) -> int:
     if chunk.format == "parquet":
         with fs.open(chunk.path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
@@ -77,14 +75,18 @@ def _rows(fs: AbstractFileSystem, chunk) -> int:
     return read_chunk(fs, chunk).num_rows
 
 
-def _pairs(src: Source, input_column: str | None = None, output_column: str | None = None) -> Iterator[dict]:
+def source_pairs(
+    src: Source, input_column: str | None = None, output_column: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """A source's pairs as a run would write them, read chunk by chunk in this process: a preview stops
+    after the first chunk it needs."""
     for chunk in src.chunks:
         _, pairs = scan_chunk(src.fs, chunk, src.url, input_column, output_column, False)
         yield from pairs.to_pylist()
 
 
-def _first(it: Iterator[dict], n: int) -> list[dict]:
-    out = []
+def _first(it: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for row in it:
         if len(out) >= n:
             break
@@ -92,27 +94,23 @@ def _first(it: Iterator[dict], n: int) -> list[dict]:
     return out
 
 
-def preview(fs: AbstractFileSystem, path: str, n: int) -> list[dict]:
-    return _first(_pairs(open_source(fs, path)), n)
+def preview(fs: AbstractFileSystem, path: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` pairs of a dataset, as a merge would write them."""
+    return _first(source_pairs(open_source(fs, path)), n)
 
 
-def preview_config(cfg: Config, n: int) -> list[dict]:
+def preview_config(cfg: Config, n: int) -> list[dict[str, Any]]:
     """The first n pairs the config would write.
 
     Reading n pairs per source is enough: a source with at least n pairs cannot change the
     first n rows of any concat/interleave order, so its length is capped at n.
     """
-    heads = []
-    for inp in cfg.inputs:
-        fs, path = storage.resolve(inp.path, inp.storage_options)
-        src = open_source(fs, path, inp.format, inp.split, inp.config, inp.session)
-        heads.append(_first(_pairs(src, inp.input_column, inp.output_column), n))
+    heads = [
+        _first(source_pairs(src, inp.input_column, inp.output_column), n)
+        for (_, src), inp in zip(open_inputs(cfg), cfg.inputs, strict=True)
+    ]
     lengths = [len(h) for h in heads]
-    if cfg.operation == "concat":
-        order = concat_order(lengths)
-    else:
-        c = cfg.combine
-        order = interleave_order(lengths, c.probabilities, c.seed, c.stopping_strategy, cfg.input_names())
+    order = output_order(cfg, lengths)
     seen_count = [0] * len(heads)
     out, seen = [], set()
     for s in order:

@@ -1,0 +1,204 @@
+"""FineFoundry databases: SQLite files of scrape sessions, each a list of input/output pairs.
+
+A source reads one session; a target gains one session. SQLite needs a local file, so a database on
+object storage is read through a cached local copy and written as a local file that is then uploaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+from raymerge.errors import InvalidInput
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SESSION_ID_RANGE_OPEN_END = 2**62  # the last id range of a session reaches every later id
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS scrape_sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT,
+    source TEXT NOT NULL,
+    source_details TEXT,
+    dataset_format TEXT DEFAULT 'standard',
+    pair_count INTEGER DEFAULT 0,
+    created_at TEXT DEFAULT (datetime('now')),
+    metadata_json TEXT
+);
+CREATE TABLE IF NOT EXISTS scraped_pairs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id INTEGER NOT NULL REFERENCES scrape_sessions(id) ON DELETE CASCADE,
+    input_text TEXT NOT NULL,
+    output_text TEXT NOT NULL,
+    source_url TEXT,
+    metadata_json TEXT,
+    created_at TEXT DEFAULT (datetime('now'))
+);
+CREATE INDEX IF NOT EXISTS idx_scraped_pairs_session ON scraped_pairs(session_id);
+"""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """The session a SQLite target gains; `replace` drops an existing session of that name first."""
+
+    name: str
+    operation: str
+    source_count: int
+    replace: bool
+
+
+# -- reading -------------------------------------------------------------------------------
+def local_sqlite(fs: AbstractFileSystem, path: str) -> str:
+    """A local file path for a database, which SQLite needs: itself, or a cached copy of a remote one."""
+    if storage.is_local(fs):
+        return path
+    info = fs.info(path)
+    tag = f"{storage.url(fs, path)}|{info.get('ETag') or info.get('mtime') or ''}|{info.get('size')}"
+    cache = os.path.join(tempfile.gettempdir(), "raymerge-sqlite")
+    os.makedirs(cache, exist_ok=True)
+    local = os.path.join(cache, hashlib.sha256(tag.encode()).hexdigest()[:24] + ".db")
+    if not os.path.exists(local):
+        tmp = f"{local}.{os.getpid()}.part"
+        fs.get(path, tmp)
+        os.replace(tmp, local)
+    return local
+
+
+@contextlib.contextmanager
+def read_only(db_path: str) -> Iterator[sqlite3.Connection]:
+    """A connection that cannot change the database: inputs are never written."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def list_sessions(db_path: str, where: str) -> list[dict[str, Any]]:
+    """Every session with its pair count, so a missing or ambiguous choice can name the ones there are."""
+    try:
+        with read_only(db_path) as con:
+            rows = con.execute(
+                "SELECT s.id, s.name, s.source, s.created_at, "
+                "(SELECT COUNT(*) FROM scraped_pairs p WHERE p.session_id = s.id) "
+                "FROM scrape_sessions s ORDER BY s.id"
+            ).fetchall()
+    except sqlite3.DatabaseError as e:
+        # "locked": another program held a write lock for longer than sqlite's busy timeout.
+        problem = (
+            "database is locked by another program; retry when it is done"
+            if "locked" in str(e)
+            else f"not a FineFoundry database (scrape_sessions/scraped_pairs): {e}"
+        )
+        raise InvalidInput(f"{where}: {problem}") from None
+    return [{"id": r[0], "name": r[1], "source": r[2], "created_at": r[3], "pairs": r[4]} for r in rows]
+
+
+def _describe_sessions(sessions: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{s['id']}: {s['name']!r} ({s['pairs']} pairs)" for s in sessions) or "none"
+
+
+def find_session(sessions: list[dict[str, Any]], session: str | int | None, where: str) -> dict[str, Any]:
+    """The session a config names, by name or id; a name used twice must be given by id."""
+    if session is None:
+        if len(sessions) == 1:
+            return sessions[0]
+        raise InvalidInput(f"{where}: choose a session (name or id); sessions: {_describe_sessions(sessions)}")
+    by_name = [s for s in sessions if s["name"] == session]
+    if len(by_name) > 1:
+        raise InvalidInput(f"{where}: session name {session!r} is used by ids {[s['id'] for s in by_name]}; use the id")
+    if by_name:
+        return by_name[0]
+    as_id = int(session) if isinstance(session, int) or str(session).isdigit() else None
+    for s in sessions:
+        if s["id"] == as_id:
+            return s
+    raise InvalidInput(f"{where}: no session {session!r}; sessions: {_describe_sessions(sessions)}")
+
+
+def session_id_ranges(db_path: str, session_id: int, pairs_per_range: int) -> list[tuple[int, int]]:
+    """Inclusive pair-id ranges of `pairs_per_range` pairs each, so that each read task takes one range."""
+    with read_only(db_path) as con:
+        bounds = [
+            r[0]
+            for r in con.execute(
+                "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) - 1 AS k "
+                "FROM scraped_pairs WHERE session_id = ?) WHERE k % ? = 0 ORDER BY id",
+                (session_id, pairs_per_range),
+            )
+        ]
+    stops = [b - 1 for b in bounds[1:]] + [SESSION_ID_RANGE_OPEN_END]
+    return list(zip(bounds, stops, strict=True))
+
+
+def read_pairs(db_path: str, session_id: int, first_id: int, last_id: int) -> pa.Table:
+    """One id range of a session's pairs, in id order (the order FineFoundry shows them in)."""
+    with read_only(db_path) as con:
+        rows = con.execute(
+            "SELECT input_text, output_text FROM scraped_pairs WHERE session_id = ? AND id BETWEEN ? AND ? ORDER BY id",
+            (session_id, first_id, last_id),
+        ).fetchall()
+    inputs, outputs = zip(*rows, strict=True) if rows else ((), ())
+    return pa.table({"input": pa.array(inputs, pa.string()), "output": pa.array(outputs, pa.string())})
+
+
+# -- writing -------------------------------------------------------------------------------
+def session_conflict(db_path: str, name: str) -> list[int]:
+    """Ids of sessions already named `name` (none if the file has no tables): a run must not add a second."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT id FROM scrape_sessions WHERE name = ?", (name,))]
+    except sqlite3.OperationalError:
+        return []
+    except sqlite3.DatabaseError as e:
+        raise InvalidInput(f"{db_path}: not a SQLite database: {e}") from None
+    finally:
+        con.close()
+
+
+def write_session(db_path: str, session: SessionSpec, batches: Iterable[pa.RecordBatch]) -> int:
+    """Add one session with its pairs in merged order, in one transaction so a failure leaves no part of it;
+    returns its id."""
+    con = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        con.executescript(SCHEMA_SQL)
+        con.execute("BEGIN")
+        if session.replace:
+            old = [r[0] for r in con.execute("SELECT id FROM scrape_sessions WHERE name = ?", (session.name,))]
+            con.executemany("DELETE FROM scraped_pairs WHERE session_id = ?", [(i,) for i in old])
+            con.executemany("DELETE FROM scrape_sessions WHERE id = ?", [(i,) for i in old])
+        meta = json.dumps({"operation": session.operation, "source_count": session.source_count})
+        sid = con.execute(
+            "INSERT INTO scrape_sessions (name, source, source_details, metadata_json) VALUES (?, 'Merged', ?, ?)",
+            (session.name, session.name, meta),
+        ).lastrowid
+        assert sid is not None  # an INSERT always sets it
+        count = 0
+        for batch in batches:
+            n = batch.num_rows
+            con.executemany(
+                "INSERT INTO scraped_pairs (session_id, input_text, output_text) VALUES (?, ?, ?)",
+                zip([sid] * n, batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True),
+            )
+            count += n
+        con.execute("UPDATE scrape_sessions SET pair_count = ? WHERE id = ?", (count, sid))
+        con.execute("COMMIT")
+        return sid
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()

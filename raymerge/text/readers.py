@@ -1,0 +1,149 @@
+"""Reading one chunk of a source: the work of a scan task, and of inspect and preview in this process.
+
+Unreadable content raises InvalidInput naming the file (and, for JSON, the line), so a bad input is refused
+with a message, not a traceback from a task.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+from raymerge.errors import InvalidInput
+from raymerge.text import finefoundry
+from raymerge.text.sources import Chunk
+
+
+def read_chunk(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
+    """The raw table of one chunk; unreadable content raises InvalidInput naming the file (and line)."""
+    where = storage.url(fs, chunk.path)
+    try:
+        if chunk.format == "parquet":
+            return _read_row_groups(fs, chunk, columns)
+        if chunk.format == "arrow":
+            if storage.is_local(fs):
+                with pa.memory_map(chunk.path) as m:
+                    return pa.ipc.open_stream(m).read_all()
+            with fs.open(chunk.path, "rb") as f:
+                return pa.ipc.open_stream(f).read_all()
+        if chunk.format == "csv":
+            with fs.open(chunk.path, "rb") as f:
+                data = f.read()
+            names = pacsv.open_csv(io.BytesIO(data)).schema.names
+            opts = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+            return pacsv.read_csv(io.BytesIO(data), convert_options=opts)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InvalidInput(f"{where}: not a readable {chunk.format} file: {e}") from None
+    except UnicodeDecodeError:  # a CSV header that is not UTF-8 (its cells are checked by Arrow)
+        raise InvalidInput(f"{where}: not a readable {chunk.format} file: its header is not UTF-8 text") from None
+    if chunk.format == "jsonl":
+        return _read_jsonl(fs, chunk, where)
+    if chunk.format == "json":
+        return _read_json_array(fs, chunk.path, where)
+    if chunk.format == "sqlite":
+        assert chunk.session_id is not None
+        return finefoundry.read_pairs(
+            finefoundry.local_sqlite(fs, chunk.path), chunk.session_id, chunk.start, chunk.stop
+        )
+    raise ValueError(f"unknown chunk format {chunk.format}")
+
+
+def _read_row_groups(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None) -> pa.Table:
+    """A chunk's parquet row groups. Arrow's reader threads must not hold a Python file object: one they still
+    hold when the interpreter exits aborts the process (apache/arrow#34314), which happens when this runs in
+    the driver. So Arrow opens a local file itself, and a remote one is read on this thread."""
+    groups = range(chunk.start, chunk.stop)
+    if storage.is_local(fs):
+        return pq.ParquetFile(chunk.path).read_row_groups(groups, columns=columns)
+    with fs.open(chunk.path, "rb") as f:
+        return pq.ParquetFile(f, pre_buffer=False).read_row_groups(groups, columns=columns, use_threads=False)
+
+
+def chunk_schema(fs: AbstractFileSystem, chunk: Chunk) -> pa.Schema | None:
+    """The schema without reading rows, where the format allows it (parquet): a task then reads only the
+    columns its mapping uses."""
+    if chunk.format != "parquet":
+        return None
+    with fs.open(chunk.path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
+def _jsonl_bytes(fs: AbstractFileSystem, chunk: Chunk) -> bytes:
+    """The whole lines that start inside [start, stop)."""
+    with fs.open(chunk.path, "rb") as f:
+        if chunk.start > 0:
+            f.seek(chunk.start - 1)
+            f.readline()  # the line that began before start belongs to the previous chunk
+        begin = f.tell()
+        if begin >= chunk.stop:
+            return b""
+        data = f.read(chunk.stop - begin)
+        if not data.endswith(b"\n"):
+            data += f.readline()
+    return data
+
+
+def _read_jsonl(fs: AbstractFileSystem, chunk: Chunk, where: str) -> pa.Table:
+    data = _jsonl_bytes(fs, chunk)
+    if not data.strip():
+        return pa.table({})
+    try:
+        return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=8 << 20))
+    except pa.ArrowInvalid:
+        rows: list[object] = []
+        for i, line in enumerate(data.split(b"\n")):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as bad:
+                raise InvalidInput(f"{where}: line {_lines_before(fs, chunk) + i + 1}: not valid JSON: {bad}") from None
+        return rows_table(rows, where)
+
+
+def _lines_before(fs: AbstractFileSystem, chunk: Chunk) -> int:
+    """Lines of the file before the chunk's first line (only computed for error messages)."""
+    if chunk.start == 0:
+        return 0
+    with fs.open(chunk.path, "rb") as f:
+        f.seek(chunk.start - 1)
+        f.readline()
+        begin = f.tell()
+        f.seek(0)
+        return f.read(begin).count(b"\n")
+
+
+def _read_json_array(fs: AbstractFileSystem, path: str, where: str) -> pa.Table:
+    try:
+        rows = json.loads(fs.cat_file(path))
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{where}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{where}: not valid JSON: not UTF-8 text at byte {e.start}") from None
+    if isinstance(rows, dict) and len(rows) == 1 and isinstance(next(iter(rows.values())), list):
+        rows = next(iter(rows.values()))  # {"data": [...]} style wrappers
+    return rows_table(rows, where)
+
+
+def rows_table(rows: object, where: str) -> pa.Table:
+    """A table from parsed JSON objects; mixed value types in a column are kept as their JSON text."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InvalidInput(f"{where}: expected a JSON array of objects (or one object per line)")
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return pa.table({k: pa.array([_as_text(r.get(k)) for r in rows], pa.string()) for k in keys})
+
+
+def _as_text(v: object) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    return json.dumps(v, ensure_ascii=False)
