@@ -79,7 +79,7 @@ def join_once(root: Path, out: Path) -> dict:
         "output": {"path": str(out), "maxcount": 5000},
     }
     shutil.rmtree(out, ignore_errors=True)
-    run = fresh_driver(cfg, "raymerge.webdataset.pipeline", [root])
+    run = fresh_driver(cfg, "raymerge.webdataset.tasks", [root])
     shutil.rmtree(out, ignore_errors=True)
     return run
 

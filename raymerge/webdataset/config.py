@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from raymerge.config import BaseConfig, InputConfig, Model, OutputConfig
 from raymerge.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from raymerge.webdataset.sources import Listing
 
 Nonmatch = Literal["error", "skip", "none"]
 OnDuplicateKey = Literal["error", "prefix", "renumber"]
@@ -24,10 +27,14 @@ class WdsInput(InputConfig):
 
 
 class Shuffle(Model):
+    """A seeded order that depends only on each sample's key."""
+
     seed: int = 0
 
 
 class WdsOutput(OutputConfig):
+    """Shard layout (`maxcount`, `maxsize`, `pattern`), fixed headers and the Energon metadata written beside."""
+
     maxcount: int = Field(default=10_000, gt=0, description="samples per shard")
     maxsize: int = Field(default=1_000_000_000, gt=0, description="payload bytes per shard")
     pattern: str = Field(default="shard-%06d.tar", pattern=r"%0?\d*d.*\.tar$")
@@ -40,13 +47,26 @@ class WdsOutput(OutputConfig):
 
 
 class Config(BaseConfig):
+    """`kind: webdataset`: join by key, concat, blend (Hugging Face interleave order) or reshard."""
+
     kind: Literal["webdataset"]
     operation: Literal["join", "concat", "blend", "reshard"]
-    inputs: list[WdsInput] = Field(min_length=1)
+    inputs: list[WdsInput] = Field(min_length=1)  # type: ignore[assignment]  # narrows the base's inputs
     output: WdsOutput
     on_duplicate_key: OnDuplicateKey = "error"
     seed: int = 0
     stopping_strategy: StoppingStrategy = "first_exhausted"
+    _listing: tuple[list[dict[str, Any]], Listing] | None = PrivateAttr(default=None)
+
+    def remember_listing(self, listing: Listing) -> None:
+        """Keep the inputs' shards as `check` listed them, for the `plan` of the same run."""
+        self._listing = ([inp.model_dump() for inp in self.inputs], listing)
+
+    def remembered_listing(self) -> Listing | None:
+        """The listing `check` kept, or None when there is none or the inputs changed since."""
+        if self._listing is None or self._listing[0] != [inp.model_dump() for inp in self.inputs]:
+            return None
+        return self._listing[1]
 
 
 def check(cfg: Config) -> None:

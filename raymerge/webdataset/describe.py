@@ -1,4 +1,5 @@
-"""`detect`, `inspect` and `preview` of a WebDataset folder or tar, from tar headers only."""
+"""`detect`, `inspect` and `preview` of a WebDataset folder or tar, from tar headers only; `preview_config`
+of what a config would write, from its plan."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
+from raymerge.executor import Executor
 from raymerge.webdataset import tarindex
+from raymerge.webdataset.config import Config
 from raymerge.webdataset.energon import META
-from raymerge.webdataset.sources import Shard, is_shard_name, list_shards, open_shard
+from raymerge.webdataset.plan import plan
+from raymerge.webdataset.sources import is_shard_name, list_shards, scan
+from raymerge.webdataset.writer import output_keys
 
 MAX_DUPLICATES_SHOWN = 10
 
@@ -24,13 +29,6 @@ def detect(fs: AbstractFileSystem, path: str) -> bool:
     return any(is_shard_name(p) for p in fs.find(path))
 
 
-def _scan(fs: AbstractFileSystem, shard: Shard) -> dict[str, list]:
-    with open_shard(fs, shard) as f:
-        return tarindex.scan_tar(
-            f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
-        )
-
-
 def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
     """Shards, samples, extensions and their counts, key examples, duplicate keys, problems found."""
     _, shards = list_shards(0, storage.url(fs, path), None, fs.storage_options)
@@ -38,11 +36,13 @@ def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
     duplicates: list[str] = []
     n_duplicates = 0
     extensions: dict[str, int] = {}
-    per_shard, problems, examples = [], [], []
+    per_shard: list[dict[str, Any]] = []
+    problems: list[str] = []
+    examples: list[str] = []
     total = 0
     for shard in shards:
         try:
-            table = _scan(fs, shard)
+            table = scan(fs, shard)
         except InvalidInput as e:
             problems.append(str(e))
             per_shard.append({"name": shard.name, "bytes": shard.size, "samples": None})
@@ -80,7 +80,7 @@ def preview(fs: AbstractFileSystem, path: str, n: int) -> list[dict[str, Any]]:
     _, shards = list_shards(0, storage.url(fs, path), None, fs.storage_options)
     records: list[dict[str, Any]] = []
     for shard in shards:
-        table = _scan(fs, shard)
+        table = scan(fs, shard)
         for key, exts, _, sizes in tarindex.samples(table):
             records.append(
                 {
@@ -91,4 +91,28 @@ def preview(fs: AbstractFileSystem, path: str, n: int) -> list[dict[str, Any]]:
             )
             if len(records) >= n:
                 return records
+    return records
+
+
+def preview_config(cfg: Config, n: int, executor: Executor) -> list[dict[str, Any]]:
+    """The first `n` samples the config would write: output key, shard, members and their sizes, source shards."""
+    the_plan = plan(cfg, executor)
+    records: list[dict[str, Any]] = []
+    for spec in the_plan.output_shards:
+        start = spec.start
+        for c, a, b in spec.pieces:
+            rows = executor.get(the_plan.chunks[c])[a:b]
+            keys = output_keys(rows, start, the_plan.renumber_width)
+            start += b - a
+            for key, (names, srcs, sizes) in zip(keys, rows.select("names", "srcs", "sizes").iter_rows(), strict=True):
+                records.append(
+                    {
+                        "key": key,
+                        "shard": spec.name,
+                        "members": {f"{key}.{e}": z for e, z in sorted(zip(names, sizes, strict=True))},
+                        "from": sorted({the_plan.shards[s].name for s in srcs}),
+                    }
+                )
+                if len(records) >= n:
+                    return records
     return records

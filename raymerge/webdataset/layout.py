@@ -1,14 +1,20 @@
-"""Where each sample goes: blend order, range groups for sorting, output shards, Energon splits."""
+"""Where work and samples go: scan batches, blend order and its chunks, range groups for sorting, output
+shards, Energon splits. Plain values only: the plan turns these into tasks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from raymerge import ordering
 from raymerge.webdataset.keytable import ORDINAL_BITS
+from raymerge.webdataset.sources import Shard
+
+BLEND_CHUNK = 65_536  # blended samples gathered per task
+SCAN_BATCH_MAX = 32  # shards per scan task: small enough that the last tasks finish together
 
 
 @dataclass
@@ -37,6 +43,7 @@ class ShardPacker:
         self._full = True
 
     def add_chunk(self, chunk: int, nbytes: np.ndarray) -> None:
+        """The next ordered chunk, by the payload bytes of each of its samples."""
         cum = np.concatenate([[0], np.cumsum(nbytes, dtype=np.int64)])
         row, n = 0, len(nbytes)
         while row < n:
@@ -60,9 +67,25 @@ class ShardPacker:
             row = end
 
     def _new_shard(self) -> OutputShard:
+        """Open the next output shard, numbered by `pattern`."""
         i = len(self.shards)
         self.shards.append(OutputShard(index=i, name=self.pattern % i, start=self.total))
         return self.shards[-1]
+
+
+def scan_batches(shards: Sequence[Shard], tasks: int, most: int = SCAN_BATCH_MAX) -> list[tuple[int, int]]:
+    """(first, end) runs of consecutive shards of one input: about `tasks` runs, at most `most` shards each.
+
+    Several shards per scan task: a shard's scan takes milliseconds, so a task per shard would be
+    mostly task overhead and many tiny objects.
+    """
+    per = max(1, min(most, -(-len(shards) // max(1, tasks))))
+    out, start = [], 0
+    for i in range(1, len(shards) + 1):
+        if i == len(shards) or i - start >= per or shards[i].input != shards[start].input:
+            out.append((start, i))
+            start = i
+    return out
 
 
 def range_boundaries_by_shard(shard_counts: Sequence[int], groups: int) -> list[int]:
@@ -93,6 +116,36 @@ def blend_indices(
     p = None if weights is None else (np.asarray(weights, dtype=np.float64) / float(np.sum(weights))).tolist()
     src = ordering.interleave_order(lengths, p, seed, strategy).astype(np.int32)
     return src, ordering.appearance_rank(src, len(lengths))
+
+
+@dataclass(frozen=True)
+class BlendChunk:
+    """One gather task's share of the blended order, and the inputs' key tables it needs."""
+
+    first: int  # position of its first sample in the blended order
+    inputs: np.ndarray  # per sample: the input it comes from
+    rows: np.ndarray  # per sample: its row within that input
+    sources: list[tuple[int, int, int]]  # (input, row of its first table's first sample, tables passed)
+    tables: list[Any]  # the key tables (handles) of `sources`, in that order
+
+
+def blend_chunks(
+    inputs: np.ndarray, rows: np.ndarray, lengths: Sequence[int], tables: Sequence[Sequence[tuple[int, int, Any]]]
+) -> Iterator[BlendChunk]:
+    """The blended order (`blend_indices`) cut into chunks of `BLEND_CHUNK` samples, each with only the key
+    tables it overlaps; `tables[input]` lists (first row, rows, table) of that input's tables in order."""
+    rows = rows % np.asarray(lengths, dtype=np.int64)[inputs]
+    for first in range(0, len(inputs), BLEND_CHUNK):
+        chunk_inputs, chunk_rows = inputs[first : first + BLEND_CHUNK], rows[first : first + BLEND_CHUNK]
+        sources: list[tuple[int, int, int]] = []
+        needed: list[Any] = []
+        for s in np.unique(chunk_inputs).tolist():
+            need = chunk_rows[chunk_inputs == s]
+            lo, hi = int(need.min()), int(need.max())
+            overlap = [(start, table) for start, n, table in tables[s] if start <= hi and start + n > lo]
+            sources.append((s, overlap[0][0], len(overlap)))
+            needed.extend(table for _, table in overlap)
+        yield BlendChunk(first, chunk_inputs, chunk_rows, sources, needed)
 
 
 def split_parts(shard_names: Sequence[str], ratio: dict[str, float] | None) -> dict[str, list[str]]:

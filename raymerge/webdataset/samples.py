@@ -18,6 +18,7 @@ def payload(key: str, ext: str, size: int) -> bytes:
 
 
 def write_tar(path: Path, samples: Iterable[Sample], *, compressed: bool = False) -> None:
+    """One shard as WebDataset writers make it: ustar headers, a sample's members adjacent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz" if compressed else "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
@@ -41,14 +42,17 @@ def write_shards(
 
 
 def image_samples(keys: Sequence[str], size: int = 300) -> list[Sample]:
+    """A primary-like dataset: an incompressible `jpg` of `size` bytes and a class label per key."""
     return [(k, {"jpg": payload(k, "jpg", size), "cls": str(i % 10).encode()}) for i, k in enumerate(keys)]
 
 
 def caption_samples(keys: Sequence[str]) -> list[Sample]:
+    """A secondary with a small `txt` per key, to join onto images."""
     return [(k, {"txt": f"a caption for {k}".encode()}) for k in keys]
 
 
 def meta_samples(keys: Sequence[str], ext: str = "json") -> list[Sample]:
+    """A secondary with a small JSON member per key, to join onto images."""
     return [(k, {ext: json.dumps({"key": k, "score": len(k)}).encode()}) for k in keys]
 
 
@@ -58,6 +62,7 @@ def keys(n: int, pattern: str = "part_{part}/{i:06d}", parts: int = 2) -> list[s
 
 
 def shuffled(items: Sequence, seed: int = 1) -> list:
+    """A seeded permutation: secondaries whose key order differs from the primary's."""
     out = list(items)
     random.Random(seed).shuffle(out)
     return out

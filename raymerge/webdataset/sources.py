@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -10,6 +11,8 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
+from raymerge.webdataset import tarindex
+from raymerge.webdataset.config import WdsInput
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz")
@@ -26,7 +29,42 @@ class Shard:
     compressed: bool
 
 
+@dataclass(frozen=True)
+class Listing:
+    """Every input's shards, found once before Ray starts: what the plan scans and the manifest fingerprints."""
+
+    shards: list[Shard]
+    filesystems: list[AbstractFileSystem]  # per input
+    fingerprints: list[dict[str, Any]]  # per input
+
+    @property
+    def nbytes(self) -> int:
+        """The inputs' total size: what decides whether Ray pays for itself."""
+        return sum(s.size for s in self.shards)
+
+
+def list_inputs(inputs: Sequence[WdsInput]) -> Listing:
+    """Every input's shards in order; a missing input, shard or empty folder is refused here."""
+    shards: list[Shard] = []
+    filesystems, fingerprints = [], []
+    for i, inp in enumerate(inputs):
+        fs, found = list_shards(i, inp.path, inp.shards, inp.storage_options)
+        filesystems.append(fs)
+        shards.extend(found)
+        fingerprints.append(_fingerprint(fs, inp.path, inp.storage_options, found))
+    return Listing(shards, filesystems, fingerprints)
+
+
+def _fingerprint(fs: AbstractFileSystem, path: str, options: dict, found: list[Shard]) -> dict[str, Any]:
+    """The listing fingerprint of a folder or file; for patterns and lists, of the shards themselves."""
+    root = storage.resolve(path, options)[1]
+    if "{" not in path and storage.exists(fs, root):
+        return storage.fingerprint(fs, root)
+    return {"path": path, "files": len(found), "bytes": sum(s.size for s in found), "shards": [s.name for s in found]}
+
+
 def is_shard_name(name: str) -> bool:
+    """Tars by their suffix: other files beside shards (`.tar.idx`, `raymerge.json`) are not inputs."""
     return name.endswith(TAR_SUFFIXES + COMPRESSED_SUFFIXES)
 
 
@@ -56,6 +94,7 @@ def list_shards(
 
 
 def _expand(pattern: str) -> list[str]:
+    """WebDataset's brace patterns (`shard-{000..009}.tar`), in their order."""
     return list(braceexpand.braceexpand(pattern))
 
 
@@ -77,3 +116,11 @@ def _shard_from_info(index: int, path: str, root: str, info: dict[str, Any]) -> 
 def open_shard(fs: AbstractFileSystem, shard: Shard) -> IO[bytes]:
     """A plain file object for local shards (the header scan seeks per member), fsspec's otherwise."""
     return open(shard.path, "rb") if storage.is_local(fs) else fs.open(shard.path, "rb")
+
+
+def scan(fs: AbstractFileSystem, shard: Shard) -> dict[str, Any]:
+    """The checked sample table of one shard (`tarindex.scan_tar`), from its headers only."""
+    with open_shard(fs, shard) as f:
+        return tarindex.scan_tar(
+            f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
+        )

@@ -1,4 +1,4 @@
-"""Tar headers to a sample table: key, member extensions, data offsets and sizes. Payload is never read.
+"""Tar members to a checked sample table: key, member extensions, data offsets and sizes. Payload is never read.
 
 Keys follow WebDataset/Energon: the member path up to the first dot of its last component
 (`a/b.seg.png` -> key `a/b`, extension `seg.png`). A sample is a run of adjacent members with one key.
@@ -8,11 +8,9 @@ folder name, newlines, `..`, `__`) take the regular expressions one by one.
 
 from __future__ import annotations
 
-import mmap
 import re
 import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -20,14 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raymerge.errors import InvalidInput
+from raymerge.webdataset.tarmembers import Members, tarfile_members, ustar_members
 
 # Energon 7.4's own patterns (megatron/energon/flavors/webdataset/config.py), so keys match exactly.
 _SAMPLE_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META_NAME = re.compile(r"__[^/]*__($|/)")
-
-# Per sample: key, member count, payload bytes; per member (flat, in tar order): extension, data offset, size.
-# Keys and extensions are Arrow string arrays, the numbers int64 numpy arrays.
-COLUMNS = ("key", "members", "nbytes", "exts", "offsets", "sizes")
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -37,16 +32,8 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 
 def is_meta(name: str) -> bool:
+    """Energon skips `__...__` members (e.g. `__key__`): they belong to no sample."""
     return "__" in name and _META_NAME.search(name) is not None
-
-
-def unsafe_reason(info: tarfile.TarInfo) -> str | None:
-    """Why a member of this type must not be copied into a dataset (links, devices)."""
-    if info.issym() or info.islnk():
-        return "is a link; only regular files are allowed"
-    if not (info.isreg() or info.isdir()):
-        return "is a device, fifo or other special file; only regular files are allowed"
-    return None
 
 
 def unsafe_name(name: str) -> str | None:
@@ -58,23 +45,21 @@ def unsafe_name(name: str) -> str | None:
     return None
 
 
-def open_tar(fileobj: IO[bytes], compressed: bool) -> tarfile.TarFile:
-    return tarfile.open(fileobj=fileobj, mode="r:gz" if compressed else "r:")
+def is_run_start(values: np.ndarray) -> np.ndarray:
+    """True where a run of equal neighbours begins (the first of each run)."""
+    return np.r_[True, values[1:] != values[:-1]] if len(values) else np.zeros(0, dtype=bool)
 
 
-@dataclass(frozen=True)
-class Members:
-    """Every member in tar order, as columns: name, is a directory, data offset, data size."""
-
-    names: pa.LargeStringArray
-    is_dir: np.ndarray
-    offsets: np.ndarray
-    sizes: np.ndarray
+def is_run_end(values: np.ndarray) -> np.ndarray:
+    """True where a run of equal neighbours ends (the last of each run)."""
+    return np.r_[values[1:] != values[:-1], True] if len(values) else np.zeros(0, dtype=bool)
 
 
 def scan_tar(fileobj: IO[bytes], shard: str, *, compressed: bool = False, size: int | None = None) -> dict[str, Any]:
     """The sample table of one shard, checked: adjacent keys, keyed members, safe names, complete data.
 
+    Per sample `key`, `members` (count) and `nbytes` (payload); per member, flat in tar order, `exts`,
+    `offsets` (of the data) and `sizes`. Keys and extensions are Arrow string arrays, numbers int64 numpy arrays.
     Plain ustar headers (what WebDataset writers produce) are found by following the header chain
     and parsed together; anything else (PAX or GNU long names, damage, links) goes through
     `tarfile`, which also words the errors.
@@ -84,7 +69,7 @@ def scan_tar(fileobj: IO[bytes], shard: str, *, compressed: bool = False, size: 
         if members is not None:
             return _table(members, shard, size)
         fileobj.seek(0)
-        members, failure = _tarfile_members(fileobj, shard, compressed)
+        members, failure = tarfile_members(fileobj, shard, compressed)
         table = _table(members, shard, size)  # a bad member before the failure is the first error
         if failure is not None:
             raise failure
@@ -93,196 +78,6 @@ def scan_tar(fileobj: IO[bytes], shard: str, *, compressed: bool = False, size: 
         raise
     except (tarfile.TarError, EOFError, OSError) as e:
         raise InvalidInput(f"{shard}: not a readable tar file ({type(e).__name__}: {e})") from None
-
-
-def ustar_members(fileobj: IO[bytes]) -> Members | None:
-    """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
-
-    Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, name, prefix and
-    directory rules), so both paths give the same members; payload is skipped, never read. The
-    loop only follows sizes from header to header; the other fields of all headers are checked
-    and parsed together.
-    """
-    chain = _header_chain(_blocks(fileobj))
-    if chain is None:
-        return None
-    blocks, starts, sizes = chain
-    raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
-    kind = raw[:, 156]
-    plain = (kind == _REGTYPE) | (kind == _AREGTYPE) | (kind == _DIRTYPE)
-    if not (plain.all() and (raw[:, 257:262] == _MAGIC).all() and _checksums_ok(raw)):
-        return None
-    names = _strings(raw[:, :100])
-    if names is None:
-        return None  # not UTF-8: tarfile's surrogate escapes
-    size = np.asarray(sizes, dtype=np.int64)
-    is_dir = kind == _DIRTYPE
-    if (kind == _AREGTYPE).any():  # old-style regular files, directories by a trailing slash
-        is_dir |= (kind == _AREGTYPE) & np.array([n.endswith("/") for n in names.to_pylist()], dtype=bool)
-    if (size[is_dir] != 0).any():
-        return None
-    if is_dir.any() or raw[:, 345].any():
-        prefixes = _strings(raw[:, 345:500])
-        if prefixes is None:
-            return None
-        names = _full_names(names.to_pylist(), prefixes.to_pylist(), is_dir.tolist())
-    return Members(names, is_dir, np.asarray(starts, dtype=np.int64) + tarfile.BLOCKSIZE, size)
-
-
-_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
-HEADER_WINDOW = 4096  # one page per read where the file cannot be mapped: small members' headers come together
-_REGTYPE, _AREGTYPE, _DIRTYPE = tarfile.REGTYPE[0], tarfile.AREGTYPE[0], tarfile.DIRTYPE[0]
-_MAGIC = np.frombuffer(b"ustar", dtype=np.uint8)
-
-
-def _header_chain(data: mmap.mmap | _Window) -> tuple[list[bytes], list[int], list[int]] | None:
-    """Header blocks, their positions and member sizes up to the end-of-archive block; None on anything odd.
-
-    The hot loop of the scan: one pass per member, the common size field parsed inline.
-    """
-    blocks: list[bytes] = []
-    starts: list[int] = []
-    sizes: list[int] = []
-    pos = 0
-    while True:
-        block = data[pos : pos + tarfile.BLOCKSIZE]
-        if block == _ZERO_BLOCK or len(block) != tarfile.BLOCKSIZE:
-            return (blocks, starts, sizes) if pos and len(block) == tarfile.BLOCKSIZE else None
-        try:  # "%011o" + NUL or space, as tarfile writes it; anything else the general way
-            size = int(block[124:135], 8) if block[135] in (0, 32) else _size(block)
-        except ValueError:
-            size = _size(block)
-        if size is None or size < 0:
-            return None
-        blocks.append(block)
-        starts.append(pos)
-        sizes.append(size)
-        pos += tarfile.BLOCKSIZE + ((size + tarfile.BLOCKSIZE - 1) & -tarfile.BLOCKSIZE)
-
-
-def _blocks(fileobj: IO[bytes]) -> mmap.mmap | _Window:
-    """The file's bytes by slice. A local file is mapped: a header costs a page fault, not a read call,
-    and the payload between headers is never touched. Other files are read a window at a time."""
-    try:
-        return mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
-    except (AttributeError, OSError, ValueError):  # no file descriptor, an empty or special file
-        return _Window(fileobj)
-
-
-class _Window:
-    """Slices of a file that cannot be mapped (object storage, memory), read `HEADER_WINDOW` at a time:
-    the headers of a run of small members come in one request."""
-
-    def __init__(self, fileobj: IO[bytes]) -> None:
-        self.fileobj, self.window, self.start = fileobj, b"", 0
-
-    def __getitem__(self, part: slice) -> bytes:
-        if not self.start <= part.start <= part.stop <= self.start + len(self.window):
-            self.fileobj.seek(part.start)
-            self.window, self.start = self.fileobj.read(max(HEADER_WINDOW, part.stop - part.start)), part.start
-        return self.window[part.start - self.start : part.stop - self.start]
-
-
-def _size(block: bytes) -> int | None:
-    """The member size field as tarfile reads it, or None if it is not a number."""
-    try:
-        return _octal(block[124:136])
-    except ValueError:
-        return None
-
-
-def _checksums_ok(raw: np.ndarray) -> bool:
-    """tarfile's (unsigned) header checksum: the byte sum with the checksum field counted as spaces."""
-    field = raw[:, 148:156]
-    digits = field[:, :6].astype(np.int64) - ord("0")
-    common = ((digits >= 0) & (digits < 8)).all(axis=1) & (field[:, 6] == 0)  # "%06o\0 " (or "\0\0")
-    stored = digits @ (8 ** np.arange(5, -1, -1, dtype=np.int64))
-    try:
-        for i in np.flatnonzero(~common).tolist():
-            stored[i] = _octal(field[i].tobytes())
-    except ValueError:
-        return False
-    sums = raw.sum(axis=1, dtype=np.uint32).astype(np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * 32
-    return bool(np.array_equal(sums, stored))
-
-
-def _octal(field: bytes) -> int:
-    if field[:1] in (b"\x80", b"\xff"):
-        raise ValueError("base-256 number")
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-
-
-def _strings(fields: np.ndarray) -> pa.LargeStringArray | None:
-    """NUL-terminated fixed-width fields (one per row) as strings, or None if one is not UTF-8."""
-    is_nul = fields == 0
-    lengths = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), fields.shape[1])
-    bounds = np.zeros(len(fields) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=bounds[1:])
-    width = int(lengths.max()) if len(lengths) else 0
-    data = fields[:, :width][np.arange(width) < lengths[:, None]]
-    strings = pa.LargeStringArray.from_buffers(len(fields), pa.py_buffer(bounds), pa.py_buffer(data))
-    try:
-        strings.validate(full=True)
-    except pa.ArrowInvalid:
-        return None
-    return strings
-
-
-def _full_names(names: list[str], prefixes: list[str], is_dir: list[bool]) -> pa.LargeStringArray:
-    """Directory names without trailing slashes, each behind its ustar prefix field where one is set."""
-    full = []
-    for name, prefix, d in zip(names, prefixes, is_dir, strict=True):
-        name = name.rstrip("/") if d else name
-        full.append(f"{prefix}/{name}" if prefix else name)
-    return pa.array(full, pa.large_string())
-
-
-def _tarfile_members(fileobj: IO[bytes], shard: str, compressed: bool) -> tuple[Members, Exception | None]:
-    """Members as tarfile reads them, up to the first failure (a link or device, a bad header, a cut end).
-
-    The failure is returned, not raised: the members before it are checked first, as they come first.
-    """
-    names: list[str] = []
-    is_dir: list[bool] = []
-    offsets: list[int] = []
-    sizes: list[int] = []
-    failure: Exception | None = None
-    try:
-        with open_tar(fileobj, compressed) as tar:
-            for info in tar:
-                reason = unsafe_reason(info) or _not_utf8(info.name)
-                if reason:
-                    raise InvalidInput(f"{shard}: member {info.name!r} {reason}")
-                names.append(info.name)
-                is_dir.append(info.isdir())
-                offsets.append(info.offset_data)
-                sizes.append(info.size)
-            _check_end_marker(tar, shard)
-    except (InvalidInput, tarfile.TarError, EOFError, OSError) as e:
-        failure = e
-    members = Members(
-        pa.array(names, pa.large_string()),
-        np.array(is_dir, dtype=bool),
-        np.array(offsets, dtype=np.int64),
-        np.array(sizes, dtype=np.int64),
-    )
-    return members, failure
-
-
-def _not_utf8(name: str) -> str | None:
-    """tarfile escapes bytes that are not UTF-8 as surrogates; keys must be text."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return "has a name that is not UTF-8"
-    return None
-
-
-def _check_end_marker(tar: tarfile.TarFile, shard: str) -> None:
-    """tarfile stops quietly at a cut or damaged header; a complete tar ends with a zero block there."""
-    tar.fileobj.seek(tar.offset)
-    if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
-        raise InvalidInput(f"{shard}: truncated or damaged at byte {tar.offset} (no end-of-archive marker there)")
 
 
 class _Bytes:
@@ -300,14 +95,16 @@ class _Bytes:
         return np.flatnonzero(self.data[start : int(self.bounds[-1]) if self.n else 0] == byte[0]) + start
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The name each buffer position belongs to."""
         return np.searchsorted(self.bounds, positions, side="right") - 1
 
     def first(self, byte: bytes) -> np.ndarray:
         """Position of the byte's first occurrence in each name, or -1."""
-        return self._pick(self.hits(byte), lambda r: np.r_[True, r[1:] != r[:-1]])
+        return self._pick(self.hits(byte), is_run_start)
 
     def last(self, byte: bytes) -> np.ndarray:
-        return self._pick(self.hits(byte), lambda r: np.r_[r[1:] != r[:-1], True])
+        """Position of the byte's last occurrence in each name, or -1."""
+        return self._pick(self.hits(byte), is_run_end)
 
     def with_pair(self, byte: bytes) -> np.ndarray:
         """Names that hold the byte twice in a row (`..`, `__`)."""
@@ -318,11 +115,12 @@ class _Bytes:
         out[self.rows(pairs)] = True
         return out
 
-    def _pick(self, pos: np.ndarray, ends: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    def _pick(self, pos: np.ndarray, choose: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """One of each name's hits (`choose` marks it among the hits of one name), or -1 where it has none."""
         out = np.full(self.n, -1, dtype=np.int64)
         if len(pos):
             rows = self.rows(pos)
-            chosen = ends(rows)
+            chosen = choose(rows)
             out[rows[chosen]] = pos[chosen]
         return out
 
@@ -377,7 +175,7 @@ def _table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
     keys, exts = split_names(members.names.take(kept))
     offsets, sizes = members.offsets[kept], members.sizes[kept]
     key_code = _codes(keys)
-    first = np.r_[True, key_code[1:] != key_code[:-1]] if len(kept) else np.zeros(0, dtype=bool)
+    first = is_run_start(key_code)
     starts = np.flatnonzero(first)
     again = np.zeros(len(kept), dtype=bool)  # codes count up by one per new key; a key seen before breaks the count
     again[starts] = key_code[starts] != np.arange(len(starts))
@@ -407,6 +205,7 @@ def _codes(strings: pa.Array) -> np.ndarray:
 
 
 def _first_occurrences(values: np.ndarray) -> np.ndarray:
+    """True at the first position of each distinct value."""
     out = np.zeros(len(values), dtype=bool)
     out[np.unique(values, return_index=True)[1]] = True
     return out

@@ -12,7 +12,6 @@ import os
 import tarfile
 from collections.abc import Callable, Sequence
 from itertools import chain, pairwise
-from typing import IO
 
 import numpy as np
 import polars as pl
@@ -162,7 +161,7 @@ class RangeReader:
     def __init__(self, shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem]) -> None:
         self.shards, self.filesystems = shards, filesystems
         self._local = [storage.is_local(fs) for fs in filesystems]
-        self._gz: dict[int, IO[bytes]] = {}
+        self._gz: dict[int, gzip.GzipFile] = {}
         self._maps: dict[int, memoryview] = {}
         self._mapped = np.full(len(shards), _UNKNOWN, dtype=np.int64)  # mapped length, or why not mapped
 
@@ -191,6 +190,7 @@ class RangeReader:
         return data
 
     def read(self, src: int, start: int, end: int) -> memoryview:
+        """Bytes [start, end) of one input shard, in one request; a short read means the input changed."""
         shard = self.shards[src]
         if self._mapped[src] >= 0:
             data = self._maps[src][start:end]
@@ -247,6 +247,7 @@ class RangeReader:
 
 
 def output_keys(rows: pl.DataFrame, start: int, renumber_width: int | None) -> list[str]:
+    """The keys rows get in the output: their own, or zero-padded positions in the output from `start`."""
     if renumber_width is None:
         return rows["key"].to_list()
     return [f"{i:0{renumber_width}d}" for i in range(start, start + rows.height)]

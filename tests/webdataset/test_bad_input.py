@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from raymerge import api
-from raymerge.errors import InvalidInput
 from raymerge.webdataset import samples as S
-from tests.helpers import run_cli, tree_digest
+from tests.helpers import assert_rejected, run_cli
 
 
 def raw_tar(path: Path, members: list[tuple[str, bytes] | tarfile.TarInfo]) -> None:
@@ -82,7 +81,6 @@ def test_bad_shard_is_rejected_before_writing(ray_address, tmp_path, case):
     good = tmp_path / "good"
     S.write_shards(good, S.image_samples(["a", "b"]), 1)
     make(tmp_path / "bad" / "bad.tar")
-    before = tree_digest(tmp_path)
     cfg = {
         "kind": "webdataset",
         "operation": "concat",
@@ -90,10 +88,21 @@ def test_bad_shard_is_rejected_before_writing(ray_address, tmp_path, case):
         "output": {"path": str(tmp_path / "out")},
         "on_duplicate_key": "prefix",
     }
-    with pytest.raises(InvalidInput, match=message):
-        api.run(cfg)
-    assert not (tmp_path / "out").exists()
-    assert tree_digest(tmp_path) == before
+    assert_rejected(cfg, message, [good, tmp_path / "bad"], tmp_path / "out")
+
+
+def test_of_several_bad_shards_the_first_in_input_order_is_named(ray_address, tmp_path):
+    """Scans finish in any order; the error is the same every run."""
+    S.write_shards(tmp_path / "in", S.image_samples([f"k{i}" for i in range(8)]), 4)
+    truncated(tmp_path / "in" / "shard-00001.tar")
+    (tmp_path / "in" / "shard-00003.tar").write_text("not a tar")
+    cfg = {
+        "kind": "webdataset",
+        "operation": "reshard",
+        "inputs": [{"path": str(tmp_path / "in")}],
+        "output": {"path": str(tmp_path / "out")},
+    }
+    assert_rejected(cfg, r"shard-00001.tar: truncated", [tmp_path / "in"], tmp_path / "out")
 
 
 def test_key_repeated_across_shards(ray_address, tmp_path):
@@ -105,11 +114,8 @@ def test_key_repeated_across_shards(ray_address, tmp_path):
         "inputs": [{"path": str(tmp_path / "in")}],
         "output": {"path": str(tmp_path / "out")},
     }
-    with pytest.raises(
-        InvalidInput, match=r"inputs in: 1 sample key\(s\) occur more than once .*'k2' in in/s0.tar, in/s1.tar"
-    ):
-        api.run(cfg)
-    assert not (tmp_path / "out").exists()
+    message = r"inputs in: 1 sample key\(s\) occur more than once .*'k2' in in/s0.tar, in/s1.tar"
+    assert_rejected(cfg, message, [tmp_path / "in"], tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -133,9 +139,7 @@ def test_bad_config(ray_address, wds, out, change, message):
         cfg["inputs"][i] = {**cfg["inputs"][i], **extra}
     if cfg["operation"] == "concat":
         cfg["inputs"][1].pop("nonmatch")
-    with pytest.raises(InvalidInput, match=message):
-        api.run(cfg)
-    assert not out.exists()
+    assert_rejected(cfg, message, [wds["root"] / "images", wds["root"] / "captions"], out)
 
 
 def test_cli_exit_code_2_for_existing_output_and_0_for_plan(ray_address, wds, tmp_path):
@@ -155,3 +159,40 @@ def test_cli_exit_code_2_for_existing_output_and_0_for_plan(ray_address, wds, tm
     assert r.returncode == 0, r.stderr
     assert '"rows_out": 51' in r.stdout
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "second", "message"),
+    [
+        ("join", {"path": "{tmp}/missing"}, r"input .*/missing: no such file or folder"),
+        ("join", {"path": "{root}/images", "shards": ["gone.tar"]}, r"input shard .*/images/gone.tar: not found"),
+        ("concat", {"path": "{root}/captions", "weight": 2}, r"inputs\[1\].weight: only used by operation blend"),
+    ],
+)
+def test_rejected_before_ray_starts(wds, tmp_path, monkeypatch, operation, second, message):
+    """Config rules and every input's listing are checked before an executor (and Ray) is started."""
+
+    def no_executor(*args, **kwargs):
+        raise AssertionError("an executor was started for a config that check() rejects")
+
+    monkeypatch.setattr(api, "_executor", no_executor)
+    second = {**second, "path": second["path"].format(root=wds["root"], tmp=tmp_path)}
+    cfg = {
+        "kind": "webdataset",
+        "operation": operation,
+        "inputs": [{"path": str(wds["root"] / "images")}, second],
+        "output": {"path": str(tmp_path / "out")},
+    }
+    assert_rejected(cfg, message, [wds["root"]], tmp_path / "out")
+
+
+def test_cli_exit_code_2_for_a_missing_input(wds, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"kind: webdataset\noperation: join\ninputs:\n  - path: {wds['root'] / 'images'}\n"
+        f"  - path: {tmp_path / 'missing'}\noutput:\n  path: {tmp_path / 'out'}\n"
+    )
+    r = run_cli("run", str(cfg), "--quiet")
+    assert r.returncode == 2, r.stderr
+    assert "missing: no such file or folder" in r.stderr
+    assert not (tmp_path / "out").exists()

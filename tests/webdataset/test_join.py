@@ -1,6 +1,9 @@
-"""Key joins end to end on the shared Ray session: order, nonmatch modes, bytes, tar headers, index files."""
+"""Key joins end to end: order, nonmatch modes, bytes, tar headers, index files; from S3 to S3."""
 
 from __future__ import annotations
+
+import io
+import tarfile
 
 import numpy as np
 import pytest
@@ -94,3 +97,41 @@ def test_member_clash_is_an_error_unless_prefixed(ray_address, wds, out, tmp_pat
     key = written[0][1]
     names = dict(written[0][2])
     assert names[f"{key}.extra.json"] == names[f"{key}.json"] == wds["meta"][key]["json"]
+
+
+def test_join_from_s3_to_s3(ray_address, s3, wds):
+    fs, bucket, opts = s3["fs"], s3["bucket"], s3["storage_options"]
+    fs.put(str(wds["root"] / "images"), f"{bucket}/in/images", recursive=True)
+    fs.put(str(wds["root"] / "captions"), f"{bucket}/in/captions", recursive=True)
+    cfg = {
+        "kind": "webdataset",
+        "operation": "join",
+        "inputs": [
+            {"path": f"s3://{bucket}/in/images/shard-{{00000..00002}}.tar", "storage_options": opts},
+            {"path": f"s3://{bucket}/in/captions", "nonmatch": "none", "storage_options": opts},
+        ],
+        "output": {"path": f"s3://{bucket}/out", "storage_options": opts, "maxcount": 25},
+    }
+    report = api.run(cfg)
+    assert report.rows_out == 60
+    listed = sorted(p.split("/out/", 1)[1] for p in fs.find(f"{bucket}/out"))
+    assert listed == sorted(
+        [f"shard-00000{i}.tar{s}" for i in range(3) for s in ("", ".idx")]
+        + [f".nv-meta/{n}" for n in (".info.json", "split.yaml", "dataset.yaml", "index.sqlite", "index.uuid")]
+        + ["raymerge.json"]
+    )
+    got = []
+    for i in range(3):
+        with tarfile.open(fileobj=io.BytesIO(fs.cat_file(f"{bucket}/out/shard-00000{i}.tar"))) as tar:
+            got += [(m.name, tar.extractfile(m).read()) for m in tar]
+    assert [n for n, _ in got if n.endswith(".jpg")] == [f"{k}.jpg" for k in wds["keys"]]
+    want = {
+        f"{k}.{e}": d
+        for src in (wds["images"], wds["captions"])
+        for k, m in src.items()
+        if k in wds["images"]
+        for e, d in m.items()
+    }
+    assert dict(got) == want
+    info = api.inspect(f"s3://{bucket}/out", opts)
+    assert (info["kind"], info["samples"], info["shards"], info["energon_metadata"]) == ("webdataset", 60, 3, True)

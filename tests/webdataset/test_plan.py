@@ -1,4 +1,5 @@
-"""concat (duplicate-key policies), blend (Hugging Face order), reshard (sizes, shuffle), gz inputs."""
+"""The orders a plan builds: concat (duplicate-key policies), blend (Hugging Face order), reshard (sizes,
+shuffle), gz inputs; and `check`, the part that runs before Ray."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from datasets import Dataset, interleave_datasets
 
 from raymerge import api
 from raymerge.errors import InvalidInput
+from raymerge.executor import Executor
+from raymerge.webdataset import FAMILY
 from raymerge.webdataset import samples as S
 from tests.webdataset.util import read_samples
 
@@ -139,3 +142,20 @@ def test_gzip_shards_are_read(ray_address, tmp_path):
     got = read_samples(tmp_path / "o")
     assert [k for _, k, _ in got] == S.keys(15)
     assert dict(got[3][2])[f"{got[3][1]}.jpg"] == dict(samples)[got[3][1]]["jpg"]
+
+
+def test_check_lists_every_shard_and_plan_uses_that_listing(wds, tmp_path):
+    cfg = api.load_config(
+        config("concat", [wds["root"] / "images", wds["root"] / "captions"], tmp_path / "o", on_duplicate_key="prefix")
+    )
+    tars = sorted((wds["root"] / "images").glob("*.tar")) + sorted((wds["root"] / "captions").glob("*.tar"))
+    assert FAMILY.check(cfg) == sum(p.stat().st_size for p in tars)
+    listing = cfg.remembered_listing()
+    assert [s.name for s in listing.shards] == [p.name for p in tars]
+    with Executor.in_process() as executor:
+        the_plan = FAMILY.plan(cfg, executor)
+    assert the_plan.shards is listing.shards
+    assert the_plan.report.rows_out == len(wds["keys"]) + len(wds["captions"])
+    assert not (tmp_path / "o").exists()
+    cfg.inputs[1].path = str(wds["root"] / "meta")
+    assert cfg.remembered_listing() is None  # inputs changed since the check: listed again

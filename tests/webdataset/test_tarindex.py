@@ -1,6 +1,6 @@
-"""The header scan without a cluster: the chain-following, all-at-once scan against `tarfile` and the
-member-by-member rules it replaces, on random archives (PAX and GNU names, directories, meta members,
-payloads that hold tar headers, damage)."""
+"""The sample table without a cluster: the all-at-once scan against the member-by-member rules it replaces, on
+random archives (PAX and GNU names, directories, meta members, payloads that hold tar headers, damage), and
+key/extension splitting as Energon does it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -17,16 +18,17 @@ from hypothesis import strategies as st
 
 from raymerge.errors import InvalidInput
 from raymerge.webdataset.tarindex import (
-    _tarfile_members,
     is_meta,
+    is_run_end,
+    is_run_start,
     samples,
     scan_tar,
     split_name,
     split_names,
     summarize,
     unsafe_name,
-    ustar_members,
 )
+from tests.webdataset.util import header_inside, tar_bytes
 
 ENERGON = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
@@ -94,23 +96,6 @@ def scanned(data: bytes, size: int | None) -> list[tuple[str, list[str], list[in
         raise
 
 
-def tar_bytes(members: list[tuple[str, bytes, bytes]], fmt: int) -> bytes:
-    """(name, type, payload) members written by tarfile in the given format."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
-        for name, kind, payload in members:
-            info = tarfile.TarInfo(name)
-            info.type, info.mtime = kind, 1_700_000_000
-            info.size = len(payload) if kind == tarfile.REGTYPE else 0
-            tar.addfile(info, io.BytesIO(payload) if info.size else None)
-    return buf.getvalue()
-
-
-def header_inside() -> bytes:
-    """A payload that holds a valid tar header (of `inner.jpg`) on a block boundary, and its data."""
-    return bytes(512) + tar_bytes([("inner.jpg", tarfile.REGTYPE, b"i" * 600)], tarfile.USTAR_FORMAT)[:2048]
-
-
 KEYS = ["a", "b", "d/k1", "d/k2", "x.y/k3", "p" * 90 + "/" + "q" * 20, "w" * 120, "é/k4", "d/.h"]
 EXTS = ["jpg", "txt", "seg.png", "cls", "json", ""]
 ODD = ["d/", "d/__meta__.json", "__key__", "README", "../up.jpg", "/abs.jpg", "d/../e.jpg", "..x.jpg", "a.b/c"]
@@ -154,34 +139,6 @@ def test_scan_agrees_with_member_by_member_rules(seed):
     assert outcome(scanned, data, size) == outcome(reference_scan, data, "t.tar", size)
 
 
-@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
-def test_direct_header_scan_equals_tarfile(fmt):
-    """Plain ustar headers are parsed directly (prefix-split long names, directories, payloads holding tar
-    headers too); PAX/GNU long names fall back to tarfile."""
-    names = ["d/", "d/a.seg.png", "d/a.txt", "p" * 90 + "/" + "q" * 90 + ".jpg", "x" * 120 + ".jpg", "b.cls"]
-    members = [
-        (n, tarfile.DIRTYPE if n.endswith("/") else tarfile.REGTYPE, header_inside() if i == 2 else b"z" * 700 * i)
-        for i, n in enumerate(names)
-        if fmt != tarfile.USTAR_FORMAT or not n.startswith("x")
-    ]
-    data = tar_bytes(members, fmt)
-    direct = ustar_members(io.BytesIO(data))
-    exact, failure = _tarfile_members(io.BytesIO(data), "t.tar", False)
-    assert failure is None
-    if fmt == tarfile.USTAR_FORMAT:
-        assert direct is not None and len(direct.names) == 5
-        assert direct.names.equals(exact.names)
-        assert [direct.is_dir.tolist(), direct.offsets.tolist(), direct.sizes.tolist()] == [
-            exact.is_dir.tolist(),
-            exact.offsets.tolist(),
-            exact.sizes.tolist(),
-        ]
-    else:
-        assert direct is None  # long names need PAX or GNU headers: tarfile reads them
-    long_keys = ["p" * 90 + "/" + "q" * 90] + ([] if fmt == tarfile.USTAR_FORMAT else ["x" * 120])
-    assert scan_tar(io.BytesIO(data), "t.tar")["key"].to_pylist() == ["d/a", *long_keys, "b"]
-
-
 def test_scan_reports_data_offsets_of_members(tmp_path: Path):
     data = tar_bytes(
         [("a.jpg", tarfile.REGTYPE, b"x" * 700), ("a.txt", tarfile.REGTYPE, b"hi"), ("b.jpg", tarfile.REGTYPE, b"y")],
@@ -215,24 +172,21 @@ def test_split_names_match_energon_expression(names):
     assert list(zip(keys.to_pylist(), exts.to_pylist(), strict=True)) == [split_name(n) or (None, None) for n in names]
 
 
-def test_size_fields_that_are_not_sizes_fail_cleanly():
-    """A negative size field sent the header chain backwards forever; it is refused like damage now."""
-    info = tarfile.TarInfo("a.jpg")
-    info.size = 512
-    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
-    header[124:136] = b"-0000001000\0"
-    header[148:156] = b" " * 8
-    header[148:156] = b"%06o\0 " % sum(header)
-    data = bytes(header) + bytes(2048)
-    with pytest.raises(InvalidInput, match=r"neg.tar: truncated or damaged at byte 0"):
-        scan_tar(io.BytesIO(data), "neg.tar", size=len(data))
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("a/b.seg.png", ("a/b", "seg.png")),
+        ("x.y/000123.jpg", ("x.y/000123", "jpg")),
+        ("README", None),
+        (".hidden", None),
+    ],
+)
+def test_split_name_matches_energon(name, parts):
+    assert split_name(name) == parts
 
 
-def test_names_that_are_not_utf8_are_refused():
-    header = bytearray(tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT))
-    header[:6] = b"caf\xe9.j"
-    header[148:156] = b" " * 8
-    header[148:156] = b"%06o\0 " % sum(header)
-    data = bytes(header) + bytes(1024)
-    with pytest.raises(InvalidInput, match=r"t.tar: member 'caf\\udce9.j' has a name that is not UTF-8"):
-        scan_tar(io.BytesIO(data), "t.tar", size=len(data))
+def test_runs_of_equal_neighbours():
+    values = np.array([3, 3, 1, 1, 1, 3, 2])
+    assert np.flatnonzero(is_run_start(values)).tolist() == [0, 2, 5, 6]
+    assert np.flatnonzero(is_run_end(values)).tolist() == [1, 4, 5, 6]
+    assert is_run_start(values[:0]).tolist() == is_run_end(values[:0]).tolist() == []

@@ -1,0 +1,156 @@
+"""The task bodies of a WebDataset run: plain functions the executor runs as Ray tasks or in this process.
+
+plan: `scan_shards` (one per run of shards) -> `check_and_join` (one per hash bucket) -> `sort_range`
+(one per range of the output order) or `gather_blend` (one per chunk of a blend) -> `chunk_sizes`.
+execute: `cut_chunk` (each ordered chunk into per-shard pieces) -> `write_output_shard` (one per output
+shard). Arguments and results are small key tables and plain values, never payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+from fsspec import AbstractFileSystem
+
+from raymerge import directio, storage
+from raymerge.errors import RunFailed
+from raymerge.webdataset import energon, keytable, tarindex
+from raymerge.webdataset.join import JoinStats, join_bucket
+from raymerge.webdataset.layout import OutputShard
+from raymerge.webdataset.sources import Shard, scan
+from raymerge.webdataset.writer import RangeReader, output_keys, write_shard
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How an input's keys and member names are rewritten, and how its rows are ordered and bucketed."""
+
+    key_prefix: str = ""
+    ext_prefix: str = ""
+    shuffle_seed: int | None = None
+    buckets: int = 0
+    keep_whole: bool = True  # also return the whole key table (for orders that need no range sort)
+
+
+@dataclass
+class BucketResult:
+    """What the driver learns from one hash bucket: duplicated keys per checked group, and the join's counts."""
+
+    duplicates: list[tuple[int, list[tuple[str, list[int]]]]] = field(default_factory=list)
+    join: JoinStats | None = None
+
+
+def scan_shards(shards: Sequence[Shard], fs: AbstractFileSystem, first_id: int, opts: ScanOptions) -> tuple[Any, ...]:
+    """Per-shard summaries, the shards' whole key table (or None) and its `opts.buckets` hash buckets.
+
+    Bad input raises here, naming the shard and member.
+    """
+    tables = [scan(fs, shard) for shard in shards]
+    df = keytable.frame(
+        tables, first_id, key_prefix=opts.key_prefix, ext_prefix=opts.ext_prefix, shuffle_seed=opts.shuffle_seed
+    )
+    summaries = [tarindex.summarize(t) for t in tables]
+    buckets = (
+        keytable.split_by(df, keytable.hash_buckets(df["key"], opts.buckets), opts.buckets) if opts.buckets else []
+    )
+    return (summaries, df if opts.keep_whole else None, *buckets)
+
+
+def check_and_join(
+    operation: str,
+    group_sizes: Sequence[int],
+    nonmatch: Sequence[str],
+    check_duplicates: bool,
+    boundaries: Sequence[int] | None,
+    *pieces: pl.DataFrame,
+) -> tuple[Any, ...]:
+    """One hash bucket: duplicate keys (per input for a join, across inputs otherwise) and the join; with
+    `boundaries`, the bucket's rows split into those ranges of the output order.
+
+    `pieces` are the bucket's tables from every scan task, grouped by input (`group_sizes` of them each).
+    """
+    groups, i = [], 0
+    for n in group_sizes:
+        groups.append(pl.concat(pieces[i : i + n]) if n else keytable.empty())
+        i += n
+    result = BucketResult()
+    if operation == "join":
+        result.duplicates = [keytable.duplicates(g) for g in groups]
+        rows, result.join = join_bucket(groups[0], groups[1:], list(nonmatch))
+    else:
+        rows = pl.concat(groups)
+        result.duplicates = [keytable.duplicates(rows)] if check_duplicates else []
+    if boundaries is None:
+        return (result,)
+    parts = keytable.split_by(rows, keytable.range_parts(rows["order"].to_numpy(), boundaries), len(boundaries))
+    return (result, *parts)
+
+
+def sort_range(*parts: pl.DataFrame) -> tuple[int, pl.DataFrame]:
+    """One range of the output order, from its part of every bucket, sorted: (samples, rows)."""
+    df = pl.concat(parts).sort("order")
+    return df.height, df
+
+
+def gather_blend(
+    inputs: np.ndarray, rows: np.ndarray, sources: Sequence[tuple[int, int, int]], first: int, *tables: pl.DataFrame
+) -> tuple[int, pl.DataFrame]:
+    """One chunk of a blend (`layout.BlendChunk`): its samples' rows taken from the inputs' key tables, in
+    blended order: (samples, rows)."""
+    out = keytable.empty().with_columns(pl.lit(0, dtype=pl.Int64).alias("_pos"))
+    parts, i = [], 0
+    for s, start, n in sources:
+        table = pl.concat(tables[i : i + n])
+        i += n
+        pos = np.flatnonzero(inputs == s)
+        taken = table[(rows[pos] - start).tolist()].with_columns(pl.Series("_pos", pos, dtype=pl.Int64))
+        parts.append(taken)
+    ordered = pl.concat([out, *parts]).sort("_pos")
+    ordered = ordered.with_columns((pl.col("_pos") + first).alias("order")).drop("_pos")
+    return ordered.height, ordered
+
+
+def chunk_sizes(df: pl.DataFrame) -> np.ndarray:
+    """Payload bytes per sample of an ordered chunk: all the driver reads to cut output shards."""
+    return df["nbytes"].to_numpy()
+
+
+def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> pl.DataFrame | tuple[pl.DataFrame, ...]:
+    """The (first row, end row) pieces of an ordered chunk, one return value each."""
+    parts = tuple(df[a:b] for a, b in bounds)
+    return parts[0] if len(parts) == 1 else parts
+
+
+def write_output_shard(
+    spec: OutputShard,
+    shards: list[Shard],
+    filesystems: list[AbstractFileSystem],
+    out_fs: AbstractFileSystem,
+    root: str,
+    mtime: int,
+    renumber_width: int | None,
+    *pieces: pl.DataFrame,
+) -> tuple[dict[str, Any], tuple[pl.DataFrame, pl.DataFrame]]:
+    """One output tar and its .tar.idx: (summary, Energon index rows for index.sqlite).
+
+    `pieces` are the rows of `spec.pieces`, in order; payload is read from the input shards by range.
+    """
+    rows = pl.concat(pieces)
+    keys = output_keys(rows, spec.start, renumber_width)
+    path = storage.join(root, spec.name)
+    out_fs.makedirs(storage.parent(path), exist_ok=True)
+    reader = RangeReader(shards, filesystems)
+    try:
+        with directio.open_output(out_fs, path) as out:
+            offsets, samples, parts = write_shard(rows, reader, out, keys=keys, mtime=mtime)
+    except OSError as e:
+        raise RunFailed(f"writing {spec.name}: {e}") from e
+    finally:
+        reader.close()
+    with out_fs.open(path + energon.IDX_SUFFIX, "wb") as f:
+        f.write(energon.tar_index_bytes(offsets))
+    return {"name": spec.name, "samples": rows.height, "bytes": int(offsets[-1])}, (samples, parts)

@@ -1,0 +1,44 @@
+"""Writing is the same whoever runs it: Ray tasks and an actor, or the same functions in this process."""
+
+from __future__ import annotations
+
+import pytest
+
+from raymerge import api
+from tests.helpers import tree_digest
+
+RUN_SPECIFIC = ("index.uuid", "raymerge.json")
+
+
+def written(root) -> dict[str, str]:
+    """Every output file's digest except those that name the run."""
+    return {name: digest for name, digest in tree_digest(root).items() if name.rsplit("/", 1)[-1] not in RUN_SPECIFIC}
+
+
+@pytest.mark.parametrize(
+    ("operation", "extra"),
+    [
+        ("join", {"output": {"maxcount": 7, "split_ratio": {"train": 3, "val": 1}}}),
+        ("concat", {"on_duplicate_key": "renumber", "output": {"shuffle": {"seed": 2}, "maxsize": 3000}}),
+    ],
+)
+def test_ray_and_in_process_write_identical_bytes(ray_address, wds, tmp_path, operation, extra):
+    root = wds["root"]
+    secondary = {"path": str(root / "captions")} | ({"nonmatch": "none"} if operation == "join" else {})
+    digests, reports = {}, {}
+    for mode in ("ray", "in-process"):
+        cfg = {
+            "kind": "webdataset",
+            "operation": operation,
+            "inputs": [{"path": str(root / "images")}, secondary],
+            "output": {"path": str(tmp_path / mode), **extra["output"]},
+            "ray": {"executor": mode},
+            **{k: v for k, v in extra.items() if k != "output"},
+        }
+        report = api.run(cfg)
+        assert report.details["executor"] == mode
+        digests[mode] = written(tmp_path / mode)
+        reports[mode] = (report.rows_out, [i.rows_out for i in report.inputs], report.files_written)
+    assert digests["ray"] == digests["in-process"]
+    assert reports["ray"] == reports["in-process"]
+    assert ".nv-meta/index.sqlite" in digests["ray"]  # filled by an actor on Ray, in this process otherwise
