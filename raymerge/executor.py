@@ -9,6 +9,11 @@ runs each call at once, in the calling process, with no Ray at all: for small pl
 (4-8 s on two cores) costs more than the whole work. Both give the same results, so outputs are
 byte-identical whichever runs them.
 
+Storage cost: every call that runs as a Ray task returns, beside its result, what it read, wrote and asked of
+object storage in its worker (`raymerge.usage`); the executor strips that from the result and sums it
+(`usage()`), as it does for its actors when they are closed. Calls run in this process are counted by the
+process itself.
+
 Retries: Ray retries a task whose worker process died (`max_retries`, default 3); an exception raised by a
 task fails the run at once, since bad input does not get better by trying again. Cancellation: leaving
 `with executor:` on an error cancels every task still pending.
@@ -17,12 +22,14 @@ task fails the run at once, since bad input does not get better by trying again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from raymerge import usage
 from raymerge.report import Progress
 
 MAX_RETRIES = 3
@@ -89,6 +96,9 @@ class Executor:
         self._pending: list[Any] = []
         self._actors: list[Any] = []
         self._prune_at = PRUNE_EVERY
+        self._usage_refs: list[Any] = []
+        self._usage: usage.Usage = {}
+        self._actor_usage: dict[int, usage.Usage] = {}  # each actor's whole life so far, replaced when asked again
 
     @classmethod
     def ray(cls, progress: Progress | None = None) -> Executor:
@@ -120,9 +130,10 @@ class Executor:
         if not self.is_ray:
             return self._call(fn, args, num_returns)
         remote = self._remote_fn(fn, num_returns, num_cpus)
-        refs = remote.remote(*args)
-        self._track(refs if num_returns > 1 else [refs])
-        return refs
+        *refs, used = remote.remote(*args)
+        self._usage_refs.append(used)
+        self._track(refs)
+        return refs if num_returns > 1 else refs[0]
 
     def _track(self, refs: list[Any]) -> None:
         """Remember unfinished tasks for `cancel`; finished ones are forgotten now and then, so that holding
@@ -133,6 +144,38 @@ class Executor:
 
             _, self._pending = ray.wait(self._pending, num_returns=len(self._pending), timeout=0, fetch_local=False)
             self._prune_at = max(PRUNE_EVERY, 2 * len(self._pending))
+            self._collect_usage()
+
+    def _collect_usage(self) -> None:
+        """Add the usage of finished tasks to the total and forget their references."""
+        if not self._usage_refs:
+            return
+        import ray
+
+        done, self._usage_refs = ray.wait(self._usage_refs, num_returns=len(self._usage_refs), timeout=0)
+        try:
+            found = ray.get(done)
+        except Exception:  # a failed task has no usage to give; take the others one by one
+            found = []
+            for ref in done:
+                with contextlib.suppress(Exception):
+                    found.append(ray.get(ref))
+        self._usage = usage.merge(self._usage, *found)
+
+    def _ask_actors(self) -> None:
+        import ray
+
+        for i, actor in enumerate(self._actors):
+            with contextlib.suppress(Exception):  # a dead actor keeps what it said last
+                self._actor_usage[i] = ray.get(actor.raymerge_usage.remote())
+
+    def usage(self) -> usage.Usage:
+        """What this executor's Ray tasks (finished ones) and actors have read, written and requested so far.
+        Calls run in this process are not in it: the process counts them itself."""
+        if self.is_ray:
+            self._collect_usage()
+            self._ask_actors()
+        return usage.merge(self._usage, *self._actor_usage.values())
 
     def _call(self, fn: Callable[..., Any], args: Sequence[Any], num_returns: int) -> Any:
         try:
@@ -151,8 +194,8 @@ class Executor:
         if key not in self._remote:
             import ray
 
-            self._remote[key] = ray.remote(fn).options(
-                num_returns=num_returns, num_cpus=num_cpus, max_retries=MAX_RETRIES
+            self._remote[key] = ray.remote(_metered(fn, num_returns)).options(
+                num_returns=num_returns + 1, num_cpus=num_cpus, max_retries=MAX_RETRIES
             )
         return self._remote[key]
 
@@ -255,7 +298,7 @@ class Executor:
             return cls(*args)
         import ray
 
-        handle = ray.remote(num_cpus=0, max_restarts=0)(cls).remote(*args)
+        handle: Any = ray.remote(num_cpus=0, max_restarts=0)(_metered_class(cls)).remote(*args)
         self._actors.append(handle)
         return handle
 
@@ -279,22 +322,33 @@ class Executor:
             return
         import ray
 
-        for ref in self._pending:
+        # Only tasks not done yet, and without force: a forced cancel of a task whose completion is on its way
+        # aborts the driver in Ray 2.60 ("Tried to complete task that was not pending").
+        running = self._pending
+        if running:
+            _, running = ray.wait(running, num_returns=len(running), timeout=0, fetch_local=False)
+        for ref in running:
             with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+                ray.cancel(ref, force=False)
         for actor in self._actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
         self._pending.clear()
         self._actors.clear()
+        self._usage = usage.merge(self._usage, *self._actor_usage.values())
+        self._actor_usage.clear()
 
     def close(self) -> None:
         if self.is_ray:
             import ray
 
+            self._ask_actors()
             for actor in self._actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
+            self._collect_usage()
+            self._usage = usage.merge(self._usage, *self._actor_usage.values())
+            self._actor_usage.clear()
         self._pending.clear()
         self._actors.clear()
 
@@ -307,6 +361,34 @@ class Executor:
         if exc_type is not None:
             self.cancel()
         self.close()
+
+
+def _metered(fn: Callable[..., Any], num_returns: int) -> Callable[..., Any]:
+    """`fn` as a Ray task: its values, then the storage usage of the call (one more return value)."""
+
+    @functools.wraps(fn)
+    def task(*args: Any) -> Any:
+        before = usage.snapshot()
+        value = fn(*args)
+        used = usage.since(before)
+        return (value, used) if num_returns == 1 else (*value, used)
+
+    return task
+
+
+def _metered_class(cls: type) -> type:
+    """`cls` as a Ray actor that can tell what its process read, wrote and requested since it started."""
+
+    class Metered(cls):
+        def __init__(self, *args: Any) -> None:
+            self._raymerge_usage_start = usage.snapshot()
+            super().__init__(*args)
+
+        def raymerge_usage(self) -> usage.Usage:
+            return usage.since(self._raymerge_usage_start)
+
+    Metered.__name__, Metered.__qualname__, Metered.__doc__ = cls.__name__, cls.__qualname__, cls.__doc__
+    return Metered
 
 
 def choose_mode(mode: str, input_bytes: int | None, address: str | None) -> str:
