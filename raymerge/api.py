@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from raymerge import storage
+from raymerge import storage, usage
 from raymerge.config import BaseConfig, redact
 from raymerge.errors import InvalidInput, RunFailed
 from raymerge.executor import Executor, choose_mode
@@ -75,6 +76,7 @@ def plan(
     progress = progress or Progress(enabled=False)
     fam = family(cfg.kind)
     timer = Timer()
+    driver = usage.snapshot()
     with timer.phase("check"):
         _staging(cfg).check()
         input_bytes = fam.check(cfg)
@@ -83,6 +85,7 @@ def plan(
         timer.timings["ray_start"] = time.perf_counter() - t0
         with timer.phase("plan"):
             result = fam.plan(cfg, ex)
+        result.report.storage = usage.merge(usage.since(driver), ex.usage())
     result.report.status = "planned"
     result.report.timings.update(timer.timings)
     result.report.details.setdefault("executor", ex.mode)
@@ -105,6 +108,7 @@ def run(
     fam = family(cfg.kind)
     stage = _staging(cfg)
     timer = Timer()
+    driver = usage.snapshot()  # what this process reads and asks of storage from here on is the run's
     with timer.phase("check"):
         stage.check()
         input_bytes = fam.check(cfg)
@@ -116,27 +120,44 @@ def run(
             with timer.phase("plan"):
                 the_plan = fam.plan(cfg, ex)
             stage.open()
-            progress(f"writing to staging {storage.url(stage.fs, stage.dir)}")
+            progress(f"writing to staging {_staging_place(stage)}")
             with timer.phase("write"):
                 try:
                     report = fam.execute(the_plan, stage, ex)
                 except OSError as e:  # e.g. the disk filled up; a Ray task's error carries the original as `cause`
                     raise RunFailed(f"writing {stage.target_url}: {getattr(e, 'cause', None) or e}") from e
             report.bytes_written = stage.written_bytes()
+            report.storage = _storage_usage(stage, report, driver, ex)
             report.details.setdefault("executor", ex.mode)
             nodes = task_node_ids() if ex.is_ray else []
             if nodes:
                 report.details.setdefault("node_ids", nodes)
             with timer.phase("commit"):
                 report.timings = {**timer.timings, "total": time.perf_counter() - started}
-                manifest = None if stage.is_file else _manifest(cfg, the_plan, report, stage.run_id)
-                stage.commit(manifest)
+                manifest = _manifest(cfg, the_plan, report, stage.run_id)
+                sidecar = _drop_sidecar(stage) if stage.is_file else None
+                stage.commit(None if stage.is_file else manifest)
+                if sidecar:
+                    _write_json(stage.fs, sidecar, manifest)
+            report.storage = _storage_usage(stage, report, driver, ex)  # now with the commit's own requests
             progress(f"committed {report.output}")
     finally:
         # After the session ends: a failed or cancelled run's tasks are gone and cannot re-create staging.
         stage.abort()
     report.timings = {**timer.timings, "total": time.perf_counter() - started}
     return report
+
+
+def _staging_place(stage: storage.Staging) -> str:
+    if storage.is_local(stage.fs):
+        return storage.url(stage.fs, stage.dir)
+    return f"{stage.target_url} (multipart uploads, completed at the commit)"
+
+
+def _storage_usage(stage: storage.Staging, report: Report, driver: usage.Usage, ex: Executor) -> usage.Usage:
+    """This process's storage usage since the run started, its Ray tasks', and the local output's size."""
+    local = {usage.LOCAL: {"bytes_written": report.bytes_written}} if storage.is_local(stage.fs) else {}
+    return usage.merge(usage.since(driver), ex.usage(), local)
 
 
 def _manifest(cfg: BaseConfig, the_plan: Plan, report: Report, run_id: str) -> dict[str, Any]:
@@ -157,6 +178,24 @@ def _manifest(cfg: BaseConfig, the_plan: Plan, report: Report, run_id: str) -> d
             "pyarrow": pyarrow.__version__,
         },
     }
+
+
+SIDECAR_SUFFIX = ".raymerge.json"
+
+
+def _drop_sidecar(stage: storage.Staging) -> str:
+    """A single-file output's report sits beside it as `<file>.raymerge.json`, so a cluster run leaves its
+    report with its data. Like `raymerge.json`, it goes first and comes back last: a report never
+    describes a file it did not write."""
+    path = stage.target + SIDECAR_SUFFIX
+    if storage.exists(stage.fs, path):
+        stage.fs.rm(path)
+    return path
+
+
+def _write_json(fs: Any, path: str, data: dict[str, Any]) -> None:
+    with fs.open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
 
 
 def _ray_version() -> str:

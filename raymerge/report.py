@@ -1,4 +1,4 @@
-"""What happened in a run: counts in/out, rows dropped and why, bytes, timings.
+"""What happened in a run: counts in/out, rows dropped and why, bytes, what each storage cost, timings.
 
 The same object is printed to the terminal, returned by `raymerge.run`, and saved (without
 credentials) as `raymerge.json` beside a folder output.
@@ -39,6 +39,9 @@ class Report:
     details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # per storage ("local", "s3://bucket at endpoint"): bytes read, written, copied server-side, and requests by
+    # type (`raymerge.usage`); in raymerge.json, up to the start of the commit
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def rows_in(self) -> int:
@@ -73,11 +76,32 @@ class Report:
                 lines.append(f"  {key}: {value:,}" if isinstance(value, int) else f"  {key}: {value}")
         if self.bytes_written:
             lines.append(f"  written: {human_bytes(self.bytes_written)} in {len(self.files_written)} files")
+        lines += [f"  {line}" for line in render_storage(self.storage)]
         for w in self.warnings:
             lines.append(f"  warning: {w}")
         if self.timings:
             lines.append("  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)
+
+
+def render_storage(storage: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per storage: bytes moved, then requests by type, most frequent first."""
+    lines = []
+    for name, entry in storage.items():
+        requests = entry.get("requests", {})
+        moved = ", ".join(
+            f"{label} {human_bytes(entry.get(key, 0))}"
+            for key, label in (("bytes_read", "read"), ("bytes_written", "written"), ("bytes_copied", "copied"))
+            if requests or entry.get(key)  # an object store shows all three, copied 0 included
+        )
+        line = f"storage {name}: {moved}"
+        if requests:
+            by_type = ", ".join(f"{op} {n:,}" for op, n in sorted(requests.items(), key=lambda kv: (-kv[1], kv[0])))
+            line += f"; {sum(requests.values()):,} requests ({by_type})"
+        if entry.get("retries"):
+            line += f", {entry['retries']:,} retried"
+        lines.append(line)
+    return lines
 
 
 def human_bytes(n: float) -> str:

@@ -1,8 +1,13 @@
 """One I/O layer over fsspec: URLs to filesystems, and staged output with an atomic commit.
 
-Output is written to a hidden sibling of the target and only moved into place at the end
-(a rename on local disk; on object storage a copy with `raymerge.json` written last), so a failed,
-cancelled or killed run never leaves a half dataset that looks complete.
+On local disk output is written to a hidden sibling of the target and renamed into place at the end.
+On S3 it is written once, straight to the final keys, as multipart uploads completed only at the commit,
+with `raymerge.json` removed first and written last (`objectstore.PendingOutput`). Either way a failed,
+cancelled or killed run never leaves a half dataset that looks complete, and never loses the old output
+before the commit.
+
+Importing this module makes `s3://` resolve to `objectstore.S3FileSystem` (s3fs with its requests
+counted), in the driver and in every Ray worker that unpickles one of its filesystems.
 """
 
 from __future__ import annotations
@@ -16,14 +21,32 @@ import posixpath
 import secrets
 import shutil
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 from fsspec import AbstractFileSystem
 
 from raymerge.errors import InvalidInput, RunFailed
 
+if TYPE_CHECKING:
+    from raymerge.objectstore import PartUpload, PendingOutput
+
 MANIFEST = "raymerge.json"
+S3_PROTOCOLS = ("s3", "s3a")
+
+
+def _register_s3() -> None:
+    """`s3://` is raymerge's metered s3fs; replace plain s3fs if something loaded it first."""
+    for proto in S3_PROTOCOLS:
+        if proto in fsspec.registry:
+            from raymerge.objectstore import S3FileSystem
+
+            fsspec.register_implementation(proto, S3FileSystem, clobber=True)
+        else:
+            fsspec.register_implementation(proto, "raymerge.objectstore.S3FileSystem", clobber=True)
+
+
+_register_s3()
 
 
 def resolve(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
@@ -41,6 +64,10 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Ab
 
 def is_local(fs: AbstractFileSystem) -> bool:
     return "file" in _protocols(fs)
+
+
+def is_s3(fs: AbstractFileSystem) -> bool:
+    return any(p in S3_PROTOCOLS for p in _protocols(fs))
 
 
 def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
@@ -102,6 +129,11 @@ class Staging:
     family writes below `self.path`). `allow_existing`: the family updates an existing target
     itself (e.g. adds a session to a database), so its presence is not a conflict. `scratch` is a
     folder beside staging for a run's intermediate files, never part of the output: removed with it.
+
+    On S3, `self.fs` turns writes below `self.path` (or to `self.path`, for a single file) into pending
+    uploads of the final keys (`objectstore.PendingS3FileSystem`): nothing appears under the staging
+    prefix, and a file written there cannot be read back before the commit. Intermediate files belong in
+    `scratch` (or, for a single-file output, elsewhere in `self.dir`), which are written as usual.
     """
 
     def __init__(
@@ -126,25 +158,55 @@ class Staging:
         self.path = join(self.dir, name) if is_file else self.dir
         self.scratch = f"{self._prefix}-scratch-{self.run_id}"
         self._lock: IO | None = None
+        self._remote: PendingOutput | None = None
+        self._opened = False
         self.committed = False
+        if is_s3(self.fs):
+            self._remote = self._pending_output()
+
+    def _pending_output(self) -> PendingOutput:
+        from raymerge.objectstore import PendingOutput, PendingS3FileSystem
+
+        spec = {
+            "staging": self.path,
+            "target": self.target,
+            "records": f"{self._prefix}-pending-{self.run_id}",
+            "single": self.is_file,
+        }
+        self.fs = PendingS3FileSystem(*self.fs.storage_args, **self.fs.storage_options, raymerge_pending=spec)
+        return PendingOutput(self.fs, self.target, f"{self._prefix}-", MANIFEST)
 
     # -- before writing -------------------------------------------------------------------
     def check(self) -> None:
         """Refuse an existing output unless overwriting; raise before anything is written."""
         if self.target == "/" or self.target == parent(self.target):
             raise InvalidInput(f"output {self.target_url}: refusing to write to a filesystem root")
-        if exists(self.fs, self.target) and not (self.overwrite or self.allow_existing):
+        if not is_local(self.fs) and self._remote is None:
+            raise InvalidInput(f"output {self.target_url}: outputs go to a local path or to s3://")
+        if self._remote is not None:
+            if "/" not in self.target:
+                raise InvalidInput(f"output {self.target_url}: refusing to write to a bucket root")
+            is_file, is_dir = self._remote.existing()
+        else:
+            present = exists(self.fs, self.target)
+            is_dir = present and self.fs.isdir(self.target)
+            is_file = present and not is_dir
+        if (is_file or is_dir) and not (self.overwrite or self.allow_existing):
             raise InvalidInput(
                 f"output {self.target_url} already exists; set output.overwrite: true or pass --overwrite to replace it"
             )
-        if self.is_file and self.fs.isdir(self.target):
+        if self.is_file and is_dir:
             raise InvalidInput(f"output {self.target_url} is a folder, but this output is a single file")
 
     def open(self) -> Staging:
         self.check()
         self._acquire_lock()
+        self._opened = True
         self._recover_and_clean()
-        self.fs.makedirs(self.dir, exist_ok=True)
+        if self._remote is None:
+            self.fs.makedirs(self.dir, exist_ok=True)
+        else:
+            self._remote.begin()
         return self
 
     def _acquire_lock(self) -> None:
@@ -185,7 +247,11 @@ class Staging:
         return [n.rstrip("/") for n in names if basename(n).startswith(mark)]
 
     def _recover_and_clean(self) -> None:
-        """Undo what a killed run left: restore a replaced output that was never committed, drop staging."""
+        """Undo what a killed run left: restore a replaced output that was never committed, drop staging;
+        on S3, abort its uploads and delete its pending, staging and scratch prefixes."""
+        if self._remote is not None:
+            self._remote.clean()
+            return
         for old in self._siblings("old"):
             if not exists(self.fs, self.target):
                 self.fs.mv(old, self.target, recursive=True)
@@ -196,35 +262,38 @@ class Staging:
             with contextlib.suppress(OSError):
                 self.fs.rm(stale, recursive=True)
 
+    def part_upload(self, path: str) -> PartUpload | None:
+        """On S3, an upload of the output file `path` whose numbered parts tasks send themselves (see
+        `objectstore.PartUpload`), for a file cut into blocks: no block is stored twice. None on local disk,
+        where the blocks are files to join."""
+        return self._remote.fs.part_upload(path) if self._remote is not None else None
+
     # -- after writing --------------------------------------------------------------------
     def written_bytes(self) -> int:
+        """Bytes of the output's files (without the manifest, written at the commit)."""
+        if self._remote is not None:
+            return self._remote.written_bytes()
         entries = self.fs.find(self.dir, detail=True)
         return sum(int(i.get("size") or 0) for i in entries.values())
 
     def commit(self, manifest: dict[str, Any] | None = None) -> None:
         """Make the staged output the output; the manifest is the last thing written."""
         try:
-            if self.is_file:
-                self._commit_file()
-            elif is_local(self.fs):
-                self._commit_local_dir(manifest)
+            if self._remote is not None:
+                self._remote.commit(manifest if not self.is_file else None)
+            elif self.is_file:
+                os.replace(self.path, self.target)
+                shutil.rmtree(self.dir, ignore_errors=True)
             else:
-                self._commit_remote_dir(manifest)
+                self._commit_local_dir(manifest)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise RunFailed(f"output {self.target_url}: no space left on device while committing") from None
             raise
         self.committed = True
-        self._drop_scratch()
+        if self._remote is None:
+            self._drop_scratch()
         self.close()
-
-    def _commit_file(self) -> None:
-        if is_local(self.fs):
-            os.replace(self.path, self.target)
-            shutil.rmtree(self.dir, ignore_errors=True)
-        else:
-            self.fs.copy(self.path, self.target)
-            self.fs.rm(self.dir, recursive=True)
 
     def _commit_local_dir(self, manifest: dict[str, Any] | None) -> None:
         if manifest is not None:
@@ -237,24 +306,15 @@ class Staging:
         else:
             os.rename(self.dir, self.target)
 
-    def _commit_remote_dir(self, manifest: dict[str, Any] | None) -> None:
-        fs = self.fs
-        if exists(fs, self.target):
-            # The manifest goes first, so an interrupted replace never looks complete.
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(join(self.target, MANIFEST))
-            fs.rm(self.target, recursive=True)
-        sources = sorted(fs.find(self.dir))
-        targets = [join(self.target, s[len(self.dir) + 1 :]) for s in sources]
-        if sources:
-            fs.copy(sources, targets)
-        if manifest is not None:
-            with fs.open(join(self.target, MANIFEST), "w") as f:
-                json.dump(manifest, f, indent=2, default=str)
-        fs.rm(self.dir, recursive=True)
-
     def abort(self) -> None:
         """Remove everything this run staged; the previous output (or nothing) stays."""
+        if self._remote is not None:
+            if self._opened and not self.committed:
+                self._opened = False
+                with contextlib.suppress(Exception):
+                    self._remote.clean()
+            self.close()
+            return
         if not self.committed:
             with contextlib.suppress(Exception):
                 if exists(self.fs, self.dir):

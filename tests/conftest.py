@@ -6,14 +6,11 @@ Credentials for the loopback S3 server are set before Ray starts so every worker
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_for_port
+from tests.s3proxy import moto_server
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -37,20 +34,8 @@ def ray_address():
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 API server (moto's server mode) on 127.0.0.1, stopped when the run ends."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_port(port, proc)
+    with moto_server() as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
