@@ -2,7 +2,7 @@
 
 On local disk output is written to a hidden sibling of the target and renamed into place at the end.
 On S3 it is written once, straight to the final keys, as multipart uploads completed only at the commit,
-with `raymerge.json` removed first and written last (`objectstore.PendingOutput`). Either way a failed,
+with `raymerge.json` removed first and written last (`s3commit.PendingOutput`). Either way a failed,
 cancelled or killed run never leaves a half dataset that looks complete, and never loses the old output
 before the commit.
 
@@ -29,7 +29,7 @@ from fsspec import AbstractFileSystem
 from raymerge.errors import InvalidInput, RunFailed
 
 if TYPE_CHECKING:
-    from raymerge.objectstore import PartUpload, PendingOutput
+    from raymerge.s3commit import PartUpload, PendingOutput
 
 MANIFEST = "raymerge.json"
 S3_PROTOCOLS = ("s3", "s3a")
@@ -131,7 +131,7 @@ class Staging:
     folder beside staging for a run's intermediate files, never part of the output: removed with it.
 
     On S3, `self.fs` turns writes below `self.path` (or to `self.path`, for a single file) into pending
-    uploads of the final keys (`objectstore.PendingS3FileSystem`): nothing appears under the staging
+    uploads of the final keys (`s3commit.PendingS3FileSystem`): nothing appears under the staging
     prefix, and a file written there cannot be read back before the commit. Intermediate files belong in
     `scratch` (or, for a single-file output, elsewhere in `self.dir`), which are written as usual.
     """
@@ -165,7 +165,7 @@ class Staging:
             self._remote = self._pending_output()
 
     def _pending_output(self) -> PendingOutput:
-        from raymerge.objectstore import PendingOutput, PendingS3FileSystem
+        from raymerge.s3commit import PendingOutput, PendingS3FileSystem
 
         spec = {
             "staging": self.path,
@@ -264,7 +264,7 @@ class Staging:
 
     def part_upload(self, path: str) -> PartUpload | None:
         """On S3, an upload of the output file `path` whose numbered parts tasks send themselves (see
-        `objectstore.PartUpload`), for a file cut into blocks: no block is stored twice. None on local disk,
+        `s3commit.PartUpload`), for a file cut into blocks: no block is stored twice. None on local disk,
         where the blocks are files to join."""
         return self._remote.fs.part_upload(path) if self._remote is not None else None
 
