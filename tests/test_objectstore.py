@@ -15,8 +15,8 @@ import pytest
 from raymerge import storage, usage
 from raymerge.errors import RunFailed
 from raymerge.executor import Executor
-from raymerge.s3commit import multipart_etag
 from raymerge.report import Report
+from raymerge.s3commit import multipart_etag
 from raymerge.storage import MANIFEST, Staging
 from tests.s3proxy import S3Proxy
 
