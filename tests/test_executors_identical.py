@@ -34,11 +34,11 @@ def _outputs(config: Path, where: Path) -> list[str]:
 
 
 def _content(root: Path) -> dict[str, object]:
-    """File digests without the run's own record (run id, timings); a database by its pairs, since SQLite
-    stamps the session's creation time."""
+    """File digests without what names the run (`raymerge.json`, Energon's `index.uuid`); a database by its
+    pairs, since SQLite stamps the session's creation time."""
     out: dict[str, object] = {}
     for name, digest in tree_digest(root).items():
-        if name.endswith("raymerge.json"):
+        if name.endswith(("raymerge.json", "index.uuid")):  # the run's own id and timings
             continue
         if name.endswith(".db"):
             with sqlite3.connect(root / name) as con:

@@ -1,8 +1,9 @@
 """`kind: text`: instruction/pair datasets merged with Hugging Face `datasets` semantics.
 
-Sources (HF folders, JSON/JSONL/Parquet/CSV, FineFoundry SQLite sessions) are normalised to
-`input`/`output` pairs, combined by concat or interleave in HF's exact order, and written as
-JSONL, JSON, Parquet or a new FineFoundry session, plus optional exports.
+Sources (HF folders, JSON/JSONL/Parquet/CSV, compressed or not, FineFoundry SQLite sessions) are normalised
+to `input`/`output` pairs (or kept as whole rows with `datasets`' feature alignment), combined by concat or
+interleave in HF's exact order, and written as JSONL, JSON, Parquet, a new FineFoundry session, or a dataset
+folder `datasets` loads (Hub Parquet layout, save_to_disk), plus optional exports.
 """
 
 from __future__ import annotations

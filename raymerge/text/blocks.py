@@ -45,9 +45,11 @@ def chunks_for(first: int, count: int, length: int, chunk_starts: Sequence[int])
     ]
 
 
-def assemble_block(order: np.ndarray, slices: Sequence[SourceSlice], tables: Sequence[pa.Table]) -> pa.Table:
-    """Output rows in `order` (source per row) from each source's rows in appearance order; a concat block
-    is a zero-copy slice, an interleaved one one gather."""
+def assemble_block(
+    order: np.ndarray, slices: Sequence[SourceSlice], tables: Sequence[pa.Table], schema: pa.Schema = PAIR_SCHEMA
+) -> pa.Table:
+    """Output rows in `order` (source per row) from each source's rows in appearance order (tables in `schema`);
+    a concat block is a zero-copy slice, an interleaved one one gather."""
     pieces, t = [], 0
     for sl in slices:
         tabs = tables[t : t + len(sl.chunk_starts)]
@@ -65,7 +67,7 @@ def assemble_block(order: np.ndarray, slices: Sequence[SourceSlice], tables: Seq
         rows = (sl.first + np.arange(sl.count, dtype=np.int64)) % sl.length
         k = np.searchsorted(starts, rows, side="right") - 1
         pieces.append(cat.take(pa.array(rows - starts[k] + offsets[k])))
-    grouped = pa.concat_tables(pieces) if pieces else PAIR_SCHEMA.empty_table()
+    grouped = pa.concat_tables(pieces) if pieces else schema.empty_table()
     if _interleaved(order):
         perm = np.argsort(order, kind="stable")
         inverse = np.empty_like(perm)

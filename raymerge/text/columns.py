@@ -2,12 +2,14 @@
 
 The mapping is chosen once per source from its schema (on the driver) and applied per chunk with
 pyarrow compute (in tasks), so no Python loop runs over rows. Conversations are paired
-vectorised over the flattened message lists.
+vectorised over the flattened turn lists; role names are matched stripped and case-insensitively
+against a table of the spellings trainers accept (or an input's own `roles:`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,7 @@ import pyarrow.compute as pc
 from raymerge.errors import InvalidInput
 
 PAIR_SCHEMA = pa.schema([("input", pa.string()), ("output", pa.string())])
+RoleTable = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # user, assistant, system names
 
 # Whole pairs, in order of preference: a source matching an earlier pair uses it.
 PAIRS = [
@@ -26,11 +29,37 @@ PAIRS = [
     ("query", "response"),
     ("instruction", "response"),
 ]
-CONVERSATIONS = {
-    # column: (role key, text key, user role, assistant role)
-    "messages": ("role", "content", "user", "assistant"),
-    "conversations": ("from", "value", "human", "gpt"),
-}
+CONVERSATION_COLUMNS = ("messages", "conversations")
+TURN_KEYS = (("role", "content"), ("from", "value"))  # OpenAI style, ShareGPT style; either in either column
+# The role names the widely used trainers and converters accept by default (the table is in docs/text.md).
+DEFAULT_ROLES: RoleTable = (
+    ("user", "human", "input", "prompter"),
+    ("assistant", "gpt", "output"),
+    ("system", "developer"),
+)
+# Turns that are neither side of a pair but no mistake either: tool calls and their results.
+OTHER_ROLES = ("tool", "function", "function_call", "observation", "ipython")
+USER, ASSISTANT, SYSTEM, OTHER = 0, 1, 2, 3
+
+DROP_EMPTY = "empty input or output"
+DROP_NO_PAIR = "conversation without a user -> assistant turn pair"
+DROP_NO_TURNS = "conversation without turns"
+
+
+def role_table(
+    user: Sequence[str] | None = None, assistant: Sequence[str] | None = None, system: Sequence[str] | None = None
+) -> RoleTable:
+    """The default table with the sides an input names replaced; a name given for one side leaves the others."""
+    given = [user, assistant, system]
+    sides = [
+        tuple(dict.fromkeys(n.strip().lower() for n in names)) if names is not None else default
+        for names, default in zip(given, DEFAULT_ROLES, strict=True)
+    ]
+    claimed = [set(side) if names is not None else set() for side, names in zip(sides, given, strict=True)]
+    return tuple(  # type: ignore[return-value]
+        tuple(n for n in side if not any(n in c for j, c in enumerate(claimed) if j != i))
+        for i, side in enumerate(sides)
+    )
 
 
 @dataclass(frozen=True)
@@ -47,13 +76,14 @@ class Mapping:
     extra: str = ""
     role_key: str = ""
     text_key: str = ""
-    user_role: str = ""
-    assistant_role: str = ""
+    roles: RoleTable = DEFAULT_ROLES
 
     def describe(self) -> str:
         """The mapping as the report and `inspect` show it, so a user can see which columns were used."""
         if self.kind == "conversation":
-            return f"{self.input} ({self.user_role} -> {self.assistant_role} turns)"
+            if self.roles == DEFAULT_ROLES:
+                return f"{self.input} (user -> assistant turns)"
+            return f"{self.input} ({'/'.join(self.roles[USER])} -> {'/'.join(self.roles[ASSISTANT])} turns)"
         if self.kind == "alpaca":
             return f"{self.input} + {self.extra} -> {self.output}"
         if self.kind == "context":
@@ -65,6 +95,17 @@ class Mapping:
         return [c for c in (self.input, self.output, self.extra) if c]
 
 
+@dataclass
+class Normalised:
+    """A chunk as pairs, with what the report needs: rows in, rows dropped by reason, and the roles of turns
+    that were neither user, assistant, system nor tool (so that a user can map them with `roles:`)."""
+
+    pairs: pa.Table
+    rows_in: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    unknown_roles: dict[str, int] = field(default_factory=dict)
+
+
 def _scalar(t: pa.DataType) -> bool:
     return not (pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t))
 
@@ -74,6 +115,7 @@ def choose_mapping(
     where: str,
     input_column: str | None = None,
     output_column: str | None = None,
+    roles: RoleTable = DEFAULT_ROLES,
 ) -> Mapping:
     """Pick the mapping for a schema; raise with the columns found when none fits."""
     names = {n.lower(): n for n in schema.names}
@@ -93,15 +135,16 @@ def choose_mapping(
             f"{where}: this is preference data (chosen/rejected); say which columns to use with "
             f"input_column and output_column; columns found: {found}"
         )
-    for col, (role, text, user, assistant) in CONVERSATIONS.items():
+    for col in CONVERSATION_COLUMNS:
         if col in names:
             real = names[col]
-            if not _is_turn_list(schema.field(real).type, role, text):
+            keys = _turn_keys(schema.field(real).type)
+            if keys is None:
                 raise InvalidInput(
                     f"{where}: column {real!r} is {schema.field(real).type}, expected a list of "
-                    f"{{{role}, {text}}} turns; columns found: {found}"
+                    f"{{role, content}} or {{from, value}} turns; columns found: {found}"
                 )
-            return Mapping("conversation", real, role_key=role, text_key=text, user_role=user, assistant_role=assistant)
+            return Mapping("conversation", real, role_key=keys[0], text_key=keys[1], roles=roles)
 
     def text_col(name: str) -> str | None:
         real = names.get(name)
@@ -122,11 +165,12 @@ def choose_mapping(
     )
 
 
-def _is_turn_list(t: pa.DataType, role: str, text: str) -> bool:
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
-        return False
-    item = t.value_type
-    return pa.types.is_struct(item) and {role, text} <= {item.field(i).name for i in range(item.num_fields)}
+def _turn_keys(t: pa.DataType) -> tuple[str, str] | None:
+    """The (role, text) keys of a list of turn structs, or None when the column is no such list."""
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
+        return None
+    fields = {t.value_type.field(i).name for i in range(t.value_type.num_fields)}
+    return next(((r, c) for r, c in TURN_KEYS if {r, c} <= fields), None)
 
 
 def _text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -145,11 +189,12 @@ def _join(first: pa.Array, second: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(second, ""), first, joined)
 
 
-def normalise(table: pa.Table, mapping: Mapping) -> tuple[pa.Table, int, int]:
-    """(pairs with both sides non-empty, rows in, rows dropped as empty): a pair with an empty side teaches
-    nothing, and the report says how many were dropped."""
+def normalise(table: pa.Table, mapping: Mapping) -> Normalised:
+    """Pairs with both sides non-empty: a pair with an empty side teaches nothing, and the report says how many
+    were dropped and why."""
+    result = Normalised(PAIR_SCHEMA.empty_table(), table.num_rows)
     if mapping.kind == "conversation":
-        inp, out = _conversation_pairs(table.column(mapping.input), mapping)
+        inp, out = _conversation_pairs(table.column(mapping.input), mapping, result)
     else:
         inp = _text(table.column(mapping.input))
         out = _text(table.column(mapping.output))
@@ -158,30 +203,41 @@ def normalise(table: pa.Table, mapping: Mapping) -> tuple[pa.Table, int, int]:
         elif mapping.kind == "context":
             inp = pc.if_else(pc.equal(inp, ""), inp, _join(_text(table.column(mapping.extra)), inp))
     keep = pc.and_(pc.not_equal(inp, ""), pc.not_equal(out, ""))
-    pairs = pa.Table.from_arrays([pc.filter(inp, keep), pc.filter(out, keep)], schema=PAIR_SCHEMA)
-    considered = len(inp)
-    return pairs, table.num_rows, considered - pairs.num_rows
+    result.pairs = pa.Table.from_arrays([pc.filter(inp, keep), pc.filter(out, keep)], schema=PAIR_SCHEMA)
+    _count(result.dropped, DROP_EMPTY, len(inp) - result.pairs.num_rows)
+    return result
 
 
-def _conversation_pairs(col: pa.ChunkedArray, m: Mapping) -> tuple[pa.Array, pa.Array]:
-    """Each user turn directly followed by an assistant turn in the same conversation is a pair.
+def _count(counts: dict[str, int], key: str, n: int) -> None:
+    if n:
+        counts[key] = counts.get(key, 0) + n
 
-    Conversations without any such pair contribute one empty pair, so they are counted as dropped.
-    """
+
+def _conversation_pairs(col: pa.ChunkedArray, m: Mapping, result: Normalised) -> tuple[pa.Array, pa.Array]:
+    """Each user turn followed by an assistant turn in the same conversation is a pair; system turns between
+    them are skipped. Conversations yielding no pair are counted in `result`, by why."""
     lists = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     parents = pc.list_parent_indices(lists).to_numpy()
     turns = pc.list_flatten(lists)
-    roles = _text(pc.struct_field(turns, m.role_key)).to_numpy(zero_copy_only=False)
+    roles = pc.utf8_lower(_text(pc.struct_field(turns, m.role_key)))
+    codes = np.full(len(turns), OTHER, np.int8)
+    for code, names in ((SYSTEM, m.roles[SYSTEM]), (ASSISTANT, m.roles[ASSISTANT]), (USER, m.roles[USER])):
+        codes[pc.is_in(roles, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)] = code
+    kept = np.flatnonzero(codes != SYSTEM)
+    c, p = codes[kept], parents[kept]
+    starts = np.flatnonzero((c[:-1] == USER) & (c[1:] == ASSISTANT) & (p[:-1] == p[1:])) if len(c) > 1 else kept[:0]
     texts = _text(pc.struct_field(turns, m.text_key))
-    is_user = roles[:-1] == m.user_role
-    is_reply = roles[1:] == m.assistant_role
-    starts = np.flatnonzero(is_user & is_reply & (parents[:-1] == parents[1:])) if len(roles) > 1 else np.array([], int)
-    inp = texts.take(pa.array(starts, pa.int64()))
-    out = texts.take(pa.array(starts + 1, pa.int64()))
-    # One empty placeholder per conversation that yielded nothing, so it shows as dropped.
-    empty = np.setdiff1d(np.arange(len(lists)), parents[starts], assume_unique=False).size
-    if empty:
-        filler = pa.array([""] * empty, pa.string())
-        inp = pa.concat_arrays([inp, filler])
-        out = pa.concat_arrays([out, filler])
+    inp = texts.take(pa.array(kept[starts], pa.int64()))
+    out = texts.take(pa.array(kept[starts + 1], pa.int64()))
+
+    has_turns = np.bincount(parents, minlength=len(lists)) > 0
+    has_pair = np.zeros(len(lists), bool)
+    has_pair[p[starts]] = True
+    _count(result.dropped, DROP_NO_TURNS, int((~has_turns).sum()))
+    _count(result.dropped, DROP_NO_PAIR, int((has_turns & ~has_pair).sum()))
+    unknown = (codes == OTHER) & ~pc.is_in(roles, value_set=pa.array(OTHER_ROLES)).to_numpy(zero_copy_only=False)
+    if unknown.any():
+        counts = pc.value_counts(roles.filter(pa.array(unknown)))
+        for item in counts.to_pylist():
+            result.unknown_roles[item["values"] or "(empty)"] = item["counts"]
     return inp, out

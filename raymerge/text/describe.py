@@ -13,14 +13,14 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.text import finefoundry
+from raymerge.text import codecs, features, finefoundry
 from raymerge.text.columns import choose_mapping
 from raymerge.text.combine import output_order
 from raymerge.text.config import Config
-from raymerge.text.plan import open_inputs
+from raymerge.text.plan import open_inputs, scan_spec
 from raymerge.text.readers import read_chunk
 from raymerge.text.sources import FILE_FORMATS, Chunk, Source, open_source, readme_configs
-from raymerge.text.tasks import scan_chunk
+from raymerge.text.tasks import ScanSpec, scan_chunk
 
 DATA_EXTENSIONS = {"parquet", "jsonl", "json", "csv", "arrow"}
 
@@ -29,7 +29,8 @@ def detect(fs: AbstractFileSystem, path: str) -> bool:
     """True for a text file, a FineFoundry database or a folder of data files; other families are probed first,
     so a folder of parquet files here is what is left."""
     if not fs.isdir(path):
-        ext = path.rsplit(".", 1)[-1].lower() if "." in storage.basename(path) else ""
+        name = codecs.inner_path(storage.basename(path))
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
         if f".{ext}" in FILE_FORMATS:
             return True
         return _is_sqlite(fs, path)
@@ -38,7 +39,7 @@ def detect(fs: AbstractFileSystem, path: str) -> bool:
             return True
     if readme_configs(fs, path):
         return True
-    return any(f.rsplit(".", 1)[-1].lower() in DATA_EXTENSIONS for f in fs.find(path))
+    return any(codecs.inner_path(f).rsplit(".", 1)[-1].lower() in DATA_EXTENSIONS for f in fs.find(path))
 
 
 def _is_sqlite(fs: AbstractFileSystem, path: str) -> bool:
@@ -58,7 +59,7 @@ def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
     info["files"] = len({c.path for c in src.chunks})
     first = read_chunk(fs, src.chunks[0]) if src.chunks else None
     if first is not None:
-        info["columns"] = {n: str(t) for n, t in zip(first.schema.names, first.schema.types, strict=True)}
+        info["columns"] = {n: features.describe(f) for n, f in features.features_of(first.schema).items()}
         try:
             info["mapping"] = choose_mapping(first.schema, where).describe()
         except InvalidInput as e:
@@ -75,14 +76,12 @@ def _rows(fs: AbstractFileSystem, chunk: Chunk) -> int:
     return read_chunk(fs, chunk).num_rows
 
 
-def source_pairs(
-    src: Source, input_column: str | None = None, output_column: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """A source's pairs as a run would write them, read chunk by chunk in this process: a preview stops
-    after the first chunk it needs."""
+def source_pairs(src: Source, spec: ScanSpec | None = None) -> Iterator[dict[str, Any]]:
+    """A source's pairs (or rows) as a run would write them, read chunk by chunk in this process: a preview
+    stops after the first chunk it needs."""
     for chunk in src.chunks:
-        _, pairs = scan_chunk(src.fs, chunk, src.url, input_column, output_column, False)
-        yield from pairs.to_pylist()
+        _, rows = scan_chunk(src.fs, chunk, src.url, spec or ScanSpec())
+        yield from rows.to_pylist()
 
 
 def _first(it: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -106,9 +105,12 @@ def preview_config(cfg: Config, n: int) -> list[dict[str, Any]]:
     first n rows of any concat/interleave order, so its length is capped at n.
     """
     heads = [
-        _first(source_pairs(src, inp.input_column, inp.output_column), n)
+        _first(source_pairs(src, scan_spec(cfg, inp)), n)
         for (_, src), inp in zip(open_inputs(cfg), cfg.inputs, strict=True)
     ]
+    if cfg.columns == "keep":  # a column some sources lack is null in their rows, as in the merged output
+        names = list(dict.fromkeys(k for h in heads for r in h for k in r))
+        heads = [[{k: r.get(k) for k in names} for r in h] for h in heads]
     lengths = [len(h) for h in heads]
     order = output_order(cfg, lengths)
     seen_count = [0] * len(heads)
@@ -116,10 +118,11 @@ def preview_config(cfg: Config, n: int) -> list[dict[str, Any]]:
     for s in order:
         row = heads[s][seen_count[s] % lengths[s]]
         seen_count[s] += 1
-        key = (row["input"], row["output"])
-        if cfg.dedup and key in seen:
-            continue
-        seen.add(key)
+        if cfg.dedup:
+            key = (row["input"], row["output"])
+            if key in seen:
+                continue
+            seen.add(key)
         out.append(row)
         if len(out) >= n:
             break

@@ -87,11 +87,12 @@ def read_only(db_path: str) -> Iterator[sqlite3.Connection]:
 
 
 def list_sessions(db_path: str, where: str) -> list[dict[str, Any]]:
-    """Every session with its pair count, so a missing or ambiguous choice can name the ones there are."""
+    """Every session with what tells it apart (FineFoundry's scrapers leave names empty): id, name, source,
+    source details, creation time and the pairs it really holds."""
     try:
         with read_only(db_path) as con:
             rows = con.execute(
-                "SELECT s.id, s.name, s.source, s.created_at, "
+                "SELECT s.id, s.name, s.source, s.source_details, s.created_at, "
                 "(SELECT COUNT(*) FROM scraped_pairs p WHERE p.session_id = s.id) "
                 "FROM scrape_sessions s ORDER BY s.id"
             ).fetchall()
@@ -103,29 +104,50 @@ def list_sessions(db_path: str, where: str) -> list[dict[str, Any]]:
             else f"not a FineFoundry database (scrape_sessions/scraped_pairs): {e}"
         )
         raise InvalidInput(f"{where}: {problem}") from None
-    return [{"id": r[0], "name": r[1], "source": r[2], "created_at": r[3], "pairs": r[4]} for r in rows]
+    keys = ("id", "name", "source", "source_details", "created_at", "pairs")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
-def _describe_sessions(sessions: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{s['id']}: {s['name']!r} ({s['pairs']} pairs)" for s in sessions) or "none"
+def describe_session(s: dict[str, Any]) -> str:
+    """One session in a line: `3: 'name' (reddit, r/python, created 2024-05-01 10:00:00, 99 pairs)`; an unnamed
+    one by its source and time, which is how FineFoundry itself lists them."""
+    label = repr(s["name"]) if s.get("name") else "unnamed"
+    facts = [str(s[k]) for k in ("source", "source_details") if s.get(k)]
+    if s.get("created_at"):
+        facts.append(f"created {s['created_at']}")
+    facts.append(f"{s['pairs']} pairs")
+    return f"{s['id']}: {label} ({', '.join(facts)})"
+
+
+def describe_sessions(sessions: list[dict[str, Any]]) -> str:
+    return "; ".join(describe_session(s) for s in sessions) or "none"
 
 
 def find_session(sessions: list[dict[str, Any]], session: str | int | None, where: str) -> dict[str, Any]:
-    """The session a config names, by name or id; a name used twice must be given by id."""
+    """The session a config names: a number is an id, a string a name; a name used twice must be given by id."""
     if session is None:
         if len(sessions) == 1:
             return sessions[0]
-        raise InvalidInput(f"{where}: choose a session (name or id); sessions: {_describe_sessions(sessions)}")
+        raise InvalidInput(
+            f"{where}: choose a session with session: ID (or a name); sessions: {describe_sessions(sessions)}"
+        )
+    if isinstance(session, int) and not isinstance(session, bool):
+        for s in sessions:
+            if s["id"] == session:
+                return s
+        raise InvalidInput(f"{where}: no session with id {session}; sessions: {describe_sessions(sessions)}")
     by_name = [s for s in sessions if s["name"] == session]
     if len(by_name) > 1:
-        raise InvalidInput(f"{where}: session name {session!r} is used by ids {[s['id'] for s in by_name]}; use the id")
+        raise InvalidInput(
+            f"{where}: {len(by_name)} sessions are named {session!r}; choose one with session: ID: "
+            f"{describe_sessions(by_name)}"
+        )
     if by_name:
         return by_name[0]
-    as_id = int(session) if isinstance(session, int) or str(session).isdigit() else None
-    for s in sessions:
-        if s["id"] == as_id:
-            return s
-    raise InvalidInput(f"{where}: no session {session!r}; sessions: {_describe_sessions(sessions)}")
+    hint = ""
+    if str(session).strip().isdigit() and any(s["id"] == int(session) for s in sessions):
+        hint = f" (to choose by id, write session: {int(session)} as a number, or session: {{id: {int(session)}}})"
+    raise InvalidInput(f"{where}: no session named {session!r}{hint}; sessions: {describe_sessions(sessions)}")
 
 
 def session_id_ranges(db_path: str, session_id: int, pairs_per_range: int) -> list[tuple[int, int]]:

@@ -2,8 +2,9 @@
 
 check: the targets may be written and every input opens (format, split, session, footers), from
 listings and headers only, before any executor starts. plan: one task per chunk reads and normalises
-it; the pairs stay with the executor and only counts (and, for dedup, 128-bit hashes) come back to
-the driver, which builds HF's output order as one small array and cuts it into blocks.
+it; the rows stay with the executor and only counts (and, for dedup, 128-bit hashes; for whole rows, the
+schema) come back to the driver, which aligns the sources' features, builds HF's output order as one small
+array and cuts it into blocks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
@@ -20,21 +22,24 @@ from raymerge.executor import Executor
 from raymerge.ordering import hf_indices
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
-from raymerge.text import finefoundry, tasks
+from raymerge.text import features, tasks
+from raymerge.text.columns import PAIR_SCHEMA, role_table
 from raymerge.text.combine import Block, output_order, plan_blocks
-from raymerge.text.config import Config, Target
+from raymerge.text.config import Config, TextInput
 from raymerge.text.sources import Source, open_source
+from raymerge.text.targets import TargetPlan, check_targets
 
 MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 1024, 131_072
 BLOCKS_PER_CPU = 4  # enough blocks to balance uneven ones over the cores
-DROP_EMPTY = "empty input or output"
 DROP_UNUSED = "not reached before the interleave stopped"
 DROP_DUPLICATE = "exact duplicate"
+
+__all__ = ["TargetPlan", "TextPlan", "check", "check_targets", "open_inputs", "plan"]
 
 
 @dataclass
 class ScannedSource:
-    """An input after its scan: where each chunk's pairs are (executor handles) and which source rows
+    """An input after its scan: where each chunk's rows are (executor handles) and which source rows
     each chunk starts at, so that block tasks can be sent exactly the chunks they need."""
 
     name: str
@@ -42,31 +47,20 @@ class ScannedSource:
     chunk_tables: list[Any]
     chunk_starts: list[int]
     rows: int
-
-
-@dataclass
-class TargetPlan:
-    """One file the run writes: the main output or an export."""
-
-    url: str
-    path: str
-    storage_options: dict[str, Any]
-    format: str
-    overwrite: bool
-    session: finefoundry.SessionSpec | None = None
-    existing_db: bool = False
+    schemas: list[pa.Schema | None] = field(default_factory=list)
 
 
 @dataclass
 class TextPlan(Plan[Config]):
     """The scanned sources, HF's output order (the source of each row), the rows kept by dedup, the blocks
-    the order is cut into, and the files to write."""
+    the order is cut into, the schema of the rows written, and the files and folders to write."""
 
     sources: list[ScannedSource] = field(default_factory=list)
     order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     keep: np.ndarray | None = None
     blocks: list[Block] = field(default_factory=list)
     targets: list[TargetPlan] = field(default_factory=list)
+    schema: pa.Schema = PAIR_SCHEMA
 
 
 def open_inputs(cfg: Config) -> list[tuple[str, Source]]:
@@ -74,8 +68,15 @@ def open_inputs(cfg: Config) -> list[tuple[str, Source]]:
     out = []
     for name, inp in zip(cfg.input_names(), cfg.inputs, strict=True):
         fs, path = storage.resolve(inp.path, inp.storage_options)
-        out.append((name, open_source(fs, path, inp.format, inp.split, inp.config, inp.session)))
+        out.append((name, open_source(fs, path, inp.format, inp.split, inp.config, inp.session_choice())))
     return out
+
+
+def scan_spec(cfg: Config, inp: TextInput) -> tasks.ScanSpec:
+    """What the scan tasks of one input make of its rows."""
+    r = inp.roles
+    roles = role_table(r.user, r.assistant, r.system) if r is not None else role_table()
+    return tasks.ScanSpec(cfg.columns == "keep", inp.input_column, inp.output_column, roles, cfg.dedup == "exact")
 
 
 def source_path(src: Source) -> str:
@@ -90,50 +91,19 @@ def check(cfg: Config) -> int:
     return sum(storage.fingerprint(src.fs, source_path(src))["bytes"] for _, src in open_inputs(cfg))
 
 
-def check_targets(cfg: Config) -> list[TargetPlan]:
-    """Main output then exports; check each is new (or a database that may gain the session)."""
-    out = cfg.output
-    specs: list[tuple[Target, str, dict[str, Any], bool]] = [(out, out.path, out.storage_options, out.overwrite)]
-    specs += [(e, e.path, e.storage_options, e.overwrite) for e in cfg.exports]
-    targets, seen = [], set()
-    for i, (t, path, options, overwrite) in enumerate(specs):
-        fmt = t.resolved_format()
-        stage = storage.Staging(
-            path, options, overwrite=overwrite, is_file=True, allow_existing=fmt == "sqlite", run_id="check"
-        )
-        if stage.target_url in seen:
-            raise InvalidInput(f"{stage.target_url}: written twice (output and exports must differ)")
-        seen.add(stage.target_url)
-        if i > 0:
-            stage.check()
-        tp = TargetPlan(stage.target_url, path, options, fmt, overwrite)
-        if fmt == "sqlite":
-            assert t.session_name is not None
-            tp.existing_db = storage.exists(stage.fs, stage.target)
-            if tp.existing_db:
-                db = finefoundry.local_sqlite(stage.fs, stage.target)
-                clash = finefoundry.session_conflict(db, t.session_name)
-                if clash and not overwrite:
-                    raise InvalidInput(
-                        f"output {stage.target_url} already has a session named {t.session_name!r} "
-                        f"(id {', '.join(map(str, clash))}); set overwrite: true to replace that session"
-                    )
-            tp.session = finefoundry.SessionSpec(t.session_name, cfg.operation, len(cfg.inputs), replace=overwrite)
-        targets.append(tp)
-    return targets
-
-
 def plan(cfg: Config, executor: Executor) -> TextPlan:
-    """Scan every chunk with the executor, then decide the output order, dedup and blocks on the driver."""
+    """Scan every chunk with the executor, then decide the schema, the output order, dedup and blocks on the
+    driver."""
     targets = check_targets(cfg)
     report = Report(kind="text", operation=cfg.operation, output=targets[0].url)
     scanned, hashes = _scan(cfg, open_inputs(cfg), executor, report)
+    schema = merged_schema(scanned) if cfg.columns == "keep" else PAIR_SCHEMA
     lengths = [s.rows for s in scanned]
     order = output_order(cfg, lengths)
     keep = _first_occurrences(order, lengths, hashes) if cfg.dedup == "exact" else None
     _count_output(report, order, keep, lengths)
     block_rows = max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, math.ceil(len(order) / (BLOCKS_PER_CPU * executor.cpus()))))
-    report.details.update(_describe(cfg, targets))
+    report.details.update(_describe(cfg, targets, schema))
     return TextPlan(
         config=cfg,
         report=report,
@@ -143,6 +113,7 @@ def plan(cfg: Config, executor: Executor) -> TextPlan:
         keep=keep,
         blocks=plan_blocks(order, len(lengths), block_rows),
         targets=targets,
+        schema=schema,
     )
 
 
@@ -151,33 +122,65 @@ def _scan(
 ) -> tuple[list[ScannedSource], list[np.ndarray]]:
     """One scan task per chunk, all submitted before any result is awaited; the report gains each input's
     counts. Returns the scanned sources and, for dedup, each source's pair hashes."""
-    want_hashes = cfg.dedup == "exact"
     pending = []
-    for (name, src), inp in zip(opened, cfg.inputs, strict=True):
-        handles = [
-            executor.submit(
-                tasks.scan_chunk, src.fs, c, src.url, inp.input_column, inp.output_column, want_hashes, num_returns=2
-            )
-            for c in src.chunks
-        ]
-        pending.append((name, src, handles))
+    for i, ((name, src), inp) in enumerate(zip(opened, cfg.inputs, strict=True)):
+        spec = scan_spec(cfg, inp)
+        handles = [executor.submit(tasks.scan_chunk, src.fs, c, src.url, spec, num_returns=2) for c in src.chunks]
+        pending.append((i, name, src, handles))
         executor.progress(f"reading {name}: {src.kind}, {len(src.chunks)} chunk(s)")
     scanned, hashes = [], []
-    for name, src, handles in pending:
+    for i, name, src, handles in pending:
         stats: list[tasks.ChunkStats] = executor.get([h[0] for h in handles])
         mappings = sorted({s.mapping for s in stats if s.mapping})
         if len(mappings) > 1:
             raise InvalidInput(f"{src.url}: files map columns differently ({'; '.join(mappings)})")
         rows = [s.rows for s in stats]
         report.inputs.append(InputReport(name, src.url, rows_in=sum(s.rows_in for s in stats)))
-        report.inputs[-1].drop(DROP_EMPTY, sum(s.dropped for s in stats))
-        report.details.setdefault("mapping", {})[name] = mappings[0] if mappings else "(no rows)"
+        unknown: dict[str, int] = {}
+        for s in stats:
+            for reason, n in s.dropped.items():
+                report.inputs[-1].drop(reason, n)
+            for role, n in s.unknown_roles.items():
+                unknown[role] = unknown.get(role, 0) + n
+        if unknown:
+            shown = ", ".join(f"{r!r} ({n} turns)" for r, n in sorted(unknown.items(), key=lambda x: -x[1])[:10])
+            report.warnings.append(
+                f"{name}: turns with roles that are neither user, assistant, system nor tool were not paired: "
+                f"{shown}; name them with inputs[{i}].roles"
+            )
+        if cfg.columns == "pairs":
+            report.details.setdefault("mapping", {})[name] = mappings[0] if mappings else "(no rows)"
         starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist() if rows else []
-        scanned.append(ScannedSource(name, src, [h[1] for h in handles], starts, sum(rows)))
-        if want_hashes:
+        chunk_tables = [h[1] for h in handles]
+        scanned.append(ScannedSource(name, src, chunk_tables, starts, sum(rows), [s.schema for s in stats]))
+        if cfg.dedup == "exact":
             hashes.append(np.concatenate([s.hashes for s in stats]) if stats else np.zeros((0, 2), np.uint64))
-        executor.progress(f"read {name}: {sum(rows):,} pairs")
+        executor.progress(f"read {name}: {sum(rows):,} {'rows' if cfg.columns == 'keep' else 'pairs'}")
     return scanned, hashes
+
+
+def merged_schema(scanned: list[ScannedSource]) -> pa.Schema:
+    """The schema of a whole-row merge, by `datasets`' rules: sources without rows take no part (as in
+    `concatenate_datasets`), the others' features must align (an error names the columns that do not)."""
+    used = [s for s in scanned if s.rows > 0] or scanned[:1]
+    per_source, schemas = [], []
+    for s in used:
+        # a chunk without rows says nothing about its columns' types (an empty JSON lines range has none)
+        chunks = [(storage.url(s.source.fs, c.path), sc) for c, sc in zip(s.source.chunks, s.schemas, strict=True)]
+        present = [(w, sc) for (w, sc), n in zip(chunks, _chunk_rows(s), strict=True) if sc is not None and n > 0]
+        present = present or [(w, sc) for w, sc in chunks if sc is not None and len(sc)][:1]
+        per_source.append((s.name, features.align([(w, features.features_of(sc)) for w, sc in present])))
+        schemas += [sc for _, sc in present]
+    merged = features.align(per_source)
+    try:
+        return features.merged_schema(schemas, merged)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InvalidInput(f"the inputs' columns cannot be merged: {e}") from None
+
+
+def _chunk_rows(s: ScannedSource) -> list[int]:
+    ends = [*s.chunk_starts[1:], s.rows]
+    return [b - a for a, b in zip(s.chunk_starts, ends, strict=True)]
 
 
 def _count_output(report: Report, order: np.ndarray, keep: np.ndarray | None, lengths: list[int]) -> None:
@@ -191,8 +194,11 @@ def _count_output(report: Report, order: np.ndarray, keep: np.ndarray | None, le
     report.rows_out = int(kept.sum())
 
 
-def _describe(cfg: Config, targets: list[TargetPlan]) -> dict[str, Any]:
+def _describe(cfg: Config, targets: list[TargetPlan], schema: pa.Schema) -> dict[str, Any]:
     d: dict[str, Any] = {"format": targets[0].format}
+    if cfg.columns == "keep":
+        names = schema.names
+        d["columns"] = f"keep ({len(names)}): " + ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     if cfg.operation == "interleave":
         c = cfg.combine
         d["stopping_strategy"] = c.stopping_strategy

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -17,12 +18,24 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.text import finefoundry
+from raymerge.text import codecs, finefoundry
 from raymerge.text.sources import Chunk
 
 
 def read_chunk(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
     """The raw table of one chunk; unreadable content raises InvalidInput naming the file (and line)."""
+    if chunk.compression is None:
+        return _read_plain(fs, chunk, columns)
+    try:
+        return _read_plain(fs, chunk, columns)
+    except InvalidInput:
+        raise
+    except Exception as e:  # each codec has its own error class (gzip.BadGzipFile, lzma.LZMAError, ZstdError...)
+        where = storage.url(fs, chunk.path)
+        raise InvalidInput(f"{where}: not readable {chunk.compression} data: {e}") from None
+
+
+def _read_plain(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None) -> pa.Table:
     where = storage.url(fs, chunk.path)
     try:
         if chunk.format == "parquet":
@@ -34,19 +47,19 @@ def read_chunk(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None =
             with fs.open(chunk.path, "rb") as f:
                 return pa.ipc.open_stream(f).read_all()
         if chunk.format == "csv":
-            with fs.open(chunk.path, "rb") as f:
-                data = f.read()
-            names = pacsv.open_csv(io.BytesIO(data)).schema.names
-            opts = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
-            return pacsv.read_csv(io.BytesIO(data), convert_options=opts)
-    except (pa.ArrowInvalid, OSError) as e:
+            return _read_csv(fs, chunk)
+    except pa.ArrowInvalid as e:
+        raise InvalidInput(f"{where}: not a readable {chunk.format} file: {e}") from None
+    except OSError as e:
+        if chunk.compression is not None:
+            raise
         raise InvalidInput(f"{where}: not a readable {chunk.format} file: {e}") from None
     except UnicodeDecodeError:  # a CSV header that is not UTF-8 (its cells are checked by Arrow)
         raise InvalidInput(f"{where}: not a readable {chunk.format} file: its header is not UTF-8 text") from None
     if chunk.format == "jsonl":
         return _read_jsonl(fs, chunk, where)
     if chunk.format == "json":
-        return _read_json_array(fs, chunk.path, where)
+        return _read_json_array(fs, chunk, where)
     if chunk.format == "sqlite":
         assert chunk.session_id is not None
         return finefoundry.read_pairs(
@@ -75,6 +88,15 @@ def chunk_schema(fs: AbstractFileSystem, chunk: Chunk) -> pa.Schema | None:
         return pq.ParquetFile(f).schema_arrow
 
 
+def _read_csv(fs: AbstractFileSystem, chunk: Chunk) -> pa.Table:
+    """Every value as text: the header is read first (one block), then the file streams through Arrow."""
+    with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+        names = pacsv.open_csv(f).schema.names
+    opts = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+    with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+        return pacsv.read_csv(f, convert_options=opts)
+
+
 def _jsonl_bytes(fs: AbstractFileSystem, chunk: Chunk) -> bytes:
     """The whole lines that start inside [start, stop)."""
     with fs.open(chunk.path, "rb") as f:
@@ -91,21 +113,40 @@ def _jsonl_bytes(fs: AbstractFileSystem, chunk: Chunk) -> bytes:
 
 
 def _read_jsonl(fs: AbstractFileSystem, chunk: Chunk, where: str) -> pa.Table:
+    if chunk.compression is not None:
+        return _read_compressed_jsonl(fs, chunk, where)
     data = _jsonl_bytes(fs, chunk)
     if not data.strip():
         return pa.table({})
     try:
         return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=8 << 20))
     except pa.ArrowInvalid:
-        rows: list[object] = []
-        for i, line in enumerate(data.split(b"\n")):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as bad:
-                raise InvalidInput(f"{where}: line {_lines_before(fs, chunk) + i + 1}: not valid JSON: {bad}") from None
-        return rows_table(rows, where)
+        return _parse_lines(data.split(b"\n"), where, lambda: _lines_before(fs, chunk))
+
+
+def _parse_lines(lines: Iterable[bytes], where: str, lines_before: Callable[[], int]) -> pa.Table:
+    """JSON lines parsed one by one, after Arrow refused them: the error names the line at fault."""
+    rows: list[object] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as bad:
+            raise InvalidInput(f"{where}: line {lines_before() + i + 1}: not valid JSON: {bad}") from None
+    return rows_table(rows, where)
+
+
+def _read_compressed_jsonl(fs: AbstractFileSystem, chunk: Chunk, where: str) -> pa.Table:
+    """Arrow parses the stream as it is decompressed; only a file Arrow refuses is read again, line by line, to
+    name the line at fault."""
+    try:
+        with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+            return pajson.read_json(f, read_options=pajson.ReadOptions(block_size=8 << 20))
+    except pa.ArrowInvalid:
+        pass
+    with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+        return _parse_lines(codecs.iter_lines(f), where, lambda: 0)
 
 
 def _lines_before(fs: AbstractFileSystem, chunk: Chunk) -> int:
@@ -120,9 +161,10 @@ def _lines_before(fs: AbstractFileSystem, chunk: Chunk) -> int:
         return f.read(begin).count(b"\n")
 
 
-def _read_json_array(fs: AbstractFileSystem, path: str, where: str) -> pa.Table:
+def _read_json_array(fs: AbstractFileSystem, chunk: Chunk, where: str) -> pa.Table:
     try:
-        rows = json.loads(fs.cat_file(path))
+        with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+            rows = json.loads(f.read())
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{where}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from raymerge.text.features import features_of
 from raymerge.text.finefoundry import SCHEMA_SQL
 
 
@@ -66,7 +67,7 @@ def write_save_to_disk(root: Path, table: pa.Table, shards: int = 1) -> Path:
     for i, name in enumerate(names):
         with pa.OSFile(str(root / name), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
             w.write_table(table.slice(i * step, step))
-    features = {n: {"dtype": "string", "_type": "Value"} for n in table.schema.names}
+    features = features_of(table.schema)
     (root / "dataset_info.json").write_text(
         json.dumps({"citation": "", "description": "", "features": features, "homepage": "", "license": ""})
     )

@@ -25,7 +25,14 @@ from raymerge import storage
 from raymerge.text import finefoundry
 from raymerge.text.columns import PAIR_SCHEMA
 
-PART_KIND = {"jsonl": "jsonl", "json": "jsonl", "parquet": "arrow", "sqlite": "arrow"}
+PART_KIND = {
+    "jsonl": "jsonl",
+    "json": "jsonl",
+    "parquet": "arrow",
+    "sqlite": "arrow",
+    "hf": "arrow",
+    "save_to_disk": "arrow",
+}
 COPY_BUFFER = 8 << 20
 PARQUET_ROW_GROUP_ROWS = 131_072
 
@@ -52,10 +59,12 @@ def assemble(
     parts: list[str],
     out_fs: AbstractFileSystem,
     out_path: str,
+    schema: pa.Schema = PAIR_SCHEMA,
     session: finefoundry.SessionSpec | None = None,
     existing_db: str | None = None,
 ) -> None:
-    """Write one target file from the ordered parts, streaming: no more than a row group is in memory."""
+    """Write one target file from the ordered parts (rows in `schema`), streaming: no more than a row group is
+    in memory."""
     if fmt == "sqlite":
         assert session is not None
         _assemble_sqlite(parts_fs, parts, out_fs, out_path, session, existing_db)
@@ -68,7 +77,7 @@ def assemble(
         elif fmt == "json":
             _write_json_array(parts_fs, parts, out)
         elif fmt == "parquet":
-            _write_parquet(parts_fs, parts, out)
+            _write_parquet(parts_fs, parts, out, schema)
         else:
             raise ValueError(f"unknown output format {fmt}")
 
@@ -94,7 +103,9 @@ def iter_arrow_parts(fs: AbstractFileSystem, parts: list[str]) -> Iterator[pa.Re
             yield from pa.ipc.open_stream(f)
 
 
-def fixed_row_groups(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+def fixed_row_groups(
+    batches: Iterable[pa.RecordBatch], rows: int, schema: pa.Schema = PAIR_SCHEMA
+) -> Iterator[pa.Table]:
     """The rows of `batches` regrouped into tables of exactly `rows` rows (the last may be shorter): blocks
     vary in size with the cores a run has, a file's row groups must not."""
     pending: list[pa.RecordBatch] = []
@@ -103,17 +114,23 @@ def fixed_row_groups(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[p
         pending.append(batch)
         held += batch.num_rows
         while held >= rows:
-            table = pa.Table.from_batches(pending, PAIR_SCHEMA)
+            table = pa.Table.from_batches(pending, schema)
             yield table.slice(0, rows)
             rest = table.slice(rows)
             pending, held = rest.to_batches(), rest.num_rows
     if held:
-        yield pa.Table.from_batches(pending, PAIR_SCHEMA)
+        yield pa.Table.from_batches(pending, schema)
 
 
-def _write_parquet(fs: AbstractFileSystem, parts: list[str], out: BinaryIO) -> None:
-    with pq.ParquetWriter(out, PAIR_SCHEMA, compression="zstd") as w:
-        for group in fixed_row_groups(iter_arrow_parts(fs, parts), PARQUET_ROW_GROUP_ROWS):
+def _write_parquet(fs: AbstractFileSystem, parts: list[str], out: BinaryIO, schema: pa.Schema) -> None:
+    write_parquet(iter_arrow_parts(fs, parts), out, schema)
+
+
+def write_parquet(batches: Iterable[pa.RecordBatch], out: BinaryIO, schema: pa.Schema) -> None:
+    """Rows in row groups of a fixed size, so a file's bytes do not depend on how its rows were cut up; the
+    schema's metadata (a whole-row merge's features) goes in the footer, where `datasets` reads it."""
+    with pq.ParquetWriter(out, schema, compression="zstd") as w:
+        for group in fixed_row_groups(batches, PARQUET_ROW_GROUP_ROWS, schema):
             w.write_table(group, row_group_size=PARQUET_ROW_GROUP_ROWS)
 
 

@@ -20,7 +20,7 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.text import finefoundry
+from raymerge.text import codecs, finefoundry
 
 FILE_FORMATS = {
     ".parquet": "parquet",
@@ -44,13 +44,15 @@ CHUNK_BYTES = 32 << 20  # JSONL bytes per read task
 
 @dataclass(frozen=True)
 class Chunk:
-    """One read task's share of a source. Ranges: parquet row groups, JSONL bytes, SQLite ids."""
+    """One read task's share of a source. Ranges: parquet row groups, JSONL bytes, SQLite ids; a compressed
+    file is read whole, decompressing as it streams."""
 
     format: str
     path: str
     start: int = 0
     stop: int = -1
     session_id: int | None = None
+    compression: str | None = None
 
 
 @dataclass
@@ -81,25 +83,36 @@ def open_source(
     if fs.isdir(path):
         return _open_folder(fs, path, fmt, split, config)
     fmt = file_format(fs, path) if fmt in ("auto", "hf", "save_to_disk") else fmt
+    codec = codecs.codec_of(path)
+    if codec is not None:
+        codecs.check_codec(fs, path, codec, fmt)
     if fmt == "sqlite":
         return _open_sqlite(fs, path, session)
     if session is not None:
         raise InvalidInput(f"{where}: session is only for FineFoundry databases, and this is a {fmt} file")
-    return Source(where, fs, fmt, _file_chunks(fs, [path], fmt))
+    src = Source(where, fs, fmt, _file_chunks(fs, [path], fmt))
+    if codec is not None:
+        src.details["compression"] = codec
+    return src
 
 
 def file_format(fs: AbstractFileSystem, path: str) -> str:
-    """A file's format from its first bytes and its name: a database or JSON lines may carry another name."""
-    ext = os.path.splitext(path)[1].lower()
-    with fs.open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(finefoundry.SQLITE_MAGIC):
-        return "sqlite"
+    """A file's format from its first bytes and its name (without a compression suffix): a database or JSON
+    lines may carry another name."""
+    codec = codecs.codec_of(path)
+    ext = _extension(path)
     fmt = FILE_FORMATS.get(ext)
+    if codec is not None:
+        codecs.check_codec(fs, path, codec, fmt)
+    head = codecs.read_head(fs, path, codec)
+    if codec is None and head.startswith(finefoundry.SQLITE_MAGIC):
+        return "sqlite"
     if fmt is None:
+        inside = f" inside {codec}" if codec else ""
         raise InvalidInput(
-            f"{storage.url(fs, path)}: unknown file type {ext or '(no extension)'}; "
-            f"expected one of {', '.join(sorted(FILE_FORMATS))} or set format"
+            f"{storage.url(fs, path)}: unknown file type {ext or '(no extension)'}{inside}; "
+            f"expected one of {', '.join(sorted(FILE_FORMATS))} (JSON, JSONL and CSV may end in "
+            ".gz, .bz2, .xz or .zst) or set format"
         )
     if fmt == "json" and head.lstrip()[:1] == b"{":
         return "jsonl"  # one object per line, despite the .json name
@@ -127,7 +140,7 @@ def _open_folder(fs: AbstractFileSystem, path: str, fmt: str, split: str | None,
         files = [storage.join(path, f["filename"]) for f in state.get("_data_files", [])]
         return Source(where, fs, "save_to_disk", _file_chunks(fs, files, "arrow"))
     files, details = hub_files(fs, path, split, config)
-    formats = {FILE_FORMATS[os.path.splitext(f)[1].lower()] for f in files}
+    formats = {FILE_FORMATS[_extension(f)] for f in files}
     if len(formats) > 1:
         raise InvalidInput(f"{where}: split mixes file formats {sorted(formats)}")
     fmt = formats.pop()
@@ -236,8 +249,13 @@ def _is_data_file(relative: str) -> bool:
     parts = relative.strip("/").split("/")
     if any(p.startswith(".") for p in parts):
         return False
-    ext = os.path.splitext(parts[-1])[1].lower()
+    ext = _extension(parts[-1])
     return ext in FILE_FORMATS and FILE_FORMATS[ext] != "sqlite"
+
+
+def _extension(path: str) -> str:
+    """The extension that names the format: `.jsonl` for `x.jsonl` and for `x.jsonl.gz`."""
+    return os.path.splitext(codecs.inner_path(path))[1].lower()
 
 
 def guess_split(relative: str) -> str:
@@ -252,7 +270,11 @@ def guess_split(relative: str) -> str:
 def _file_chunks(fs: AbstractFileSystem, files: list[str], fmt: str) -> list[Chunk]:
     chunks: list[Chunk] = []
     for f in files:
-        if fmt == "parquet":
+        codec = codecs.codec_of(f)
+        if codec is not None:  # a compressed stream is read from its start: one chunk
+            codecs.check_codec(fs, f, codec, fmt)
+            chunks.append(Chunk(fmt, f, compression=codec))
+        elif fmt == "parquet":
             try:
                 with fs.open(f, "rb") as fh:
                     meta = pq.ParquetFile(fh).metadata
@@ -280,4 +302,4 @@ def _open_sqlite(fs: AbstractFileSystem, path: str, session: str | int | None) -
     chosen = finefoundry.find_session(finefoundry.list_sessions(db, where), session, where)
     ranges = finefoundry.session_id_ranges(db, chosen["id"], CHUNK_ROWS)
     chunks = [Chunk("sqlite", path, first, last, chosen["id"]) for first, last in ranges]
-    return Source(where, fs, "sqlite", chunks, {"session": {k: chosen[k] for k in ("id", "name")}})
+    return Source(where, fs, "sqlite", chunks, {"session": chosen})

@@ -6,7 +6,7 @@ Their arguments and results are small values or tables, never open files or conn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,9 +14,10 @@ import polars as pl
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
-from raymerge.text import sinks
+from raymerge.text import folders, sinks
 from raymerge.text.blocks import SourceSlice, assemble_block
-from raymerge.text.columns import PAIR_SCHEMA, choose_mapping, normalise
+from raymerge.text.columns import DEFAULT_ROLES, PAIR_SCHEMA, RoleTable, choose_mapping, normalise
+from raymerge.text.features import conform
 from raymerge.text.readers import chunk_schema, read_chunk
 from raymerge.text.sources import Chunk
 
@@ -24,43 +25,59 @@ if TYPE_CHECKING:
     from raymerge.text.plan import TargetPlan
 
 
+@dataclass(frozen=True)
+class ScanSpec:
+    """What a scan makes of a chunk: whole rows (`keep`), or pairs by the auto-mapping and an input's hints;
+    `hashes` for dedup."""
+
+    keep: bool = False
+    input_column: str | None = None
+    output_column: str | None = None
+    roles: RoleTable = DEFAULT_ROLES
+    hashes: bool = False
+
+
 @dataclass
 class ChunkStats:
     """What the driver learns from scanning a chunk: counts for the report and the order, the mapping to
-    check that a source's files agree, and (for dedup) the pairs' hashes; never the pairs themselves."""
+    check that a source's files agree, the schema (whole rows) to align sources, and (for dedup) the pairs'
+    hashes; never the rows themselves."""
 
     rows_in: int
     rows: int
-    dropped: int
-    mapping: str | None
+    dropped: dict[str, int] = field(default_factory=dict)
+    mapping: str | None = None
     hashes: np.ndarray | None = None
+    unknown_roles: dict[str, int] = field(default_factory=dict)
+    schema: pa.Schema | None = None
 
 
-def scan_chunk(
-    fs: AbstractFileSystem,
-    chunk: Chunk,
-    where: str,
-    input_column: str | None,
-    output_column: str | None,
-    with_hashes: bool,
-) -> tuple[ChunkStats, pa.Table]:
-    """Read one chunk and normalise it to pairs; parquet reads only the mapped columns. The pairs stay with
-    the executor for the block tasks, only the stats go to the driver."""
+def scan_chunk(fs: AbstractFileSystem, chunk: Chunk, where: str, spec: ScanSpec) -> tuple[ChunkStats, pa.Table]:
+    """Read one chunk and normalise it to pairs (or keep its rows); parquet reads only the mapped columns. The
+    rows stay with the executor for the block tasks, only the stats go to the driver."""
+    if spec.keep:
+        table = read_chunk(fs, chunk)
+        return ChunkStats(table.num_rows, table.num_rows, schema=table.schema), table
     schema = chunk_schema(fs, chunk)
     if schema is not None:
-        mapping = choose_mapping(schema, where, input_column, output_column)
+        mapping = choose_mapping(schema, where, spec.input_column, spec.output_column, spec.roles)
         table = read_chunk(fs, chunk, mapping.columns())
     else:
         table = read_chunk(fs, chunk)
         if table.num_columns == 0:
             empty = PAIR_SCHEMA.empty_table()
-            return ChunkStats(0, 0, 0, None, pair_hashes(empty) if with_hashes else None), empty
-        mapping = choose_mapping(table.schema, where, input_column, output_column)
-    pairs, rows_in, dropped = normalise(table, mapping)
+            return ChunkStats(0, 0, hashes=pair_hashes(empty) if spec.hashes else None), empty
+        mapping = choose_mapping(table.schema, where, spec.input_column, spec.output_column, spec.roles)
+    done = normalise(table, mapping)
     stats = ChunkStats(
-        rows_in, pairs.num_rows, dropped, mapping.describe(), pair_hashes(pairs) if with_hashes else None
+        done.rows_in,
+        done.pairs.num_rows,
+        done.dropped,
+        mapping.describe(),
+        pair_hashes(done.pairs) if spec.hashes else None,
+        done.unknown_roles,
     )
-    return stats, pairs
+    return stats, done.pairs
 
 
 def pair_hashes(pairs: pa.Table) -> np.ndarray:
@@ -81,15 +98,17 @@ def write_block(
     part_dir: str,
     index: int,
     kinds: list[str],
+    schema: pa.Schema,
     *tables: pa.Table,
-) -> int:
-    """Assemble one output block from the chunks it needs (`tables`, in `slices` order), drop duplicates
-    (`keep`), and write its parts; returns the rows written, which the plan checks."""
-    table = assemble_block(order, slices, tables)
+) -> tuple[int, int]:
+    """Assemble one output block from the chunks it needs (`tables`, in `slices` order, put in `schema`), drop
+    duplicates (`keep`), and write its parts; returns the rows written, which the plan checks, and their Arrow
+    bytes, which size the shards of a dataset folder."""
+    table = assemble_block(order, slices, [conform(t, schema) for t in tables], schema)
     if keep is not None:
         table = table.filter(keep)
     sinks.write_parts(table, fs, part_dir, index, kinds)
-    return table.num_rows
+    return table.num_rows, table.nbytes
 
 
 def write_target(
@@ -100,9 +119,15 @@ def write_target(
     out_fs: AbstractFileSystem,
     out_path: str,
     existing_db: str | None,
+    schema: pa.Schema,
 ) -> None:
     """Stream every block's part into one target file, in block order: one task per file, so the output and
     each export are written at the same time."""
     kind = sinks.PART_KIND[target.format]
     parts = [sinks.part_path(part_dir, kind, i) for i in range(blocks)]
-    sinks.assemble(target.format, parts_fs, parts, out_fs, out_path, target.session, existing_db)
+    sinks.assemble(target.format, parts_fs, parts, out_fs, out_path, schema, target.session, existing_db)
+
+
+# Rows [start, stop) of the output, from the parts holding them, as one shard of a dataset folder: one task per
+# shard, all at once.
+write_shard = folders.write_shard

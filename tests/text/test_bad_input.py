@@ -54,7 +54,10 @@ def test_csv_whose_header_is_not_utf8(ray_address, work):
 def test_database_without_the_session_lists_sessions(ray_address, work):
     src, output = work
     cfg = _config([{"path": str(src / "finefoundry.db"), "session": "missing"}], output)
-    message = r"no session 'missing'; sessions: 1: 'reddit-python' \(6 pairs\), 2: 'stack-sql' \(3 pairs\)"
+    message = (
+        r"no session named 'missing'; sessions: 1: 'reddit-python' \(reddit, r/reddit-python, created [-0-9: ]+, "
+        r"6 pairs\); 2: 'stack-sql' \(reddit, r/stack-sql, created [-0-9: ]+, 3 pairs\)"
+    )
     assert_rejected(cfg, message, [src], output)
 
 
@@ -97,9 +100,9 @@ def test_output_already_exists(ray_address, work):
     assert output.read_text() == "keep me\n"
     export = output.parent / "x.json"
     export.write_text("[]")
-    cfg = _config([{"path": str(src / "qa.csv")}], output, exports=[{"path": str(export)}])
+    cfg = _config([{"path": str(src / "qa.csv")}], output, exports=[{"path": str(export), "overwrite": False}])
     cfg["output"]["overwrite"] = True
-    with pytest.raises(InvalidInput, match=r"x.json already exists"):
+    with pytest.raises(InvalidInput, match=r"export .*x.json already exists; set exports\[0\].overwrite: true"):
         api.run(cfg)
     assert output.read_text() == "keep me\n" and export.read_text() == "[]"
 

@@ -11,8 +11,9 @@ from raymerge.text.columns import choose_mapping, normalise
 
 def _pairs(rows: list[dict], **explicit) -> tuple[list[tuple[str, str]], int, int]:
     table = pa.Table.from_pylist(rows)
-    pairs, rows_in, dropped = normalise(table, choose_mapping(table.schema, "t", **explicit))
-    return list(zip(pairs["input"].to_pylist(), pairs["output"].to_pylist(), strict=True)), rows_in, dropped
+    done = normalise(table, choose_mapping(table.schema, "t", **explicit))
+    pairs = list(zip(done.pairs["input"].to_pylist(), done.pairs["output"].to_pylist(), strict=True))
+    return pairs, done.rows_in, sum(done.dropped.values())
 
 
 @pytest.mark.parametrize(

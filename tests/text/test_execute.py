@@ -13,7 +13,6 @@ from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from raymerge import api
 from raymerge.errors import InvalidInput
-from raymerge.text import plan, sources
 from raymerge.text.samples import pairs, write_finefoundry_db, write_hub_snapshot, write_jsonl, write_save_to_disk
 from tests.helpers import tree_digest
 
@@ -36,15 +35,6 @@ def four_sources(tmp_path_factory):
         {"path": str(root / "ff.db"), "session": "mine"},
     ]
     return root, tables, inputs
-
-
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Many chunks and blocks from tiny data, so ranges across chunk and block edges are exercised."""
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 300)
-    monkeypatch.setattr(sources, "CHUNK_ROWS", 4)
-    monkeypatch.setattr(plan, "MIN_BLOCK_ROWS", 7)
-    monkeypatch.setattr(plan, "MAX_BLOCK_ROWS", 7)
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -130,7 +120,7 @@ def test_sqlite_output_adds_a_session_and_leaves_others_untouched(ray_address, s
 
     # The same session name again is refused, and the database is left byte-identical.
     before = tree_digest(tmp_path)
-    with pytest.raises(InvalidInput, match=r"already has a session named 'merged' \(id 3\); set overwrite"):
+    with pytest.raises(InvalidInput, match=r"already has a session named 'merged' \(id 3\); set output.overwrite"):
         api.run(cfg)
     assert tree_digest(tmp_path) == before
 

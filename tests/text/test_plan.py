@@ -59,7 +59,7 @@ REFUSED = {
     ),
     "missing session": (
         lambda samples, tmp_path: ([{"path": str(samples["sqlite"]), "session": "missing"}], {}),
-        r"no session 'missing'; sessions: 1: 'reddit-python'",
+        r"no session named 'missing'; sessions: 1: 'reddit-python'",
     ),
     "broken parquet footer": (_broken_parquet, r"broken.parquet: not a readable parquet file"),
     "existing export": (_existing_export, r"x.json already exists"),
@@ -69,7 +69,7 @@ REFUSED = {
     ),
     "existing session": (
         _database_with_the_session,
-        r"already has a session named 'stack-sql' \(id 2\); set overwrite",
+        r"already has a session named 'stack-sql' \(id 2\); set output.overwrite: true or pass --overwrite",
     ),
 }
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from raymerge import storage
 from raymerge.text.sources import Chunk
-from raymerge.text.tasks import scan_chunk
+from raymerge.text.tasks import ScanSpec, scan_chunk
 
 
 def test_scan_counts_drops_and_hashes_pairs(tmp_path):
@@ -16,12 +16,13 @@ def test_scan_counts_drops_and_hashes_pairs(tmp_path):
     table = pa.table({"prompt": [" a ", "b", "", "a"], "completion": ["x", "y", "z", "x"], "ids": [[1], [2], [3], [4]]})
     pq.write_table(table, path)
     fs, p = storage.resolve(str(path))
-    stats, pairs = scan_chunk(fs, Chunk("parquet", p, 0, 1), p, None, None, True)
+    stats, pairs = scan_chunk(fs, Chunk("parquet", p, 0, 1), p, ScanSpec(hashes=True))
     assert pairs.to_pylist() == [
         {"input": "a", "output": "x"},
         {"input": "b", "output": "y"},
         {"input": "a", "output": "x"},
     ]
-    assert (stats.rows_in, stats.rows, stats.dropped, stats.mapping) == (4, 3, 1, "prompt -> completion")
+    assert (stats.rows_in, stats.rows, stats.mapping) == (4, 3, "prompt -> completion")
+    assert stats.dropped == {"empty input or output": 1}
     assert stats.hashes is not None and stats.hashes.shape == (3, 2)
     assert np.array_equal(stats.hashes[0], stats.hashes[2]) and not np.array_equal(stats.hashes[0], stats.hashes[1])
