@@ -1,7 +1,9 @@
 """Entry points: parse, call the API, render progress and the report, map errors to exit codes.
 
 0 success; 2 config or input rejected before anything was written; 1 failure during the run;
-130 cancelled with Ctrl-C. Errors are one message; `--debug` shows the traceback.
+130 cancelled with Ctrl-C; 3 (submit, job logs --follow) the job server stayed unreachable, so the
+job's outcome is unknown. A submitted job's own code passes through. Errors are one message;
+`--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import click
 import yaml
 
 from raymerge import api
+from raymerge import submit as jobs
 from raymerge.errors import RaymergeError
 from raymerge.report import Progress
 from raymerge.submit import submit_config
@@ -148,20 +151,68 @@ def plan(
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.render())
 
 
+job_address_option = click.option(
+    "--address",
+    default=None,
+    help="The cluster's job server (dashboard), e.g. http://HEAD:8265 "
+    "[default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS; --address wins].",
+)
+reconnect_option = click.option(
+    "--reconnect-timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="How long to keep re-attaching to a job server that cannot be reached before giving up (exit 3).",
+)
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (only at commit).")
+@job_address_option
 @click.option(
-    "--address",
-    envvar="RAY_API_SERVER_ADDRESS",
-    required=True,
-    help="The cluster's job server (dashboard), e.g. http://HEAD:8265 [env RAY_API_SERVER_ADDRESS].",
+    "--env",
+    "env_names",
+    multiple=True,
+    metavar="NAME",
+    help="Send this machine's value of NAME to the job (repeatable). Not for credentials: the cluster uses its "
+    "own identity, and names that look like one are refused.",
+)
+@click.option(
+    "--with-deps",
+    is_flag=True,
+    help="Install raymerge's pinned dependencies for this job (a pip runtime_env), for a cluster image without them.",
+)
+@click.option(
+    "--runtime-env",
+    "runtime_env_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    metavar="FILE",
+    help="A Ray runtime_env (YAML or JSON) merged into the job's: pip, env_vars, py_modules, container, ...",
 )
 @click.option("--no-wait", is_flag=True, help="Print the job id and return instead of streaming the logs.")
+@reconnect_option
 @debug_option
-def submit(config: str, overrides: tuple[str, ...], overwrite: bool, address: str, no_wait: bool, debug: bool) -> None:
-    """Run CONFIG as a Ray job on a cluster; stream its logs and exit with the job's exit code."""
+def submit(
+    config: str,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+    address: str | None,
+    env_names: tuple[str, ...],
+    with_deps: bool,
+    runtime_env_file: str | None,
+    no_wait: bool,
+    reconnect_timeout: float,
+    debug: bool,
+) -> None:
+    """Run CONFIG as a Ray job on a cluster; stream its logs and exit with the job's exit code.
+
+    The config's ${VAR}s are resolved on the cluster. Exit codes: the job's own (0, 1, 2, 130), or 3
+    when the job server stayed unreachable and the job's outcome is unknown.
+    """
     code = _guarded(
         debug,
         lambda: submit_config(
@@ -169,12 +220,81 @@ def submit(config: str, overrides: tuple[str, ...], overwrite: bool, address: st
             address,
             overrides=overrides,
             overwrite=overwrite,
+            env_names=env_names,
+            runtime_env_file=runtime_env_file,
+            with_deps=with_deps,
             wait=not no_wait,
+            reconnect_timeout=reconnect_timeout,
             out=sys.stdout,
             err=sys.stderr,
         ),
     )
     sys.exit(code)
+
+
+@main.group()
+def job() -> None:
+    """Follow and control jobs `raymerge submit` started: status, logs, stop, list."""
+
+
+@job.command("status")
+@click.argument("job_id")
+@job_address_option
+@click.option("--json", "as_json", is_flag=True, help="Print the job's details as JSON.")
+@debug_option
+def job_status_command(job_id: str, address: str | None, as_json: bool, debug: bool) -> None:
+    """Say whether JOB_ID is pending, running or over, and how it ended."""
+    sys.exit(_guarded(debug, lambda: jobs.job_status(job_id, address, as_json=as_json, out=sys.stdout, err=sys.stderr)))
+
+
+@job.command("logs")
+@click.argument("job_id")
+@job_address_option
+@click.option("-f", "--follow", "follow_logs", is_flag=True, help="Stream until the job ends; exit with its code.")
+@reconnect_option
+@debug_option
+def job_logs_command(
+    job_id: str, address: str | None, follow_logs: bool, reconnect_timeout: float, debug: bool
+) -> None:
+    """Print JOB_ID's log; with --follow, re-attach to a running job (Ctrl-C stops following, not the job)."""
+    sys.exit(
+        _guarded(
+            debug,
+            lambda: jobs.job_logs(
+                job_id,
+                address,
+                follow_logs=follow_logs,
+                reconnect_timeout=reconnect_timeout,
+                out=sys.stdout,
+                err=sys.stderr,
+            ),
+        )
+    )
+
+
+@job.command("stop")
+@click.argument("job_id")
+@job_address_option
+@click.option(
+    "--wait", "wait_s", default=60.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
+    help="How long to wait for the job to stop.",
+)  # fmt: skip
+@debug_option
+def job_stop_command(job_id: str, address: str | None, wait_s: float, debug: bool) -> None:
+    """Stop JOB_ID; its staged output is removed and nothing is committed."""
+    sys.exit(_guarded(debug, lambda: jobs.job_stop(job_id, address, wait_s=wait_s, out=sys.stdout, err=sys.stderr)))
+
+
+@job.command("list")
+@job_address_option
+@click.option("--all", "every", is_flag=True, help="Every job on the cluster, not only raymerge's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@debug_option
+def job_list_command(address: str | None, every: bool, as_json: bool, debug: bool) -> None:
+    """List the cluster's raymerge jobs, oldest first."""
+    sys.exit(
+        _guarded(debug, lambda: jobs.job_list(address, every=every, as_json=as_json, out=sys.stdout, err=sys.stderr))
+    )
 
 
 @main.command()

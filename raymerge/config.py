@@ -30,6 +30,11 @@ class Model(BaseModel):
 class Location(Model):
     path: str = Field(min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    shared: bool = Field(
+        default=False,
+        description="a local path every cluster node mounts at the same place (NFS, EFS, Lustre): "
+        "`raymerge submit` accepts it for a cluster",
+    )
 
 
 class InputConfig(Location):

@@ -1,33 +1,75 @@
 """Ray start/attach, sized for a laptop or a cluster, and the one switch between the two.
 
 With no address Ray starts in-process on all local cores; with `address`, `--address` or
-`RAY_ADDRESS` it attaches. An already running session (a notebook, the test suite) is reused.
+`RAY_ADDRESS` it attaches (an explicit address wins over the environment). An already running
+session (a notebook, the test suite) is reused. Nothing from this machine's environment is sent
+to a cluster: its processes use the cluster's own identity.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-# Environment that workers need to reach object storage the way the driver does.
-FORWARDED_ENV_PREFIXES = ("AWS_", "S3_", "FSSPEC_", "HF_")
+# Name parts that mark a variable as a credential: its value must never travel in job metadata.
+SECRET_NAME_PARTS = frozenset(
+    {"SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "KEY", "APIKEY", "PRIVATE", "AUTH",
+     "SESSION", "COOKIE", "SIGNATURE", "CERT", "PASSPHRASE"}
+)  # fmt: skip
 
 
-def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    env = os.environ if environ is None else environ
-    provided = job_env_names(env)
-    return {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k not in provided}
+def looks_secret(name: str) -> bool:
+    """True for names like AWS_SECRET_ACCESS_KEY, HF_TOKEN, DB_PASSWORD; not for TOKENIZER or KEYS_PATH.
+
+    Whole `_`-separated words are compared, so a value is judged by what its name says it is.
+    """
+    return any(part in SECRET_NAME_PARTS for part in name.upper().split("_"))
 
 
-def job_env_names(environ: dict[str, str]) -> set[str]:
-    """Variables a submitted Ray job already sets on every worker; Ray refuses a driver that sets them again."""
-    job_config = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    return set((job_config.get("runtime_env") or {}).get("env_vars") or {})
+def choose_address(
+    explicit: str | None, environ: Mapping[str, str], env_names: tuple[str, ...] = ("RAY_ADDRESS",)
+) -> tuple[str | None, str | None]:
+    """The address to use and a warning when the environment names another one: an explicit address wins.
+
+    Ray's own clients let `RAY_ADDRESS` override the address they are given; we do not, and say so
+    when the two disagree, so the cluster named on the command line is the one used and printed.
+    """
+    from_env = [(name, environ[name]) for name in env_names if environ.get(name)]
+    if not explicit or explicit == "auto":  # "auto" asks for the environment's cluster
+        return (from_env[0][1] if from_env else explicit or None), None
+    differing = [f"{name}={value}" for name, value in from_env if value.rstrip("/") != explicit.rstrip("/")]
+    warning = f"the address {explicit} differs from {', '.join(differing)}; using {explicit}" if differing else None
+    return explicit, warning
+
+
+@contextlib.contextmanager
+def environ_without(*names: str) -> Iterator[None]:
+    """Hide variables from a client that would let them override an address we chose."""
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def environ_set(**values: str) -> Iterator[None]:
+    """Point variables at what we chose for a while, then put them back as they were."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def local_init_kwargs(num_cpus: int | None, object_store_memory: int | None, dashboard: bool) -> dict[str, Any]:
@@ -58,21 +100,23 @@ def ray_session(
     if ray.is_initialized():
         yield
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": forwarded_env()},
-            logging_level=logging.WARNING,
-        )
-    else:
-        # Ray announces its default (token auth on a local cluster) as a warning on every start.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(**local_init_kwargs(num_cpus, object_store_memory, dashboard))
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    address, warning = choose_address(address, os.environ)
+    with contextlib.ExitStack() as stack:
+        if warning:
+            print(f"raymerge: warning: {warning}", file=sys.stderr, flush=True)
+            # Parts of Ray's driver start-up read RAY_ADDRESS again: it must name the chosen cluster too.
+            stack.enter_context(environ_set(RAY_ADDRESS=address or ""))
+        if address:
+            # No credentials go with the job: the cluster's processes use the cluster's own identity.
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            # Ray announces its default (token auth on a local cluster) as a warning on every start.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            ray.init(**local_init_kwargs(num_cpus, object_store_memory, dashboard))
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,12 +80,14 @@ class LocalCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def cluster_env(token: str) -> dict[str, str]:
+def cluster_env(token: str, identity: Mapping[str, str] | None = None) -> dict[str, str]:
     """The nodes' environment: token auth on, this venv's tools on PATH, no pointer at another cluster.
 
-    No storage credentials: workers get them only the way a real cluster does, from the submitted job.
+    None of the test session's storage credentials: the nodes get `identity`, their own, the way a real
+    cluster's nodes get theirs (instance profile, IRSA), when they start; a job brings none.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "AWS_"))}
+    env.update(identity or {})
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,
@@ -96,10 +98,21 @@ def cluster_env(token: str) -> dict[str, str]:
     return env
 
 
+def s3_identity(endpoint: str) -> dict[str, str]:
+    """The cluster's own S3 identity for the loopback S3 server: keys of its own, and the endpoint as a
+    real deployment names an S3-compatible store, with AWS_ENDPOINT_URL_S3 (configs need no endpoint_url)."""
+    return {
+        "AWS_ACCESS_KEY_ID": "cluster-own-key-id",
+        "AWS_SECRET_ACCESS_KEY": "cluster-own-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }
+
+
 @contextlib.contextmanager
-def local_cluster(num_cpus: int = 1) -> Iterator[LocalCluster]:
+def local_cluster(num_cpus: int = 1, identity: Mapping[str, str] | None = None) -> Iterator[LocalCluster]:
     token = secrets.token_hex(32)
-    env = cluster_env(token)
+    env = cluster_env(token, identity)
     temp_dir = tempfile.mkdtemp(prefix="rmc-", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, dash = free_port(), free_port()
     head = _start(

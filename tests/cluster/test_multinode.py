@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.cluster.local_cluster import local_cluster
+from tests.cluster.local_cluster import local_cluster, s3_identity
 from tests.helpers import run_cli
 
 
@@ -20,7 +20,7 @@ def test_lerobot_merge_on_two_nodes_equals_the_single_node_output(ray_address, s
     path = tmp_path / "merge.yaml"
     path.write_text(yaml.safe_dump(config))
 
-    with local_cluster(num_cpus=1) as cluster:
+    with local_cluster(num_cpus=1, identity=s3_identity(s3["endpoint_url"])) as cluster:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes(2)
         nodes = cluster.node_ids()

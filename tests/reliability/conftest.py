@@ -60,8 +60,8 @@ PER_RUN = {MANIFEST, ".nv-meta/index.uuid"}
 
 def output_digest(path: Path) -> dict[str, str]:
     """Every output file's sha256 except those that name the run; a single-file output is its folder's files."""
-    if path.is_file():
-        return tree_digest(path.parent)
+    if path.is_file():  # its `<file>.raymerge.json` report names the run
+        return {k: v for k, v in tree_digest(path.parent).items() if not k.endswith(".raymerge.json")}
     return {k: v for k, v in tree_digest(path).items() if k not in PER_RUN}
 
 

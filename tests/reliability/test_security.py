@@ -1,4 +1,5 @@
-"""Credentials never leave the config; tar member names cannot escape the output; SQL takes parameters only."""
+"""Credentials never leave the config, nor the shell a job is submitted from; tar member names cannot escape the
+output; SQL takes parameters only."""
 
 from __future__ import annotations
 
@@ -47,6 +48,71 @@ def test_credentials_never_appear_in_output_logs_reports_or_manifest(ray_address
     shown = manifest + done.stdout + done.stderr + plan.stdout + plan.stderr + refused.stdout + refused.stderr
     for secret in (SECRET_FROM_ENV, SECRET_LITERAL):
         assert secret not in shown
+
+
+def test_a_single_file_outputs_report_beside_it_keeps_no_credential(ray_address, s3, tmp_path):
+    from raymerge.text import samples as text_samples
+
+    fs, bucket = s3["fs"], s3["bucket"]
+    text_samples.write_jsonl(tmp_path / "a.jsonl", text_samples.pairs("a", 7))
+    fs.put(str(tmp_path / "a.jsonl"), f"{bucket}/in/a.jsonl")
+    options = {"endpoint_url": s3["endpoint_url"], "key": "${RAYMERGE_TEST_KEY}", "secret": SECRET_LITERAL}
+    cfg = {
+        "kind": "text",
+        "operation": "concat",
+        "inputs": [
+            {"path": f"s3://{bucket}/in/a.jsonl", "storage_options": {**options, "secret": "${RAYMERGE_TEST_SECRET}"}}
+        ],
+        "output": {"path": f"s3://{bucket}/out/merged.jsonl", "storage_options": options},
+    }
+    path = write_config(tmp_path / "run.yaml", cfg)
+    env = {"RAYMERGE_TEST_KEY": "AKIA" + SECRET_FROM_ENV, "RAYMERGE_TEST_SECRET": SECRET_FROM_ENV}
+
+    done = run_cli("run", str(path), "--address", ray_address, env=env)
+
+    assert done.returncode == 0, done.stderr
+    sidecar = fs.cat(f"{bucket}/out/merged.jsonl.raymerge.json").decode()
+    report = json.loads(sidecar)
+    assert report["report"]["rows_out"] == 7
+    assert report["config"]["output"]["storage_options"] == {**options, "key": "***", "secret": "***"}
+    for secret in (SECRET_FROM_ENV, SECRET_LITERAL):
+        assert secret not in sidecar + done.stdout + done.stderr
+
+
+def test_a_submitted_job_carries_no_value_of_the_submitting_shell(tmp_path):
+    """Everything `submit` would send: runtime_env, entrypoint, the launcher's spec and the job's files."""
+    from raymerge.submit import build_job
+
+    shell = {
+        "AWS_ACCESS_KEY_ID": "AKIA" + SECRET_FROM_ENV,
+        "AWS_SECRET_ACCESS_KEY": SECRET_FROM_ENV,
+        "AWS_SESSION_TOKEN": "session-" + SECRET_FROM_ENV,
+        "HF_TOKEN": "hf-" + SECRET_FROM_ENV,
+        "RAYMERGE_TEST_SECRET": "var-" + SECRET_FROM_ENV,
+        "BUCKET": "b",
+    }
+    cfg = {
+        "kind": "text",
+        "operation": "concat",
+        "inputs": [{"path": "s3://${BUCKET}/a.jsonl", "storage_options": {"secret": "${RAYMERGE_TEST_SECRET}"}}],
+        "output": {"path": "s3://${BUCKET}/out.jsonl"},
+    }
+    path = write_config(tmp_path / "job.yaml", cfg)
+    spec = build_job(path, environ=shell, env_names=["BUCKET"], with_deps=True)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    spec.write(path, job_dir)
+
+    sent = json.dumps([spec.runtime_env, spec.entrypoint, spec.launcher_spec]) + "".join(
+        p.read_text() for p in job_dir.iterdir()
+    )
+    assert SECRET_FROM_ENV not in sent
+    assert spec.runtime_env["env_vars"] == {"BUCKET": "b"}
+    refused = CliRunner(env=shell).invoke(
+        main, ["submit", str(path), "--address", "http://127.0.0.1:9", "--env", "AWS_SECRET_ACCESS_KEY"]
+    )
+    assert refused.exit_code == 2 and "looks like a credential" in refused.output
+    assert SECRET_FROM_ENV not in refused.output
 
 
 def _evil_tar(path: Path, name: str) -> None:
