@@ -17,8 +17,7 @@ from typing import Any
 import click
 import yaml
 
-from raymerge import api
-from raymerge import submit as jobs
+from raymerge import api, jobs
 from raymerge.errors import RaymergeError
 from raymerge.report import Progress
 from raymerge.submit import submit_config
@@ -36,8 +35,11 @@ def _unwrap(exc: BaseException) -> BaseException:
         if isinstance(cur, RaymergeError) and type(cur).__module__.startswith("raymerge"):
             return cur
         cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
-    while type(exc).__module__.startswith("ray.") and isinstance(getattr(exc, "cause", None), BaseException):
-        exc = exc.cause
+    while type(exc).__module__.startswith("ray."):
+        cause = getattr(exc, "cause", None)  # Ray's wrappers keep the task's error here
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
     return exc
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -58,7 +58,8 @@ class RayConfig(Model):
 class BaseConfig(Model):
     kind: str
     operation: str
-    inputs: list[InputConfig] = Field(min_length=1)
+    # A Sequence, not a list: each family narrows it to its own input type, which a list (invariant) forbids.
+    inputs: Sequence[InputConfig] = Field(min_length=1)
     output: OutputConfig
     ray: RayConfig = Field(default_factory=RayConfig)
     _raw: dict = PrivateAttr(default_factory=dict)

@@ -88,7 +88,8 @@ def _round_robin(lens: np.ndarray, strategy: str, names: list[str]) -> np.ndarra
 def _draws_until(lens: np.ndarray, p: np.ndarray, seed: int | None, drawable: np.ndarray, every: bool) -> np.ndarray:
     """HF's stream of drawn sources, long enough for the stopping condition to be decided."""
     rng = np.random.default_rng(seed)
-    blocks, counts = [], np.zeros(len(lens), np.int64)
+    blocks: list[np.ndarray] = []
+    counts = np.zeros(len(lens), np.int64)
     while True:
         reached = (counts >= lens)[drawable]
         if reached.all() if every else reached.any():

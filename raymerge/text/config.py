@@ -223,7 +223,7 @@ class Config(BaseConfig):
 
     kind: Literal["text"]
     operation: Literal["concat", "interleave"]
-    inputs: list[TextInput] = Field(min_length=1)  # type: ignore[assignment]  # narrows the base's inputs
+    inputs: list[TextInput] = Field(min_length=1)
     output: TextOutput
     columns: Literal["pairs", "keep"] = Field(
         default="pairs", description="pairs: map every source to input/output; keep: whole rows, as `datasets` merges"

@@ -51,7 +51,7 @@ class Config(BaseConfig):
 
     kind: Literal["webdataset"]
     operation: Literal["join", "concat", "blend", "reshard"]
-    inputs: list[WdsInput] = Field(min_length=1)  # type: ignore[assignment]  # narrows the base's inputs
+    inputs: list[WdsInput] = Field(min_length=1)
     output: WdsOutput
     on_duplicate_key: OnDuplicateKey = "error"
     seed: int = 0

@@ -15,22 +15,10 @@ from ray.job_submission import JobStatus
 
 from raymerge.errors import InvalidInput, RunFailed
 from raymerge.job_driver import LAUNCHER_NAME, SPEC_NAME, check
+from raymerge.jobenv import env_refs, merge_runtime_env, requirement_modules, requirements, sent_env
+from raymerge.jobs import EXIT_UNKNOWN, auth_headers, auth_token, exit_code, follow
 from raymerge.runtime import choose_address, looks_secret
-from raymerge.submit import (
-    EXIT_UNKNOWN,
-    PACKAGE_DIR,
-    auth_headers,
-    auth_token,
-    build_job,
-    entrypoint,
-    env_refs,
-    exit_code,
-    follow,
-    merge_runtime_env,
-    requirement_modules,
-    requirements,
-    sent_env,
-)
+from raymerge.submit import PACKAGE_DIR, build_job, entrypoint
 
 
 def write(path: Path, data: dict) -> Path:
