@@ -1,11 +1,13 @@
-"""LeRobot robot datasets (v2.1 and v3.0): merge with re-indexing and remuxed videos, split, convert.
+"""LeRobot robot datasets (v2.1 and v3.0): merge with re-indexing and remuxed videos, split, convert, and
+the editing operations delete_episodes and remove_feature.
 
 The core knows this family through `FAMILY` (`raymerge.families.Family`). The steps: `config`; `check` (no Ray:
 metadata read, inputs compared by `compat`, episodes chosen by `selection`), `plan` (scans and `layout`),
 `execute` (write tasks, gathered in `results`, then metadata), `tasks` (the task bodies), `describe` (inspect
 and preview). The formats: `formats` (paths and versions), `source_meta` (what is read of an input's
-metadata), `output_meta` (what is written of an output's), `data` (episode parquet), `scan`, `video/` (mp4),
-`stats/` (every statistic); `arrays` holds the column helpers they share, `samples` makes small datasets.
+metadata), `output_meta` (what is written of an output's), `schema` (the parquet types each version gets),
+`data` (episode parquet), `scan`, `video/` (mp4), `stats/` (every statistic); `ranged` reads object storage
+by byte range, `arrays` holds the column helpers they share, `samples` makes small datasets.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.lerobot import compat, formats, selection
+from raymerge.lerobot import compat, formats, ranged, selection
 from raymerge.lerobot.config import Config
+from raymerge.lerobot.schema import comparable
 from raymerge.lerobot.selection import SelectedEpisodes
 from raymerge.lerobot.source_meta import Source, read_source
 
@@ -52,6 +53,7 @@ class Checked:
 def check_config(cfg: Config) -> Checked:
     """Read and check everything a run needs before any task runs."""
     sources = load_sources(cfg)
+    _check_removed(cfg, sources[0])
     groups, left_out = choose(cfg, sources)
     selected = SelectedEpisodes.concat(list(groups.values()))
     by_pos = {s.position: s for s in sources}
@@ -60,10 +62,11 @@ def check_config(cfg: Config) -> Checked:
     data_files: list[tuple[int, str]] = []
     video_files: list[tuple[int, str]] = []
     for pos, rows in used.items():
-        data, videos = _files_of(by_pos[pos], rows, listings[pos])
+        data, videos = _files_of(by_pos[pos], rows, listings[pos], cfg.removed)
         data_files += [(pos, p) for p in data]
         video_files += [(pos, p) for p in videos]
-    schema = _check_schemas(sources, selected)
+    schema = _check_schemas(sources, selected, listings)
+    schema = pa.schema([f for f in schema if f.name not in cfg.removed], metadata=schema.metadata)
     return Checked(sources, groups, left_out, output_version(cfg, sources), listings, data_files, video_files, schema)
 
 
@@ -106,7 +109,7 @@ def output_version(cfg: Config, sources: list[Source]) -> str:
 
 def choose(cfg: Config, sources: list[Source]) -> tuple[dict[str, SelectedEpisodes], list[int]]:
     """Episodes per output dataset in output order ("" is the merge output), and episodes left out by a split."""
-    if cfg.operation == "merge":
+    if cfg.operation in ("merge", "remove_feature"):
         parts = []
         for inp, src in zip(cfg.inputs, sources, strict=True):
             available = np.unique(src.episodes.index).tolist()
@@ -117,8 +120,14 @@ def choose(cfg: Config, sources: list[Source]) -> tuple[dict[str, SelectedEpisod
             raise InvalidInput("the inputs hold no episodes: nothing to merge")
         return {"": selected}, []
     src = sources[0]
-    assert cfg.split is not None
     available = np.unique(src.episodes.index).tolist()
+    if cfg.operation == "delete_episodes":
+        deleted = set(selection.select(cfg.delete, available, "delete"))
+        kept = [e for e in available if e not in deleted]
+        if not kept:
+            raise InvalidInput(f"delete: deleting all {len(available)} episodes of {src.name} leaves nothing to write")
+        return {"": SelectedEpisodes.of(src.position, src.episodes.rows_of(kept))}, []
+    assert cfg.split is not None
     if cfg.split.fractions is not None:
         split = selection.split_fractions(available, cfg.split.fractions, cfg.split.seed, "split")
     else:
@@ -142,11 +151,21 @@ def _missing(src: Source, episode: int, path: str, what: str) -> InvalidInput:
     )
 
 
-def _files_of(src: Source, rows: np.ndarray, listing: dict[str, int]) -> tuple[list[str], list[str]]:
-    """The data and video files the rows need, each checked to exist."""
+def _check_removed(cfg: Config, src: Source) -> None:
+    """`remove_feature` names features the input has, and none of the columns every frame needs."""
+    for key in cfg.remove or []:
+        if key in REQUIRED_COLUMNS:
+            raise InvalidInput(f"remove: {key!r} is a column every LeRobot frame needs; it cannot be removed")
+        if key not in src.features:
+            raise InvalidInput(f"remove: input {src.name} has no feature {key!r} (it has {', '.join(src.features)})")
+
+
+def _files_of(src: Source, rows: np.ndarray, listing: dict[str, int], removed: set[str]) -> tuple[list[str], list[str]]:
+    """The data and video files the rows need (not those of removed cameras), each checked to exist."""
     eps = src.episodes
     found: tuple[list[str], list[str]] = ([], [])
-    columns = [(eps.data_file, "data file", 0)] + [(codes, "video file", 1) for codes in eps.video_file.values()]
+    cameras = [(codes, "video file", 1) for key, codes in eps.video_file.items() if key not in removed]
+    columns = [(eps.data_file, "data file", 0), *cameras]
     for codes, what, kind in columns:
         for code in np.unique(codes[rows]).tolist():
             path = eps.files[code]
@@ -156,17 +175,18 @@ def _files_of(src: Source, rows: np.ndarray, listing: dict[str, int]) -> tuple[l
     return found
 
 
-def _read_schema(src: Source, path: str) -> pa.Schema:
-    """A data file's schema, from its footer."""
+def _read_schema(src: Source, path: str, size: int | None) -> pa.Schema:
+    """A data file's schema, from its footer (read by range)."""
     try:
-        with src.fs.open(path, "rb") as f:
+        with ranged.open_input(src.fs, path, size) as f:
             return pq.read_schema(f)
     except (pa.ArrowException, OSError) as e:
         raise InvalidInput(f"input {src.name}: {storage.url(src.fs, path)}: corrupt parquet file: {e}") from None
 
 
-def _check_schemas(sources: list[Source], selected: SelectedEpisodes) -> pa.Schema:
-    """The first selected data file's schema is the output's; every input's columns must match it."""
+def _check_schemas(sources: list[Source], selected: SelectedEpisodes, listings: dict[int, dict[str, int]]) -> pa.Schema:
+    """The first selected data file's schema is the output's (as `schema.data_schema` types it); every input's
+    columns must match it, up to what that typing irons out (fixed-size or plain lists, large strings)."""
     positions, first = np.unique(selected.source, return_index=True)
     by_pos = {s.position: s for s in sources}
     first_file = {
@@ -174,14 +194,15 @@ def _check_schemas(sources: list[Source], selected: SelectedEpisodes) -> pa.Sche
         for pos, i in sorted(zip(positions, first, strict=True), key=lambda p: p[1])
     }
     ref_pos = min(first_file)
-    ref = _read_schema(by_pos[ref_pos], first_file[ref_pos])
+    ref = _read_schema(by_pos[ref_pos], first_file[ref_pos], listings[ref_pos].get(first_file[ref_pos]))
     for pos, path in first_file.items():
         src = by_pos[pos]
-        schema = ref if pos == ref_pos else _read_schema(src, path)
+        schema = ref if pos == ref_pos else _read_schema(src, path, listings[pos].get(path))
         ref_types = {f.name: f.type for f in ref}
         types = {f.name: f.type for f in schema}
         for name in ref_types.keys() | types.keys():
-            if ref_types.get(name) != types.get(name):
+            a, b = ref_types.get(name), types.get(name)
+            if a is None or b is None or comparable(a) != comparable(b):
                 raise InvalidInput(
                     f"input {src.name}: column {name!r} of {storage.url(src.fs, path)} is {types.get(name)}, "
                     f"but {by_pos[ref_pos].name} has {ref_types.get(name)}"

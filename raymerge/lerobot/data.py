@@ -5,7 +5,7 @@ on the way (`stats.per_episode`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
+from raymerge.lerobot import ranged
 from raymerge.lerobot.arrays import runs
 from raymerge.lerobot.layout import DataJob
 from raymerge.lerobot.stats.per_episode import data_stats
@@ -42,6 +43,7 @@ class DataWriteContext:
     root: str
     features: dict[str, tuple[int, ...]]  # numeric features and their shapes
     with_quantiles: bool
+    sizes: dict[tuple[int, str], int] = field(default_factory=dict)  # of the source files, from their listings
 
 
 def _replace(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
@@ -81,20 +83,41 @@ def reindex(
     return _replace(rows, "task_index", task_map[old].astype(np.int64))
 
 
-def _read(fs: AbstractFileSystem, path: str, episodes: np.ndarray) -> pa.Table:
-    """The rows of the given episodes of one source file."""
-    with fs.open(path, "rb") as f:
-        table = pq.ParquetFile(f).read()
+def _read(fs: AbstractFileSystem, path: str, episodes: np.ndarray, size: int | None) -> pa.Table:
+    """The rows of the given episodes of one source file: only the row groups that can hold them, read by
+    range."""
+    with ranged.open_input(fs, path, size) as f:
+        file = pq.ParquetFile(f, pre_buffer=True)
+        groups = _row_groups_with(file, int(episodes.min()), int(episodes.max())) if len(episodes) else []
+        table = file.read_row_groups(groups) if groups else file.schema_arrow.empty_table()
     return table.filter(pc.is_in(table["episode_index"], pa.array(episodes, type=table["episode_index"].type)))
 
 
+def _row_groups_with(file: pq.ParquetFile, low: int, high: int) -> list[int]:
+    """The row groups whose `episode_index` statistics overlap [low, high] (all of them without statistics)."""
+    meta = file.metadata
+    leaves = [meta.schema.column(j).path for j in range(meta.num_columns)]
+    column = leaves.index("episode_index") if "episode_index" in leaves else -1
+    groups = []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics if column >= 0 else None
+        if stats is None or not stats.has_min_max or (stats.min <= high and stats.max >= low):
+            groups.append(i)
+    return groups
+
+
 def build_table(
-    job: DataJob, fs_of: dict[int, AbstractFileSystem], task_maps: dict[int, list[int]], schema: pa.Schema
+    job: DataJob,
+    fs_of: dict[int, AbstractFileSystem],
+    task_maps: dict[int, list[int]],
+    schema: pa.Schema,
+    sizes: dict[tuple[int, str], int] | None = None,
 ) -> pa.Table:
     """The output file's table: its episodes gathered from their sources (each source file read once per run)."""
     pieces = []
+    known = sizes or {}
     for run in job.runs:
-        table = _read(fs_of[run.source], run.path, run.src_episodes)
+        table = _read(fs_of[run.source], run.path, run.src_episodes, known.get((run.source, run.path)))
         task_map = np.asarray(task_maps[run.source], dtype=np.int64)
         slices = episode_slices(table)
         frames = (run.frame_from + np.cumsum(run.lengths) - run.lengths).tolist()
@@ -106,7 +129,7 @@ def build_table(
 
 def write_data_file(job: DataJob, context: DataWriteContext) -> tuple[DataResult, pa.Table]:
     """Write one output file; its result and its episodes' exact stats (a row per episode)."""
-    table = build_table(job, context.fs_of, context.task_maps, context.schema)
+    table = build_table(job, context.fs_of, context.task_maps, context.schema, context.sizes)
     path = storage.join(context.root, job.path)
     context.fs.makedirs(storage.parent(path), exist_ok=True)
     with context.fs.open(path, "wb") as f:

@@ -37,6 +37,7 @@ def _submit(plan: LeRobotPlan, staging: Staging, executor: Executor) -> tuple[li
     longest first (so that the last ones to finish are short)."""
     fs_by_position = {s.position: s.fs for s in plan.sources}
     fs_of = executor.put(fs_by_position)
+    sizes = executor.put(plan.file_sizes)
     recompute = plan.config.recompute_video_stats
     handles: list[Any] = []
     submitted: list[_Submitted] = []
@@ -47,7 +48,14 @@ def _submit(plan: LeRobotPlan, staging: Staging, executor: Executor) -> tuple[li
         shapes = {k: tuple(features[k]["shape"]) for k in formats.numeric_keys(features)}
         context = executor.put(
             DataWriteContext(
-                fs_by_position, layout.task_maps, out.schema, staging.fs, root, shapes, layout.version == formats.V30
+                fs_by_position,
+                layout.task_maps,
+                out.schema,
+                staging.fs,
+                root,
+                shapes,
+                layout.version == formats.V30,
+                plan.file_sizes,
             )
         )
         for n, jobs in enumerate(even_parts(layout.data_jobs, executor.parallelism())):
@@ -57,7 +65,7 @@ def _submit(plan: LeRobotPlan, staging: Staging, executor: Executor) -> tuple[li
         lengths = layout.length if recompute else None
         fps = float(out.info["fps"])
         for job in sorted(layout.video_jobs, key=lambda j: -sum(r.end_s - r.start_s for r in j.runs)):
-            handles.append(executor.submit(tasks.write_video_file, job, fs_of, staging.fs, root, lengths, fps))
+            handles.append(executor.submit(tasks.write_video_file, job, fs_of, staging.fs, root, lengths, fps, sizes))
             submitted.append(_Submitted(i, "video" if recompute or not job.is_copy else "copy"))
     return handles, submitted
 

@@ -23,6 +23,7 @@ from raymerge.lerobot import formats
 from raymerge.lerobot.config import LeRobotOutput
 from raymerge.lerobot.layout import Layout
 from raymerge.lerobot.results import TaskResults
+from raymerge.lerobot.schema import tasks_table
 from raymerge.lerobot.source_meta import Source
 from raymerge.lerobot.stats.chunks import StoredCameraStats, stats_chunks, v21_stats_rows
 from raymerge.lerobot.stats.summary import Summary, dataset_stats
@@ -103,6 +104,9 @@ def write(
         written.append(formats.V30_TASKS)
         paths = {"data_path": formats.V30_DATA_PATH, "video_path": formats.V30_VIDEO_PATH if video_keys else None}
     info |= {"fps": out.info["fps"], "splits": {"train": f"0:{n_eps}"}, **paths, "features": features}
+    for key, histogram in (results.histograms if recompute else {}).items():
+        if (part := pooled.get(key)) is not None:  # every pixel decoded: exact quantiles
+            pooled[key] = part.with_histogram(histogram, np.arange(256) / 255.0)
     write_json(fs, storage.join(root, formats.STATS), dataset_stats(list(features), results.summaries, pooled))
     write_json(fs, storage.join(root, formats.INFO), info)
     return written
@@ -208,11 +212,3 @@ def write_parquet(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
     fs.makedirs(storage.parent(path), exist_ok=True)
     with fs.open(path, "wb") as f:  # straight to the file: no second copy of the encoded table in memory
         pq.write_table(table, f, compression="snappy")
-
-
-def tasks_table(tasks: list[str]) -> pa.Table:
-    """`tasks.parquet` as LeRobot writes it with pandas: the task string is the (named) index."""
-    import pandas as pd
-
-    frame = pd.DataFrame({"task_index": list(range(len(tasks)))}, index=pd.Index(tasks, name="task"))
-    return pa.Table.from_pandas(frame)

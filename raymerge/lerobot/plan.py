@@ -19,6 +19,7 @@ from raymerge.lerobot import formats, scan, tasks
 from raymerge.lerobot.check import Checked
 from raymerge.lerobot.config import Config
 from raymerge.lerobot.layout import Layout, Sizes, plan_layout, summary
+from raymerge.lerobot.schema import data_schema
 from raymerge.lerobot.source_meta import Episodes, Source
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from raymerge.executor import Executor
     from raymerge.lerobot.video.probe import StreamInfo
 
+# Why an input's frames are not in the output, by operation.
+_DROPPED = {"delete_episodes": "frames of deleted episodes"}
 # Probed video streams by (source position, path).
 Streams = dict[tuple[int, str], "StreamInfo"]
 
@@ -47,6 +50,7 @@ class LeRobotPlan(Plan[Config]):
 
     sources: list[Source] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
+    file_sizes: dict[tuple[int, str], int] = field(default_factory=dict)  # bytes of each source file used
 
 
 def build(cfg: Config, checked: Checked, executor: Executor) -> LeRobotPlan:
@@ -58,7 +62,7 @@ def build(cfg: Config, checked: Checked, executor: Executor) -> LeRobotPlan:
     for pos, rows in checked.selected.rows_by_source().items():
         episodes[pos] = _with_probed_ends(sources[pos].episodes, pos, rows, streams)
         sizes[pos] = _sizes(episodes[pos], pos, rows, checked.listings[pos], found, streams)
-    video_keys = formats.video_keys(sources[0].features)
+    video_keys = [k for k in formats.video_keys(sources[0].features) if k not in cfg.removed]
     source_tasks = {s.position: s.tasks for s in sources}
     outputs = []
     for name, mine in checked.groups.items():
@@ -73,11 +77,13 @@ def build(cfg: Config, checked: Checked, executor: Executor) -> LeRobotPlan:
             video_files_size_in_mb=cfg.output.video_files_size_in_mb,
             chunks_size=cfg.output.chunks_size,
         )
-        outputs.append(Output(name, layout, output_info(sources), checked.schema))
-    streams |= index_cut_files(sources, outputs, executor)
+        info = output_info(sources, cfg.removed)
+        outputs.append(Output(name, layout, info, data_schema(checked.schema, info["features"], checked.version)))
+    streams |= index_cut_files(sources, outputs, executor, checked.listings)
     report = _report(cfg, sources, outputs, checked.left_out, streams)
     fingerprints = [storage.fingerprint(s.fs, s.root) for s in sources]
-    return LeRobotPlan(cfg, report, fingerprints, sources, outputs)
+    file_sizes = {(pos, path): checked.listings[pos][path] for pos, path in checked.data_files + checked.video_files}
+    return LeRobotPlan(cfg, report, fingerprints, sources, outputs, file_sizes)
 
 
 def _scan(checked: Checked, executor: Executor) -> tuple[dict[tuple[int, str], scan.EpisodeRows], Streams]:
@@ -87,8 +93,9 @@ def _scan(checked: Checked, executor: Executor) -> tuple[dict[tuple[int, str], s
     executor.progress(
         f"scanning {len(checked.data_files)} data file(s) and probing {len(checked.video_files)} video file(s)"
     )
-    scanned = scan.submit_batched(executor, tasks.scan_data_files, [(by_pos[s].fs, p) for s, p in checked.data_files])
-    videos = [(by_pos[s].fs, p) for s, p in checked.video_files]
+    data_files = [(by_pos[s].fs, (p, checked.listings[s][p])) for s, p in checked.data_files]
+    scanned = scan.submit_batched(executor, tasks.scan_data_files, data_files)
+    videos = [(by_pos[s].fs, (p, checked.listings[s][p])) for s, p in checked.video_files]
     probed = scan.submit_batched(executor, tasks.probe_video_files, videos)
     data, probes = scan.settle(scanned, probed)
     found = dict(zip(checked.data_files, data.result(), strict=True))
@@ -216,15 +223,19 @@ def _check_videos(sources: list[Source], streams: Streams, version: str) -> Stre
     return streams
 
 
-def output_info(sources: list[Source]) -> dict[str, Any]:
-    """info.json fields carried from the first input (features with their names and video stream info)."""
+def output_info(sources: list[Source], removed: set[str] | None = None) -> dict[str, Any]:
+    """info.json fields carried from the first input (features with their names and video stream info, less
+    the `removed` ones)."""
     first = sources[0].info
-    return {"robot_type": first.get("robot_type"), "fps": first["fps"], "features": first["features"]}
+    features = {k: v for k, v in first["features"].items() if k not in (removed or set())}
+    return {"robot_type": first.get("robot_type"), "fps": first["fps"], "features": features}
 
 
-def index_cut_files(sources: list[Source], outputs: list[Output], executor: Executor) -> Streams:
+def index_cut_files(
+    sources: list[Source], outputs: list[Output], executor: Executor, listings: dict[int, dict[str, int]]
+) -> Streams:
     """Groups of pictures of the source videos the layouts cut (not copied or remuxed whole), to predict
-    which cuts re-encode; this reads those files, so whole-file work never pays for it."""
+    which cuts re-encode: from their sample tables (`moov` boxes), so whole-file work never pays for it."""
     cut = {
         (r.source, r.path): None
         for o in outputs
@@ -237,7 +248,7 @@ def index_cut_files(sources: list[Source], outputs: list[Output], executor: Exec
         return {}
     executor.progress(f"indexing the groups of pictures of {len(cut)} video file(s) the layout cuts")
     by_pos = {s.position: s for s in sources}
-    work = [(by_pos[pos].fs, path) for pos, path in cut]
+    work = [(by_pos[pos].fs, (path, listings[pos][path])) for pos, path in cut]
     found = scan.submit_batched(executor, tasks.index_video_files, work)()
     return dict(zip(cut, found, strict=True))
 
@@ -263,12 +274,12 @@ def _report(cfg: Config, sources: list[Source], outputs: list[Output], left_out:
     for src in sources:
         used = sum(int(o.layout.length[o.layout.source == src.position].sum()) for o in outputs)
         rep = InputReport(src.name, src.url, int(src.episodes.length.sum()), used)
-        rep.drop("frames of episodes not selected", rep.rows_in - used)
+        rep.drop(_DROPPED.get(cfg.operation, "frames of episodes not selected"), rep.rows_in - used)
         inputs.append(rep)
     report = Report("lerobot", cfg.operation, storage.url(fs, root), unit="frames", inputs=inputs)
     report.rows_out = sum(o.layout.frames for o in outputs)
     summaries = {o.name: summary(o.layout) | planned_videos(o.layout, streams) for o in outputs}
-    if cfg.operation == "merge":
+    if cfg.operation != "split":
         report.details.update(summaries[outputs[0].name])
     else:
         report.details["splits"] = summaries

@@ -29,6 +29,7 @@ class TaskResults:
     stats_files: list[str] = field(default_factory=list)
     placements: dict[str, np.ndarray] = field(default_factory=dict)
     video_stats: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)  # by episode, then camera
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)  # pixel counts per camera (decoded)
     reencoded: set[int] = field(default_factory=set)
     copied: int = 0
     files: list[str] = field(default_factory=list)
@@ -61,6 +62,8 @@ class TaskResults:
         self.placements[result.key][result.episodes] = result.placements
         for ep, stats in result.stats.items():
             self.video_stats.setdefault(ep, {})[result.key] = stats
+        if result.histogram is not None:
+            self.histograms[result.key] = self.histograms.get(result.key, 0) + result.histogram
         self.reencoded.update(result.reencoded)
         self.copied += result.copied
         self.files.append(result.path)

@@ -19,7 +19,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from raymerge import storage
 from raymerge.lerobot import formats
-from raymerge.lerobot.output_meta import tasks_table, write_json, write_jsonl, write_parquet
+from raymerge.lerobot.output_meta import write_json, write_jsonl, write_parquet
+from raymerge.lerobot.schema import data_schema, tasks_table
 from raymerge.lerobot.stats.columns import flat_stats
 from raymerge.lerobot.stats.per_episode import frame_stats
 from raymerge.lerobot.stats.summary import MOMENTS, column_values, exact_stats
@@ -159,7 +160,7 @@ def make(
 
     fs = fs or LocalFileSystem()
     encoder = encode.available_encoder(codec) if codec else encode.default_encoder()
-    codec_name = "av1" if "av1" in str(encoder) else "h264"
+    codec_name = "av1" if "av1" in str(encoder) else "hevc" if "265" in str(encoder) else "h264"
     feats = features(cameras, height, width, fps, with_image, codec_name)
     keys = camera_keys(cameras)
     ep_tasks = episode_tasks or tuple(i % len(tasks) for i in range(len(lengths)))
@@ -175,7 +176,7 @@ def make(
         image = frames_of(seed + 1, ep, 9, 1, height, width)[0] if with_image else None
         task = used.index(tasks[ep_tasks[ep]])
         table = _episode_table(seed, ep, lengths[ep], int(starts[ep]), task, fps, image)
-        tables.append(table)
+        tables.append(table.cast(data_schema(table.schema, feats, version)))
         frames = {k: all_frames[(ep, k)] for k in keys}
         episode_rows.append({"episode_index": ep, "tasks": [used[task]], "length": lengths[ep]})
         stats_rows.append(_stats(table, feats, frames, version == formats.V30))

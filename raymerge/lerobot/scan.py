@@ -45,10 +45,13 @@ class EpisodeRows:
         return out
 
 
-def read_episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
-    """Rows and task indices per episode of one data file; a corrupt file is rejected by name."""
+def read_episode_rows(fs: AbstractFileSystem, path: str, size: int | None = None) -> EpisodeRows:
+    """Rows and task indices per episode of one data file (its footer and two columns, read by range); a
+    corrupt file is rejected by name."""
+    from raymerge.lerobot import ranged
+
     try:
-        with fs.open(path, "rb") as f:
+        with ranged.open_input(fs, path, size) as f:
             table = pq.ParquetFile(f).read(columns=["episode_index", "task_index"])
     except FileNotFoundError:
         raise InvalidInput(f"{storage.url(fs, path)}: data file is missing") from None
@@ -63,12 +66,13 @@ def read_episode_rows(fs: AbstractFileSystem, path: str) -> EpisodeRows:
     return EpisodeRows(found, counts, pairs // span + found[0], pairs % span + low)
 
 
-def probe_video(fs: AbstractFileSystem, path: str, index: bool) -> StreamInfo:
-    """One video's stream (with `index`, also its groups of pictures); an unreadable file is rejected by name."""
+def probe_video(fs: AbstractFileSystem, path: str, index: bool, size: int | None = None) -> StreamInfo:
+    """One video's stream (with `index`, also its groups of pictures); an unreadable file is rejected by name.
+    `size`, from the listing, spares a request for it on object storage."""
     from raymerge.lerobot.video.probe import probe
 
     try:
-        return probe(fs, path, index=index)
+        return probe(fs, path, index=index, size=size)
     except FileNotFoundError:
         raise InvalidInput(f"{storage.url(fs, path)}: video file is missing") from None
     except Exception as e:
@@ -77,10 +81,10 @@ def probe_video(fs: AbstractFileSystem, path: str, index: bool) -> StreamInfo:
 
 def submit_batched(
     executor: Executor,
-    task: Callable[[AbstractFileSystem, list[str]], list[Any]],
-    work: list[tuple[AbstractFileSystem, str]],
+    task: Callable[[AbstractFileSystem, list[Any]], list[Any]],
+    work: list[tuple[AbstractFileSystem, Any]],
 ) -> Callable[[], list[Any]]:
-    """`task(fs, paths)` over (fs, path) pairs grouped by filesystem, in about `executor.parallelism()` tasks
+    """`task(fs, items)` over (fs, item) pairs (an item is a path, or a path and its size) grouped by filesystem, in about `executor.parallelism()` tasks
     submitted now; the returned function waits for the results, in input order (so that several scans run
     at the same time). A failed task's error is raised once every task has finished (`settle`)."""
     handles, spans = [], []

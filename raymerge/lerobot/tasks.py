@@ -29,19 +29,19 @@ def warm_imports() -> None:
     import raymerge.lerobot.video.remux  # noqa: F401
 
 
-def scan_data_files(fs: AbstractFileSystem, paths: list[str]) -> list[EpisodeRows]:
-    """Rows and task indices per episode of each data file."""
-    return [read_episode_rows(fs, p) for p in paths]
+def scan_data_files(fs: AbstractFileSystem, files: list[tuple[str, int]]) -> list[EpisodeRows]:
+    """Rows and task indices per episode of each (path, size) data file."""
+    return [read_episode_rows(fs, p, n) for p, n in files]
 
 
-def probe_video_files(fs: AbstractFileSystem, paths: list[str]) -> list[StreamInfo]:
-    """Each video's stream parameters and length, from its headers and last groups of pictures."""
-    return [probe_video(fs, p, index=False) for p in paths]
+def probe_video_files(fs: AbstractFileSystem, files: list[tuple[str, int]]) -> list[StreamInfo]:
+    """Each (path, size) video's stream parameters and length, from its headers and sample table."""
+    return [probe_video(fs, p, index=False, size=n) for p, n in files]
 
 
-def index_video_files(fs: AbstractFileSystem, paths: list[str]) -> list[StreamInfo]:
-    """Each video's stream and groups of pictures (reads the files whole): for files a layout cuts."""
-    return [probe_video(fs, p, index=True) for p in paths]
+def index_video_files(fs: AbstractFileSystem, files: list[tuple[str, int]]) -> list[StreamInfo]:
+    """Each (path, size) video's stream and groups of pictures: for files a layout cuts."""
+    return [probe_video(fs, p, index=True, size=n) for p, n in files]
 
 
 def write_data_files(jobs: list[DataJob], context: DataWriteContext, stats_path: str) -> list[DataResult]:
@@ -65,15 +65,21 @@ def write_video_file(
     out_root: str,
     lengths: np.ndarray | None,
     fps: float,
+    sizes: dict[tuple[int, str], int] | None = None,
 ) -> VideoResult:
     """One output video file; given the output episodes' `lengths` (recompute_video_stats), also the camera
-    stats of each of its episodes, from the frames decoded back from the written file."""
-    result = write_video(job, fs_of, out_fs, out_root)
+    stats of each of its episodes and the histogram of all their pixels, from the frames decoded back from
+    the written file. `sizes`: of the
+    source videos, from their listings."""
+    result = write_video(job, fs_of, out_fs, out_root, sizes)
     if lengths is not None:
         from raymerge.lerobot.video.decode import decode_at
 
         path = storage.join(out_root, job.path)
+        result.histogram = np.zeros((3, 256), dtype=np.int64)
         for episode, start in zip(result.episodes.tolist(), result.placements[:, 0].tolist(), strict=True):
             stamps = [start + i / fps for i in range(lengths[episode])]
-            result.stats[episode] = per_episode.frame_stats(decode_at(out_fs, path, stamps))
+            frames = decode_at(out_fs, path, stamps)
+            result.stats[episode] = per_episode.frame_stats(frames)
+            result.histogram += per_episode.pixel_histogram(frames)
     return result

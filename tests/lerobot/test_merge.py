@@ -45,10 +45,29 @@ def test_merge_mixed_versions_reindexes_frames_tasks_videos_and_stats(ray_addres
     assert [r["stats/episode_index/max"] for r in rows] == [[float(i)] for i in range(7)]
     assert report.rows_out == 72 and report.details["episodes"] == 7
     assert {p: tree_digest(p) for p in (a, b)} == before
-    # image/video stats pooled from the sources' per-episode stats
+    # image/video stats pooled from the sources' per-episode stats; quantiles only where every episode has
+    # them (v2.1 episodes stats have none)
     stats = json.loads((out / "meta/stats.json").read_text())
     assert stats["observation.images.cam0"]["count"] == [72]
     assert np.asarray(stats["observation.images.cam0"]["mean"]).shape == (3, 1, 1)
+    assert not set(util.QUANTILES) & set(stats["observation.images.cam0"])
+
+
+def test_camera_quantiles_pool_as_lerobot_pools_them(ray_address, sources, tmp_path):
+    """Without decoding, a camera's quantiles in stats.json are its episodes' stored ones averaged weighted by
+    frame count, as LeRobot's aggregate_stats makes them (not exact: quantiles do not pool)."""
+    a, _ = sources
+    out = tmp_path / "out"
+    merge([{"path": str(a)}, {"path": str(a), "episodes": [3, 1]}], out)
+    stats = json.loads((out / "meta/stats.json").read_text())
+    rows = util.episodes(out)
+    for key in ("observation.images.cam0", "observation.images.cam1"):
+        counts = np.array([r[f"stats/{key}/count"][0] for r in rows], dtype=np.float64)
+        for name in util.QUANTILES:
+            per_episode = np.stack([np.ravel(r[f"stats/{key}/{name}"]) for r in rows])
+            expected = (per_episode * counts[:, None]).sum(axis=0) / counts.sum()
+            np.testing.assert_allclose(np.ravel(stats[key][name]), expected, rtol=1e-12, err_msg=f"{key} {name}")
+            assert np.asarray(stats[key][name]).shape == (3, 1, 1)
 
 
 def test_merge_of_a_merge_with_many_video_files(ray_address, sources, tmp_path):
@@ -146,6 +165,8 @@ def test_recompute_video_stats_decodes_the_written_videos(ray_address, sources, 
     every = np.concatenate(pixels)
     np.testing.assert_allclose(np.ravel(pooled["mean"]), every.mean(axis=0), rtol=1e-9)
     np.testing.assert_allclose(np.ravel(pooled["std"]), every.std(axis=0), rtol=1e-9)
+    for name, q in util.QUANTILES.items():  # exact: every decoded pixel counted
+        np.testing.assert_array_equal(np.ravel(pooled[name]), np.quantile(every, q, axis=0), err_msg=name)
     # the sources' stats were computed from the frames before encoding: the recomputed ones differ
     src = {r["episode_index"]: r for r in util.episodes(a)}
     assert any(

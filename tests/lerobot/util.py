@@ -176,3 +176,39 @@ def check_merged(out: Path, parts: list[tuple[Path, list[int]]], cameras: int = 
                 assert np.argmin(dist) == near.index(src_from + t), f"episode {new} {key} t={t}: {dist}"
     assert info(out)["total_frames"] == next_index
     assert info(out)["total_episodes"] == len(expected)
+
+
+def check_video_timing(root: Path) -> int:
+    """Every video of a dataset reads at the dataset's frame rate: FFmpeg's avg_frame_rate is the fps, every
+    sample lasts one frame in the mp4 `stts` table, decoded frames are one frame apart, and the files hold
+    every episode's frames (a v2.1 file: its episode's, from time 0). How many videos were checked."""
+    import av
+
+    from raymerge.lerobot.video import mp4
+
+    meta = info(root)
+    fps = meta["fps"]
+    lengths = {r["episode_index"]: r["length"] for r in episodes(root)}
+    cameras = [k for k, f in meta["features"].items() if f["dtype"] == "video"]
+    files = sorted((root / "videos").rglob("*.mp4"))
+    total = 0
+    for path in files:
+        data = path.read_bytes()
+        found = mp4.locate_moov(lambda a, b, data=data: data[a:b], len(data))
+        table = mp4.samples(found[3]) if found else None
+        assert table is not None, path
+        frame = table.timescale // fps
+        assert table.timescale == frame * fps, path
+        assert table.stts[:, 1].tolist() == [frame] * len(table.stts), f"{path}: stts {table.stts.tolist()}"
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            assert s.average_rate == fps, f"{path}: avg_frame_rate {s.average_rate}"
+            shown = sorted(int(f.pts) for f in c.decode(s))
+        assert len(shown) == len(table)
+        assert np.diff(shown).tolist() == [frame] * (len(shown) - 1), f"{path}: frames not one frame apart"
+        total += len(shown)
+        if meta["codebase_version"] == "v2.1":
+            assert len(shown) == lengths[int(path.stem.split("_")[1])], path
+            assert shown[0] == 0, path
+    assert total == sum(lengths.values()) * len(cameras)
+    return len(files)

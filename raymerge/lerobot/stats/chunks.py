@@ -15,7 +15,7 @@ from fsspec import AbstractFileSystem
 from raymerge.lerobot.arrays import runs
 from raymerge.lerobot.stats import per_episode
 from raymerge.lerobot.stats.columns import NO_CAMERA_STATS, flat_stats, is_stat_of, stat_of
-from raymerge.lerobot.stats.summary import MOMENTS, Summary, column_values
+from raymerge.lerobot.stats.summary import MOMENTS, QUANTILES, Summary, column_values
 
 Columns = dict[str, pa.Array | pa.ChunkedArray]
 
@@ -93,12 +93,14 @@ def with_decoded_camera_stats(
 
 def pooled_camera_stats(values: Columns) -> Summary | None:
     """One image/video feature's stats over some episodes, pooled from theirs (None unless every episode has
-    min, max, mean, std and count)."""
+    min, max, mean, std and count; quantiles when every episode has them too)."""
     if any(name not in values or values[name].null_count for name in MOMENTS) or not len(values["count"]):
         return None
     shape = np.asarray(values["mean"][0].as_py()).shape
     rows = {name: column_values(values[name]) for name in MOMENTS}
-    return Summary.pooled(shape, rows["count"][:, 0], rows["mean"], rows["std"], rows["min"], rows["max"])
+    has_q = all(name in values and not values[name].null_count for name in QUANTILES)
+    q = np.stack([column_values(values[name]) for name in QUANTILES]) if has_q else None
+    return Summary.pooled(shape, rows["count"][:, 0], rows["mean"], rows["std"], rows["min"], rows["max"], q)
 
 
 def stats_chunks(

@@ -48,6 +48,13 @@ def frame_stats(frames: np.ndarray) -> dict[str, list]:
     }
 
 
+def pixel_histogram(frames: np.ndarray) -> np.ndarray:
+    """(3, 256) counts of each channel's values in decoded (N, H, W, 3) uint8 frames: pooled over a whole
+    dataset, exact quantiles of its pixels (values are k / 255, so 256 bins hold them all)."""
+    channels = frames.reshape(-1, 3)
+    return np.stack([np.bincount(channels[:, c], minlength=256) for c in range(3)]).astype(np.int64)
+
+
 def write_scratch(fs: AbstractFileSystem, path: str, tables: list[pa.Table]) -> None:
     """One task's per-episode stats (tables in episode order) as one scratch file."""
     fs.makedirs(storage.parent(path), exist_ok=True)

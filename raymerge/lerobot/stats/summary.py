@@ -106,6 +106,8 @@ class Summary:
     values: list[np.ndarray] | None = None
     counts: list[np.ndarray] | None = None
     rounded: bool = False
+    # Parts known only by their stats: the sum of count x quantile, (quantiles, dims) (LeRobot's pooling).
+    weighted_quantiles: np.ndarray | None = None
 
     @classmethod
     def of(cls, x: np.ndarray, shape: tuple[int, ...] | None = None) -> Summary:
@@ -139,14 +141,25 @@ class Summary:
         std: np.ndarray,
         lo: np.ndarray,
         hi: np.ndarray,
+        quantiles: np.ndarray | None = None,
     ) -> Summary:
         """The summary of parts known only by their (parts, dims) moments and (parts,) counts: pooling stored
-        image/video stats without decoding. Mean and variance by the pooled formulas, exact up to rounding."""
+        image/video stats without decoding. Mean and variance by the pooled formulas, exact up to rounding;
+        `quantiles` (quantiles, parts, dims), when every part has them, are averaged weighted by count, as
+        LeRobot pools them (an approximation: quantiles do not pool exactly)."""
         n = int(count.sum())
         w = count[:, None]
         pooled_mean = (w * mean).sum(axis=0) / max(n, 1)
         m2 = (w * std**2).sum(axis=0) + (w * (mean - pooled_mean) ** 2).sum(axis=0)
-        return cls(shape, n, pooled_mean, m2, lo.min(axis=0), hi.max(axis=0))
+        weighted = (quantiles * w[None]).sum(axis=1) if quantiles is not None else None
+        return cls(shape, n, pooled_mean, m2, lo.min(axis=0), hi.max(axis=0), weighted_quantiles=weighted)
+
+    def with_histogram(self, histogram: np.ndarray, bins: np.ndarray) -> Summary:
+        """Itself with exact quantiles from (dims, bins) counts of the values `bins` (decoded pixels)."""
+        self.values = [bins[h > 0] for h in histogram]
+        self.counts = [h[h > 0].astype(np.int64) for h in histogram]
+        self.weighted_quantiles = None
+        return self
 
     def _snapped(self) -> Summary:
         """Itself with every dimension's values snapped to buckets (bounded memory from here on)."""
@@ -177,6 +190,9 @@ class Summary:
                 values.append(v)
                 counts.append(c)
                 rounded = rounded or r
+        weighted = None
+        if self.weighted_quantiles is not None and other.weighted_quantiles is not None:
+            weighted = self.weighted_quantiles + other.weighted_quantiles
         merged = Summary(
             self.shape,
             n,
@@ -187,6 +203,7 @@ class Summary:
             values,
             counts,
             rounded,
+            weighted,
         )
         return merged._snapped() if rounded and values is not None else merged
 
@@ -206,6 +223,9 @@ class Summary:
         if with_quantiles and self.values is not None and self.counts is not None and self.count:
             for name, q in QUANTILES.items():
                 out[name] = shaped(np.array([quantile(v, c, q) for v, c in zip(self.values, self.counts, strict=True)]))
+        elif with_quantiles and self.weighted_quantiles is not None and self.count:
+            for name, row in zip(QUANTILES, self.weighted_quantiles / self.count, strict=True):
+                out[name] = shaped(row)
         return out
 
 
@@ -274,12 +294,13 @@ def merge_all(summaries: dict[str, Summary], more: dict[str, Summary]) -> dict[s
 
 
 def dataset_stats(features: list[str], summaries: dict[str, Summary], pooled: dict[str, Summary | None]) -> dict:
-    """`meta/stats.json`, in feature order: numeric features from the data's summaries (with quantiles), cameras
-    pooled from per-episode stats (moments only); a feature with neither is left out."""
+    """`meta/stats.json`, in feature order: numeric features from the data's summaries, cameras pooled from
+    per-episode stats (`Summary.pooled`; exact quantiles where decoded pixels were counted); a feature with
+    neither is left out."""
     out: dict[str, Any] = {}
     for key in features:
         if key in summaries:
             out[key] = summaries[key].to_stats(with_quantiles=True)
         elif (part := pooled.get(key)) is not None:
-            out[key] = part.to_stats(with_quantiles=False)
+            out[key] = part.to_stats(with_quantiles=True)
     return out

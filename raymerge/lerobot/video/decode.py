@@ -89,13 +89,18 @@ def decode_at(
 
 
 def frames_between(
-    stream: av.video.stream.VideoStream, packets: Iterator[av.Packet], lo: Fraction, hi: Fraction
+    stream: av.video.stream.VideoStream,
+    packets: Iterator[av.Packet],
+    lo: Fraction,
+    hi: Fraction,
+    shown: set[int] | None = None,
 ) -> Iterator[av.VideoFrame]:
-    """Frames shown in [lo, hi), decoded from `packets` (which start on a keyframe), in display order."""
+    """Frames shown in [lo, hi), decoded from `packets` (which start on a keyframe), in display order; with
+    `shown`, only the frames at those presentation times (the others only serve as references)."""
     ctx = stream.codec_context
     ctx.flush_buffers()
     tb = Fraction(stream.time_base)
     for p in itertools.chain(packets, [None]):
         for f in ctx.decode(p):
-            if f.pts is not None and lo <= f.pts * tb < hi:
+            if f.pts is not None and lo <= f.pts * tb < hi and (shown is None or f.pts in shown):
                 yield f

@@ -3,6 +3,7 @@ pictures with the source's codec, size, rate and (for x264) the settings that re
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from fractions import Fraction
@@ -12,7 +13,7 @@ import numpy as np
 from fsspec import AbstractFileSystem
 
 from raymerge.errors import RunFailed
-from raymerge.lerobot.video.io import local_output, open_input
+from raymerge.lerobot.video.io import VideoSource, local_output
 from raymerge.lerobot.video.probe import codec_name, frame_rate
 
 # Encoders per codec, best first; the first one this PyAV build ships is used.
@@ -22,6 +23,8 @@ ENCODERS: dict[str, tuple[str, ...]] = {
     "hevc": ("libx265",),
 }
 DEFAULT_CODECS = ("h264", "av1")
+# Packets an encode holds before muxing, to find how deep its frames are reordered.
+LOOKAHEAD = 32
 PIX_FMT = "yuv420p"
 
 
@@ -55,14 +58,15 @@ def _add_encoder_stream(
     gop: int | None,
     options: dict[str, str] | None = None,
 ) -> av.video.stream.VideoStream:
-    """An encoding stream whose keyframes fall exactly every `gop` frames (no scene-cut keyframes)."""
+    """An encoding stream whose keyframes fall exactly every `gop` frames (no scene-cut keyframes, for the
+    encoders that take settings: x264 and x265)."""
     stream = container.add_stream(encoder, rate=rate)
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
     params = ["scenecut=0"]
     if gop is not None:
         stream.codec_context.gop_size = gop
         params += [f"keyint={gop}", f"min-keyint={gop}"]
-    extra = {"x264-params": ":".join(params)} if encoder == "libx264" else {}
+    extra = {f"{encoder[3:]}-params": ":".join(params)} if encoder in ("libx264", "libx265") else {}
     stream.codec_context.options = {**(options or {}), **extra}
     return stream
 
@@ -86,15 +90,20 @@ def _parameter_sets(extradata: bytes) -> list[bytes]:
     return [u.strip(b"\x00") for u in extradata.split(b"\x00\x00\x01") if u.strip(b"\x00")]
 
 
-def matching_x264_options(fs: AbstractFileSystem, path: str, source: av.video.stream.VideoStream) -> dict[str, str]:
+def matching_x264_options(video: VideoSource, source: av.video.stream.VideoStream) -> dict[str, str]:
     """x264 settings whose SPS/PPS equal the source's, so re-encoded groups share its mp4 track.
 
-    The crf comes from the settings string x264 writes into the first keyframe; the preset is found by
-    opening encoders (no frame is encoded) until the headers match. Empty when none does.
+    The crf comes from the settings string x264 writes into the first keyframe (read alone from the sample
+    table's offsets); the preset is found by opening encoders (no frame is encoded) until the headers match.
+    Empty when none does.
     """
-    with open_input(fs, path) as container:
-        head = next((p for p in container.demux(container.streams.video[0]) if p.size), None)
-    found = re.search(rb"crf=([0-9.]+)", bytes(head)) if head is not None else None
+    if video.samples is not None and len(video.samples):
+        head: bytes | None = video.sample_bytes(0)
+    else:
+        with video.open() as container:
+            first = next((p for p in container.demux(container.streams.video[0]) if p.size), None)
+            head = bytes(first) if first is not None else None
+    found = re.search(rb"crf=([0-9.]+)", head) if head is not None else None
     crf = {"crf": found.group(1).decode()} if found else {}
     wanted = _parameter_sets(bytes(source.codec_context.extradata or b""))
     rate = frame_rate(source)
@@ -113,12 +122,37 @@ def matching_x264_options(fs: AbstractFileSystem, path: str, source: av.video.st
 def _encode_all(
     container: av.container.OutputContainer, stream: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame]
 ) -> None:
-    """Encode frames one per tick of 1/fps, whatever timestamps they carried."""
+    """Encode frames one per tick of 1/fps, whatever timestamps they carried.
+
+    Decode times are set one tick apart, from the earliest that keeps every packet decoded at or before it
+    shows (found in the first `LOOKAHEAD` packets, which hold the deepest reordering), as encoders write them:
+    every sample then lasts one frame. libx265's wrapper can hand out garbage decode times (short encodes).
+    """
     time_base = 1 / Fraction(stream.codec_context.framerate)
-    for i, frame in enumerate(frames):
-        frame.pts, frame.time_base = i, time_base
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
+    pending: list[av.Packet] = []
+    first: int | None = None
+    count = 0
+
+    def mux(packets: list[av.Packet]) -> None:
+        nonlocal count
+        for p in packets:
+            p.dts = (first or 0) + count
+            count += 1
+            if p.pts is None or p.dts > p.pts:
+                raise RunFailed(f"{container.name}: the encoder reordered frames deeper than {LOOKAHEAD} packets")
+            container.mux(p)
+
+    for i, frame in enumerate(itertools.chain(frames, [None])):
+        if frame is not None:
+            frame.pts, frame.time_base = i, time_base
+        packets = stream.encode(frame)
+        if first is not None:
+            mux(packets)
+            continue
+        pending += packets
+        if len(pending) >= LOOKAHEAD or frame is None:
+            first = min((p.pts - k for k, p in enumerate(pending) if p.pts is not None), default=0)
+            mux(pending)
 
 
 def encode(

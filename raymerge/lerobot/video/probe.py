@@ -1,5 +1,10 @@
 """What a video stream is, from its headers and packet index (no frame decoded): codec, size, rate, true
-length, codec headers, and, when asked, where its groups of pictures are."""
+length, codec headers, and, when asked, where its groups of pictures are.
+
+Lengths and groups of pictures come from the mp4 sample table (`mp4`, read from the `moov` box alone); only a
+file whose table is not modelled is demuxed for them. Besides the `moov` box, opening the file reads its
+first packet (FFmpeg learns the pixel format from it).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import numpy as np
 from fsspec import AbstractFileSystem
 
 from raymerge.errors import InvalidInput
-from raymerge.lerobot.video.io import open_input
+from raymerge.lerobot.video import mp4
+from raymerge.lerobot.video.io import VideoSource
 
 
 @dataclass(frozen=True)
@@ -68,23 +74,29 @@ def frame_rate(stream: av.video.stream.VideoStream) -> Fraction:
     return Fraction(rate)
 
 
-def probe(fs: AbstractFileSystem, path: str, *, index: bool = False) -> StreamInfo:
-    """The stream's parameters and true length from its headers and last groups of pictures.
+def probe(fs: AbstractFileSystem, path: str, *, index: bool = False, size: int | None = None) -> StreamInfo:
+    """The stream's parameters and true length; with `index`, also its groups of pictures.
 
-    With `index`, every packet is demuxed to record the groups of pictures (reads the whole file); without,
-    only the headers and the last two groups are read, which is all a copy or a whole-file remux needs.
+    Both come from the sample table when the file has one `mp4` models; otherwise the last two groups of
+    pictures are demuxed for the length, and with `index` every packet (the whole file is read).
     """
-    with open_input(fs, path) as container:
+    source = VideoSource(fs, path, size)
+    with source.open() as container:
         stream = container.streams.video[0]
         rate = frame_rate(stream)
         gops, packets, last_pts = None, len(stream.index_entries), None
-        if not index:
-            last_pts = _last_pts(container, stream)
-        if index or last_pts is None:
-            gops, packets = _gop_index(container, stream, rate)
-            if gops is not None and len(gops.groups):
-                last_pts = int(gops.groups[:, 2].max())
-        frames = stream.frames or packets
+        table = source.samples
+        if table is not None:
+            packets, last_pts = len(table), int(table.pts.max())
+            gops = gop_index(table, Fraction(stream.time_base), rate) if index else None
+        else:
+            if not index:
+                last_pts = _last_pts(container, stream)
+            if index or last_pts is None:
+                gops, packets = _gop_index(container, stream, rate)
+                if gops is not None and len(gops.groups):
+                    last_pts = int(gops.groups[:, 2].max())
+        frames = packets if table is not None else stream.frames or packets
         if last_pts is not None:  # where the last frame really ends, from its packet
             duration = float(last_pts * Fraction(stream.time_base) + 1 / rate)
         elif stream.duration:
@@ -102,6 +114,23 @@ def probe(fs: AbstractFileSystem, path: str, *, index: bool = False) -> StreamIn
             extradata=extradata_digest(stream),
             gops=gops,
         )
+
+
+def gop_index(table: mp4.Samples, time_base: Fraction, rate: Fraction) -> GopIndex:
+    """The groups of pictures of a sample table (what `_gop_index` finds by demuxing, without reading a frame)."""
+    n = len(table)
+    starts = np.flatnonzero(table.key | (np.arange(n) == 0))
+    groups = np.stack(
+        [table.pts[starts], np.minimum.reduceat(table.pts, starts), np.maximum.reduceat(table.pts, starts)], axis=1
+    )
+    unsafe: list[tuple[int, int]] = []
+    late = np.flatnonzero(table.pts > table.dts)
+    for dts, pts in zip(table.dts[late].tolist(), table.pts[late].tolist(), strict=True):
+        if unsafe and dts <= unsafe[-1][1]:
+            unsafe[-1] = (unsafe[-1][0], max(unsafe[-1][1], pts))
+        else:
+            unsafe.append((dts, pts))
+    return GopIndex(time_base, rate, groups.astype(np.int64), np.array(unsafe, dtype=np.int64).reshape(-1, 2))
 
 
 def _last_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:

@@ -19,27 +19,21 @@ from fractions import Fraction
 from typing import Any
 
 import av
+import numpy as np
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput, RunFailed
 from raymerge.lerobot.video.decode import frames_between
 from raymerge.lerobot.video.encode import available_encoder, matching_x264_options, reencode
-from raymerge.lerobot.video.io import local_output, open_input
+from raymerge.lerobot.video.io import VideoSource, local_output
+from raymerge.lerobot.video.packets import Segment, Sources, gops, range_packets
 from raymerge.lerobot.video.probe import codec_name, extradata_digest, frame_rate
+
+__all__ = ["Placed", "Segment", "concat"]
 
 # Frames H.264 can hold back for reordering: decode times a run may borrow from the previous run's gap.
 MAX_REORDER = 16
-
-
-@dataclass(frozen=True)
-class Segment:
-    """The part [start_s, end_s) of a source video file (a whole v2.1 episode file: 0..duration)."""
-
-    fs: Any
-    path: str
-    start_s: float
-    end_s: float
 
 
 @dataclass(frozen=True)
@@ -49,53 +43,6 @@ class Placed:
     from_timestamp: float
     to_timestamp: float
     reencoded: bool
-
-
-def _range_packets(
-    container: av.container.InputContainer, lo: Fraction, hi: Fraction, where: str
-) -> Iterator[av.Packet]:
-    """Packets in decode order from the keyframe that shows at or before `lo` until none can show before `hi`.
-
-    Seeking finds keyframes by decode time; with B-frames that keyframe can show later than asked, so the
-    seek goes further back until the first keyframe shows early enough.
-    """
-    stream = container.streams.video[0]
-    tb = Fraction(stream.time_base)
-    frame = 1 / frame_rate(stream)
-    back = Fraction(0)
-    while True:
-        target = lo - back
-        container.seek(int(target / tb) if target > 0 else 0, stream=stream)
-        packets = (p for p in container.demux(stream) if p.size)
-        first = next(packets, None)
-        if first is None:
-            return
-        if first.pts is None or first.dts is None:
-            raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
-        if first.is_keyframe and (first.pts * tb < lo + frame or target <= 0):
-            break
-        if target <= 0:
-            raise RunFailed(f"{where}: the video does not start with a keyframe")
-        back = max(2 * back, Fraction(1))
-    end = math.ceil(hi / tb)  # in ticks: t * tb >= hi exactly when t >= end
-    for p in itertools.chain([first], packets):
-        if p.pts is None or p.dts is None:
-            raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
-        if p.dts >= end:  # decode order: every later packet shows at or after its dts
-            return
-        yield p
-
-
-def _gops(packets: Iterator[av.Packet]) -> Iterator[list[av.Packet]]:
-    """Packets grouped from one keyframe to the next, in decode order."""
-    gop: list[av.Packet] = []
-    for p in packets:
-        if p.is_keyframe and gop:
-            yield gop
-            gop = []
-        gop.append(p)
-    if gop:
-        yield gop
 
 
 def _signature(stream: av.video.stream.VideoStream) -> dict[str, Any]:
@@ -133,8 +80,8 @@ class _Track:
     back to starting the run after a gap).
     """
 
-    def __init__(self, out: av.container.OutputContainer, scratch: str) -> None:
-        self.out, self.scratch = out, scratch
+    def __init__(self, out: av.container.OutputContainer, scratch: str, sources: Sources) -> None:
+        self.out, self.scratch, self.sources = out, scratch, sources
         self.stream: av.video.stream.VideoStream | None = None
         self.first: tuple[dict[str, Any], str, bool] | None = None
         self.time_base = Fraction(1)
@@ -143,6 +90,7 @@ class _Track:
         self.end: Ticks = 0
         self.last_dts: int | None = None
         self.written = array("q")  # every muxed packet's dts, checked against the file's index at the end
+        self.presented = array("q")  # and its pts
         self.shown: tuple[int, int] | None = None  # the current piece's first and end presentation tick
         self.scale: Ticks = 1
         self.offset: Ticks = 0
@@ -150,13 +98,12 @@ class _Track:
         self.where = ""
         self.options: dict[str, dict[str, str]] = {}
 
-    def _options(self, segment: Segment, source: av.video.stream.VideoStream) -> dict[str, str]:
+    def _options(self, video: VideoSource, source: av.video.stream.VideoStream) -> dict[str, str]:
         """Encoder settings matching the source's headers, found once per source file."""
-        where = storage.url(segment.fs, segment.path)
-        if where not in self.options:
+        if video.where not in self.options:
             matched = codec_name(source) == "h264" and available_encoder("h264") == "libx264"
-            self.options[where] = matching_x264_options(segment.fs, segment.path, source) if matched else {}
-        return self.options[where]
+            self.options[video.where] = matching_x264_options(video, source) if matched else {}
+        return self.options[video.where]
 
     def _accept(self, stream: av.video.stream.VideoStream, where: str, reencoded: bool) -> None:
         signature = _signature(stream)
@@ -204,16 +151,17 @@ class _Track:
             self.end = shown + lasts
         self.last_dts = p.dts
         self.written.append(p.dts)
+        self.presented.append(p.pts)
         lo, hi = self.shown or (p.pts, p.pts)
         self.shown = (min(lo, p.pts), max(hi, p.pts + p.duration))
         self.out.mux(p)
 
     def add_reencoded(
-        self, segment: Segment, source: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame], where: str
+        self, video: VideoSource, source: av.video.stream.VideoStream, frames: Iterator[av.VideoFrame], where: str
     ) -> int:
         """Re-encode frames into a scratch file and append its packets; how many were appended."""
         local = os.path.join(self.scratch, f"part-{len(os.listdir(self.scratch))}.mp4")
-        reencode(source, frames, local, where, self._options(segment, source))
+        reencode(source, frames, local, where, self._options(video, source))
         with av.open(local, "r") as container:
             stream = container.streams.video[0]
             packets = [p for p in container.demux(stream) if p.size]
@@ -228,22 +176,49 @@ class _Track:
         """Append the frames of `segment`: whole groups of pictures copied, the cut ones re-encoded."""
         where = storage.url(segment.fs, segment.path)
         self.shown = None
-        with open_input(segment.fs, segment.path) as container:
-            stream = container.streams.video[0]
-            half = 1 / (2 * frame_rate(stream))
-            lo, hi = Fraction(segment.start_s) - half, Fraction(segment.end_s) - half
-            packets = _range_packets(container, lo, hi, where)
-            if reencode:
-                count, reencoded = (
-                    self.add_reencoded(segment, stream, frames_between(stream, packets, lo, hi), where),
-                    True,
-                )
-            else:
-                count, reencoded = self._copy_gops(segment, stream, packets, lo, hi, where)
+        video, container = self.sources.open(segment)
+        stream = container.streams.video[0]
+        half = 1 / (2 * frame_rate(stream))
+        lo, hi = Fraction(segment.start_s) - half, Fraction(segment.end_s) - half
+        packets = range_packets(video, container, lo, hi, where)
+        if reencode:
+            count, reencoded = self.add_reencoded(video, stream, frames_between(stream, packets, lo, hi), where), True
+        else:
+            count, reencoded = self._copy_gops(video, stream, packets, lo, hi, where)
         if not count or self.shown is None:
             raise InvalidInput(f"{where}: no video frame in [{segment.start_s:.6f}s, {segment.end_s:.6f}s)")
         lo, hi = self.shown
         return Placed(float(lo * self.time_base), float(hi * self.time_base), reencoded)
+
+    def finish(self, local: str) -> None:
+        """Give every packet of the closed file the same duration, one frame (`_retime`) unless they have it
+        already, then `check` it."""
+        frame = self.frame
+        dts = np.frombuffer(self.written, dtype=np.int64)
+        if isinstance(frame, int) and frame > 0 and len(dts) > 1 and (np.diff(dts) != frame).any():
+            self._retime(local, frame)
+        self.check(local)
+
+    def _retime(self, local: str, frame: int) -> None:
+        """Rewrite the file with decode times exactly one frame apart, as an encoder writes them: where runs
+        with different B-frame delays meet (copied groups, re-encoded ones), decode times would otherwise
+        jump, and tools that take the frame rate from sample durations (FFmpeg's avg_frame_rate) would read
+        a wrong one. Presentation times stay; the first decode time is the earliest that keeps every packet
+        decoded at or before it shows. Local work on the file just written: nothing is read twice."""
+        pts = np.frombuffer(self.presented, dtype=np.int64)
+        steps = np.arange(len(pts), dtype=np.int64) * frame
+        dts = int((pts - steps).min()) + steps
+        retimed = f"{local}.retimed.mp4"
+        with av.open(local, "r") as src, av.open(retimed, "w", format="mp4") as out:
+            stream = src.streams.video[0]
+            track = out.add_stream_from_template(stream, opaque=True)
+            for i, p in enumerate(q for q in src.demux(stream) if q.size):
+                if p.pts != pts[i]:
+                    raise RunFailed(f"{local}: packet {i} reads back at pts {p.pts}, written at {pts[i]}")
+                p.dts, p.duration, p.stream = int(dts[i]), frame, track
+                out.mux(p)
+        os.replace(retimed, local)
+        self.written = array("q", dts.tolist())
 
     def check(self, local: str) -> None:
         """The written file indexes exactly the packets muxed, at the decode times given (no data is read)."""
@@ -261,7 +236,7 @@ class _Track:
 
     def _copy_gops(
         self,
-        segment: Segment,
+        video: VideoSource,
         stream: av.video.stream.VideoStream,
         packets: Iterator[av.Packet],
         lo: Fraction,
@@ -271,9 +246,12 @@ class _Track:
         tb = Fraction(stream.time_base)
         first, end = math.ceil(lo / tb), math.ceil(hi / tb)  # [lo, hi) in whole ticks
         count, reencoded, copying = 0, False, False
-        for gop in _gops(packets):
+        previous: list[_Saved] = []  # the group before, as read: an open group's leading pictures reference it
+        for gop in gops(packets):
             kept = sum(1 for p in gop if first <= p.pts < end)
+            saved = [_Saved(bytes(p), p.pts, p.dts, p.is_keyframe) for p in gop]
             if not kept:
+                previous = saved
                 continue
             # A group can be copied when all of it is kept and it decodes alone (or follows a copied group).
             if kept == len(gop) and gop[0].is_keyframe and (copying or gop[0].pts == min(p.pts for p in gop)):
@@ -283,13 +261,34 @@ class _Track:
                 for p in gop:
                     self.add(p)
                 count += kept
+                previous = saved
                 continue
             copying, reencoded = False, True
-            added = self.add_reencoded(segment, stream, frames_between(stream, iter(gop), lo, hi), where)
+            leading = any(p.pts < gop[0].pts for p in gop)  # open group (HEVC CRA): decode the group before too
+            warm_up = [s.packet(tb) for s in previous] if leading else []
+            shown = {p.pts for p in gop}
+            frames = frames_between(stream, itertools.chain(warm_up, gop), lo, hi, shown)
+            added = self.add_reencoded(video, stream, frames, where)
             if added != kept:
                 raise RunFailed(f"{where}: decoded {added} of the {kept} frames of a cut group of pictures")
             count += added
+            previous = saved
         return count, reencoded
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """A packet as it was read (muxing rebases the packet itself), to decode again."""
+
+    data: bytes
+    pts: int
+    dts: int
+    key: bool
+
+    def packet(self, time_base: Fraction) -> av.Packet:
+        p = av.Packet(self.data)
+        p.pts, p.dts, p.is_keyframe, p.time_base = self.pts, self.dts, self.key, time_base
+        return p
 
 
 def concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str) -> list[Placed]:
@@ -314,8 +313,12 @@ def _concat(segments: list[Segment], fs: AbstractFileSystem, out_path: str, *, r
         tempfile.TemporaryDirectory(prefix="raymerge-video-") as scratch,
         local_output(fs, out_path) as local,
     ):
-        with av.open(local, "w", format="mp4") as out:
-            track = _Track(out, scratch)
-            placed = [track.add_segment(segment, reencode=reencode) for segment in segments]
-        track.check(local)
+        sources = Sources()
+        try:
+            with av.open(local, "w", format="mp4") as out:
+                track = _Track(out, scratch, sources)
+                placed = [track.add_segment(segment, reencode=reencode) for segment in segments]
+        finally:
+            sources.close()
+        track.finish(local)
         return placed

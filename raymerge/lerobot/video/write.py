@@ -28,6 +28,7 @@ class VideoResult:
     copied: bool
     reencoded: list[int] = field(default_factory=list)
     stats: dict[int, dict[str, Any]] = field(default_factory=dict)  # by output episode, with recompute_video_stats
+    histogram: np.ndarray | None = None  # (3, 256) pixel counts of its episodes, with recompute_video_stats
 
 
 def copy_placements(run: VideoRun) -> tuple[np.ndarray, np.ndarray]:
@@ -38,9 +39,14 @@ def copy_placements(run: VideoRun) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_video(
-    job: VideoJob, fs_of: dict[int, AbstractFileSystem], out_fs: AbstractFileSystem, out_root: str
+    job: VideoJob,
+    fs_of: dict[int, AbstractFileSystem],
+    out_fs: AbstractFileSystem,
+    out_root: str,
+    sizes: dict[tuple[int, str], int] | None = None,
 ) -> VideoResult:
-    """Write the job's file below `out_root` on `out_fs` (copy or remux) and place its episodes.
+    """Write the job's file below `out_root` on `out_fs` (copy or remux) and place its episodes; `sizes` of
+    the source files (from their listings) spare requests for them.
 
     The mp4 modules are imported here, in the task: the driver, which only needs `copy_placements`, never
     loads PyAV."""
@@ -52,7 +58,10 @@ def write_video(
         run = job.runs[0]
         io.copy(fs_of[run.source], run.path, out_fs, path)
         return VideoResult(job.key, job.path, *copy_placements(run), copied=True)
-    segments = [remux.Segment(fs_of[r.source], r.path, r.start_s, r.end_s) for r in job.runs]
+    known = sizes or {}
+    segments = [
+        remux.Segment(fs_of[r.source], r.path, r.start_s, r.end_s, known.get((r.source, r.path))) for r in job.runs
+    ]
     placed = remux.concat(segments, out_fs, path)
     episodes: list[int] = []
     placements: list[tuple[float, float]] = []
