@@ -1,4 +1,4 @@
-"""Merge, join and split machine-learning datasets at any scale on Ray Data."""
+"""Merge, join and split machine-learning datasets at any scale on Ray."""
 
 from raymerge.api import inspect, plan, preview, run
 from raymerge.errors import InvalidInput, RaymergeError, RunFailed

@@ -89,7 +89,7 @@ set_option = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="raymerge")
 def main() -> None:
-    """Merge, join and split text, WebDataset and LeRobot datasets on Ray Data."""
+    """Merge, join and split text, WebDataset and LeRobot datasets on Ray."""
 
 
 @main.command()
