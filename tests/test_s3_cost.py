@@ -4,7 +4,8 @@ HeadBucket, nothing left behind; and the report's per-storage figures agree with
 What is counted: every request of the run to the test's bucket, seen by `S3Proxy` in front of the S3
 server (independently of raymerge's own counters). "Uploaded" is the object data of every PutObject and
 UploadPart (pending records, scratch files and the manifest included); "output bytes" the sizes of the
-objects under the output prefix after the run.
+objects under the output prefix after the run. For text, "bytes read" is the object data of every GetObject of
+an input key (format detection's first bytes included) over the inputs' sizes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from raymerge.webdataset import samples as wds_samples
 from tests.s3proxy import COPIES, S3Proxy
 
 MAX_UPLOADED_PER_OUTPUT_BYTE = 1.05
+MAX_READ_PER_INPUT_BYTE = 1.10
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def proxy(s3_endpoint):
         yield p
 
 
-def _config(family: str, bucket: str, options: dict) -> dict:
+def _config(family: str, bucket: str, options: dict, fmt: str = "jsonl") -> dict:
     def loc(path: str, **extra) -> dict:
         return {"path": f"s3://{bucket}/{path}", "storage_options": options, **extra}
 
@@ -71,7 +73,7 @@ def _config(family: str, bucket: str, options: dict) -> dict:
             "kind": "text",
             "operation": "concat",
             "inputs": [loc("in/a.jsonl"), loc("in/b.jsonl")],
-            "output": loc("out/merged.jsonl"),
+            "output": loc(f"out/merged.{fmt}"),
         }
     return {
         "kind": "lerobot",
@@ -81,19 +83,16 @@ def _config(family: str, bucket: str, options: dict) -> dict:
     }
 
 
-# The text family assembles its single output file from per-block part files it writes beside the output and
-# reads back: on object storage those parts are a second upload of every byte (see the family's notes).
-TEXT_PARTS = pytest.mark.xfail(strict=True, reason="text uploads its block parts, then the output: 2x")
+# family, executor and (text) output format of each case
+CASES = ["webdataset ray", "text in-process jsonl", "text ray json", "text in-process parquet", "lerobot in-process"]
 
 
-@pytest.mark.parametrize(
-    ("family", "executor"),
-    [("webdataset", "ray"), pytest.param("text", "in-process", marks=TEXT_PARTS), ("lerobot", "in-process")],
-)
-def test_a_run_to_s3_uploads_each_output_byte_once_and_copies_nothing(ray_address, s3, proxy, inputs, family, executor):
+@pytest.mark.parametrize("case", CASES)
+def test_a_run_to_s3_uploads_each_output_byte_once_and_copies_nothing(ray_address, s3, proxy, inputs, case):
+    family, executor, fmt = [*case.split(), ""][:3]
     fs, bucket = s3["fs"], s3["bucket"]
     fs.put(f"{inputs}/", f"{bucket}/in/", recursive=True)
-    cfg = _config(family, bucket, {"endpoint_url": proxy.endpoint})
+    cfg = _config(family, bucket, {"endpoint_url": proxy.endpoint}, fmt)
     out = cfg["output"]["path"].removeprefix(f"s3://{bucket}/")
     listings = []
     for overwrite in (False, True):
@@ -105,7 +104,7 @@ def test_a_run_to_s3_uploads_each_output_byte_once_and_copies_nothing(ray_addres
         output_bytes = sum(objects.values())
         seen = proxy.counts(bucket)
         print(
-            f"{family} {'--overwrite' if overwrite else 'fresh'}: {len(objects)} objects, {output_bytes} bytes, "
+            f"{family} {fmt} {'--overwrite' if overwrite else 'fresh'}: {len(objects)} objects, {output_bytes} bytes, "
             f"uploaded {proxy.uploaded(bucket) / output_bytes:.3f}x, requests {dict(seen)}"
         )  # figures for the docs
 
@@ -125,4 +124,13 @@ def test_a_run_to_s3_uploads_each_output_byte_once_and_copies_nothing(ray_addres
             manifest = json.loads(fs.cat_file(f"{bucket}/{out}/{MANIFEST}"))
             assert manifest["report"]["storage"][name]["bytes_written"] > 0
         assert proxy.uploaded(bucket) / output_bytes <= MAX_UPLOADED_PER_OUTPUT_BYTE
+        if family == "text":
+            names = [i["path"].removeprefix(f"s3://{bucket}/") for i in cfg["inputs"]]
+            read = sum(r.response_bytes for r in proxy.recorded(bucket) if r.op == "GetObject" and r.key in names)
+            input_bytes = sum(fs.size(f"{bucket}/{n}") for n in names)
+            print(f"text {fmt}: read {read / input_bytes:.3f}x the input")
+            assert read / input_bytes <= MAX_READ_PER_INPUT_BYTE
+            assert not [r for r in proxy.recorded(bucket) if r.op == "HeadObject" and r.key in names], (
+                "no HEAD per input"
+            )
     assert listings[0] == listings[1], "the replaced output has exactly the new objects"

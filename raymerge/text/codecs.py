@@ -22,6 +22,8 @@ from raymerge.errors import InvalidInput
 CODECS = ("gzip", "bz2", "xz", "lzma", "zstd")
 COMPRESSIBLE = ("jsonl", "json", "csv")
 LINE_BLOCK = 1 << 20
+HEAD_BYTES = 4096  # of content, enough to tell a format
+HEAD_BLOCK = 256 << 10  # compressed bytes fetched at once to find them
 
 
 def codec_of(path: str) -> str | None:
@@ -48,19 +50,31 @@ def check_codec(fs: AbstractFileSystem, path: str, codec: str, fmt: str | None) 
         raise InvalidInput(f"{where}: reading {codec} needs the `zstandard` package (pip install zstandard)")
 
 
-def open_stream(fs: AbstractFileSystem, path: str, codec: str | None) -> BinaryIO:
-    """The file's bytes, decompressed while read when `codec` is set."""
-    return fs.open(path, "rb", compression=codec)
+def open_stream(
+    fs: AbstractFileSystem, path: str, codec: str | None, size: int | None = None, block_size: int | None = None
+) -> BinaryIO:
+    """The file's bytes, decompressed while read when `codec` is set. `size` (from a listing) spares an object
+    store the request that would ask for it; `block_size` bounds what one read fetches."""
+    return fs.open(path, "rb", compression=codec, **open_options(fs, size, block_size))
 
 
-def read_head(fs: AbstractFileSystem, path: str, codec: str | None, size: int = 4096) -> bytes:
-    """The first bytes of the file's content (decompressed), to tell its format."""
+def open_options(fs: AbstractFileSystem, size: int | None, block_size: int | None = None) -> dict[str, int]:
+    """`fs.open` options for a file whose size is known: remote files only (a local file knows its size)."""
+    if storage.is_local(fs):
+        return {}
+    out = {"size": size} if size is not None else {}
+    return {**out, "block_size": block_size} if block_size else out
+
+
+def read_head(fs: AbstractFileSystem, path: str, codec: str | None, file_size: int | None = None) -> bytes:
+    """The first bytes of the file's content (decompressed), to tell its format: one ranged read of a plain
+    file, never the whole object (`file_size`, from a listing, spares asking for its size)."""
+    if codec is None:
+        return b"" if file_size == 0 else fs.cat_file(path, start=0, end=HEAD_BYTES)
     try:
-        with open_stream(fs, path, codec) as f:
-            return f.read(size)
+        with open_stream(fs, path, codec, file_size, HEAD_BLOCK) as f:
+            return f.read(HEAD_BYTES)
     except Exception as e:  # each codec has its own error class (gzip.BadGzipFile, lzma.LZMAError, ZstdError...)
-        if codec is None:
-            raise
         raise InvalidInput(f"{storage.url(fs, path)}: not readable {codec} data: {e}") from None
 
 

@@ -19,7 +19,7 @@ from raymerge.text.combine import output_order
 from raymerge.text.config import Config
 from raymerge.text.plan import open_inputs, scan_spec
 from raymerge.text.readers import read_chunk
-from raymerge.text.sources import FILE_FORMATS, Chunk, Source, open_source, readme_configs
+from raymerge.text.sources import FILE_FORMATS, Chunk, Listing, Source, list_input, open_source, readme_configs
 from raymerge.text.tasks import ScanSpec, scan_chunk
 
 DATA_EXTENSIONS = {"parquet", "jsonl", "json", "csv", "arrow"}
@@ -27,34 +27,36 @@ DATA_EXTENSIONS = {"parquet", "jsonl", "json", "csv", "arrow"}
 
 def detect(fs: AbstractFileSystem, path: str) -> bool:
     """True for a text file, a FineFoundry database or a folder of data files; other families are probed first,
-    so a folder of parquet files here is what is left."""
-    if not fs.isdir(path):
+    so a folder of parquet files here is what is left. One listing answers all the folder's questions."""
+    listing = list_input(fs, path)
+    if path in listing or not listing:
         name = codecs.inner_path(storage.basename(path))
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
         if f".{ext}" in FILE_FORMATS:
             return True
-        return _is_sqlite(fs, path)
+        return _is_sqlite(fs, path, listing)
     for marker in ("refs/main", "dataset_dict.json", "state.json"):
-        if storage.exists(fs, storage.join(path, marker)):
+        if storage.join(path, marker) in listing:
             return True
-    if readme_configs(fs, path):
+    if readme_configs(fs, path, listing):
         return True
-    return any(codecs.inner_path(f).rsplit(".", 1)[-1].lower() in DATA_EXTENSIONS for f in fs.find(path))
+    return any(codecs.inner_path(f).rsplit(".", 1)[-1].lower() in DATA_EXTENSIONS for f in listing)
 
 
-def _is_sqlite(fs: AbstractFileSystem, path: str) -> bool:
-    with fs.open(path, "rb") as f:
-        return f.read(len(finefoundry.SQLITE_MAGIC)) == finefoundry.SQLITE_MAGIC
+def _is_sqlite(fs: AbstractFileSystem, path: str, listing: Listing) -> bool:
+    size = int(listing[path]["size"]) if path in listing else None
+    return codecs.read_head(fs, path, None, size).startswith(finefoundry.SQLITE_MAGIC)
 
 
 def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
     """Format, files, columns, the mapping that would be used and the row count; a database lists its
     sessions, since a config must choose one."""
     where = storage.url(fs, path)
-    if not fs.isdir(path) and _is_sqlite(fs, path):
+    listing = list_input(fs, path)
+    if path in listing and _is_sqlite(fs, path, listing):
         sessions = finefoundry.list_sessions(finefoundry.local_sqlite(fs, path), where)
         return {"format": "sqlite (FineFoundry)", "path": where, "sessions": sessions}
-    src = open_source(fs, path)
+    src = open_source(fs, path, listing=listing)
     info: dict[str, Any] = {"format": src.kind, "path": where, **src.details}
     info["files"] = len({c.path for c in src.chunks})
     first = read_chunk(fs, src.chunks[0]) if src.chunks else None
@@ -70,7 +72,7 @@ def inspect(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
 
 def _rows(fs: AbstractFileSystem, chunk: Chunk) -> int:
     if chunk.format == "parquet":
-        with fs.open(chunk.path, "rb") as f:
+        with codecs.open_stream(fs, chunk.path, None, chunk.size) as f:
             meta = pq.ParquetFile(f).metadata
         return sum(meta.row_group(g).num_rows for g in range(chunk.start, chunk.stop))
     return read_chunk(fs, chunk).num_rows

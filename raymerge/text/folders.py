@@ -1,4 +1,4 @@
-"""The dataset folders Hugging Face users load directly, written from the block parts by parallel shard tasks.
+"""The dataset folders Hugging Face users load directly, written from the blocks by parallel shard tasks.
 
 - `hf`: a Parquet folder in the Hub layout, `data/<split>-00000-of-0000N.parquet`, with a README.md dataset
   card whose YAML header (`configs:` data files, `dataset_info` features and sizes) is what `push_to_hub`
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -52,10 +52,13 @@ def parts_for(part_rows: list[int], start: int, stop: int, part_path: Any) -> li
     return out
 
 
-def _rows(fs: AbstractFileSystem, parts: list[tuple[str, int, int]], start: int, stop: int) -> Iterator[pa.RecordBatch]:
-    for path, first, n in parts:
-        lo, hi = max(start, first) - first, min(stop, first + n) - first
-        for batch in sinks.iter_arrow_parts(fs, [path]):
+def _rows(
+    parts: Iterable[tuple[Iterable[pa.RecordBatch], int, int]], start: int, stop: int
+) -> Iterator[pa.RecordBatch]:
+    """Rows [start, stop) of the output from (batches, first output row, rows) of the parts holding them."""
+    for batches, first, _ in parts:
+        lo, hi = start - first, stop - first
+        for batch in batches:
             if hi > 0 and lo < batch.num_rows:
                 yield batch.slice(max(lo, 0), min(hi, batch.num_rows) - max(lo, 0))
             lo, hi = lo - batch.num_rows, hi - batch.num_rows
@@ -68,17 +71,30 @@ def _batches(batches: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) ->
 
 def write_shard(
     fmt: str,
-    parts_fs: AbstractFileSystem,
+    parts_fs: AbstractFileSystem | None,
     parts: list[tuple[str, int, int]],
     start: int,
     stop: int,
     out_fs: AbstractFileSystem,
     out_path: str,
     schema: pa.Schema,
+    *tables: pa.Table,
 ) -> tuple[int, str]:
-    """One shard file from the parts holding its rows; returns its size and sha256 (the folder's fingerprint)."""
+    """One shard file from the (path, first output row, rows) parts holding its rows: part files read from
+    `parts_fs`, or the blocks' own Arrow tables (`tables`, one per part: on object storage the blocks are never
+    stored as files). Returns its size and sha256 (the folder's fingerprint)."""
+    if tables:
+        found = [(t.to_batches(), first, n) for t, (_, first, n) in zip(tables, parts, strict=True)]
+    else:
+        assert parts_fs is not None
+        found = [(sinks.iter_arrow_parts(parts_fs, [path]), first, n) for path, first, n in parts]
+    return _write_shard(fmt, _rows(found, start, stop), out_fs, out_path, schema)
+
+
+def _write_shard(
+    fmt: str, rows: Iterator[pa.RecordBatch], out_fs: AbstractFileSystem, out_path: str, schema: pa.Schema
+) -> tuple[int, str]:
     digest = hashlib.sha256()
-    rows = _rows(parts_fs, parts, start, stop)
     with out_fs.open(out_path, "wb") as raw:
         out = _Hashing(raw, digest)
         if fmt == "hf":

@@ -26,7 +26,7 @@ from raymerge.text import features, tasks
 from raymerge.text.columns import PAIR_SCHEMA, role_table
 from raymerge.text.combine import Block, output_order, plan_blocks
 from raymerge.text.config import Config, TextInput
-from raymerge.text.sources import Source, open_source
+from raymerge.text.sources import Source, fingerprint, open_source
 from raymerge.text.targets import TargetPlan, check_targets
 
 MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 1024, 131_072
@@ -79,16 +79,11 @@ def scan_spec(cfg: Config, inp: TextInput) -> tasks.ScanSpec:
     return tasks.ScanSpec(cfg.columns == "keep", inp.input_column, inp.output_column, roles, cfg.dedup == "exact")
 
 
-def source_path(src: Source) -> str:
-    """The source's path inside its filesystem, for listings."""
-    return src.fs._strip_protocol(src.url)
-
-
 def check(cfg: Config) -> int:
     """Refuse what can be refused without reading payload (targets, then inputs); returns the inputs' bytes
     from their listings, which decide whether Ray pays for itself."""
     check_targets(cfg)
-    return sum(storage.fingerprint(src.fs, source_path(src))["bytes"] for _, src in open_inputs(cfg))
+    return sum(fingerprint(src)["bytes"] for _, src in open_inputs(cfg))
 
 
 def plan(cfg: Config, executor: Executor) -> TextPlan:
@@ -107,7 +102,7 @@ def plan(cfg: Config, executor: Executor) -> TextPlan:
     return TextPlan(
         config=cfg,
         report=report,
-        input_fingerprints=[storage.fingerprint(s.source.fs, source_path(s.source)) for s in scanned],
+        input_fingerprints=[fingerprint(s.source) for s in scanned],
         sources=scanned,
         order=order,
         keep=keep,

@@ -21,6 +21,8 @@ from raymerge.errors import InvalidInput
 from raymerge.text import codecs, finefoundry
 from raymerge.text.sources import Chunk
 
+LINE_TAIL = 64 << 10  # read past a chunk's end to finish its last line, in one request for most lines
+
 
 def read_chunk(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
     """The raw table of one chunk; unreadable content raises InvalidInput naming the file (and line)."""
@@ -44,7 +46,7 @@ def _read_plain(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | None)
             if storage.is_local(fs):
                 with pa.memory_map(chunk.path) as m:
                     return pa.ipc.open_stream(m).read_all()
-            with fs.open(chunk.path, "rb") as f:
+            with codecs.open_stream(fs, chunk.path, None, chunk.size) as f:
                 return pa.ipc.open_stream(f).read_all()
         if chunk.format == "csv":
             return _read_csv(fs, chunk)
@@ -75,7 +77,7 @@ def _read_row_groups(fs: AbstractFileSystem, chunk: Chunk, columns: list[str] | 
     groups = range(chunk.start, chunk.stop)
     if storage.is_local(fs):
         return pq.ParquetFile(chunk.path).read_row_groups(groups, columns=columns)
-    with fs.open(chunk.path, "rb") as f:
+    with codecs.open_stream(fs, chunk.path, None, chunk.size) as f:
         return pq.ParquetFile(f, pre_buffer=False).read_row_groups(groups, columns=columns, use_threads=False)
 
 
@@ -84,32 +86,49 @@ def chunk_schema(fs: AbstractFileSystem, chunk: Chunk) -> pa.Schema | None:
     columns its mapping uses."""
     if chunk.format != "parquet":
         return None
-    with fs.open(chunk.path, "rb") as f:
+    with codecs.open_stream(fs, chunk.path, None, chunk.size) as f:
         return pq.ParquetFile(f).schema_arrow
 
 
 def _read_csv(fs: AbstractFileSystem, chunk: Chunk) -> pa.Table:
     """Every value as text: the header is read first (one block), then the file streams through Arrow."""
-    with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
-        names = pacsv.open_csv(f).schema.names
+    with codecs.open_stream(fs, chunk.path, chunk.compression, chunk.size, codecs.HEAD_BLOCK) as f:
+        names = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=codecs.HEAD_BLOCK)).schema.names
     opts = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
-    with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+    with codecs.open_stream(fs, chunk.path, chunk.compression, chunk.size) as f:
         return pacsv.read_csv(f, convert_options=opts)
 
 
 def _jsonl_bytes(fs: AbstractFileSystem, chunk: Chunk) -> bytes:
-    """The whole lines that start inside [start, stop)."""
-    with fs.open(chunk.path, "rb") as f:
-        if chunk.start > 0:
-            f.seek(chunk.start - 1)
-            f.readline()  # the line that began before start belongs to the previous chunk
-        begin = f.tell()
-        if begin >= chunk.stop:
+    """The whole lines that start inside [start, stop), by ranged reads: the chunk's bytes, the one before it (to
+    tell where its first line starts) and the end of its last line, so chunks together read a file about once."""
+    lo = max(chunk.start - 1, 0)
+    data = _read_range(fs, chunk, lo, chunk.stop + LINE_TAIL)
+    begin = 0
+    if chunk.start > 0:  # the line that began before start belongs to the previous chunk
+        nl = data.find(b"\n", 0, chunk.stop - lo)
+        if nl < 0:
             return b""
-        data = f.read(chunk.stop - begin)
-        if not data.endswith(b"\n"):
-            data += f.readline()
-    return data
+        begin = nl + 1
+    end = chunk.stop - lo
+    if begin >= end:
+        return b""
+    step = LINE_TAIL
+    while (nl := data.find(b"\n", end - 1)) < 0 and len(data) == chunk.stop + step - lo:
+        more = _read_range(fs, chunk, lo + len(data), lo + len(data) + 2 * step)  # a line longer than the tail
+        data, step = data + more, 3 * step
+        if not more:
+            break
+    return data[begin : len(data) if nl < 0 else nl + 1]
+
+
+def _read_range(fs: AbstractFileSystem, chunk: Chunk, start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of the chunk's file (fewer at its end): one ranged read."""
+    if chunk.size is not None:
+        stop = min(stop, chunk.size)
+    if stop <= start:
+        return b""
+    return fs.cat_file(chunk.path, start=start, end=stop)
 
 
 def _read_jsonl(fs: AbstractFileSystem, chunk: Chunk, where: str) -> pa.Table:
@@ -141,11 +160,11 @@ def _read_compressed_jsonl(fs: AbstractFileSystem, chunk: Chunk, where: str) -> 
     """Arrow parses the stream as it is decompressed; only a file Arrow refuses is read again, line by line, to
     name the line at fault."""
     try:
-        with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+        with codecs.open_stream(fs, chunk.path, chunk.compression, chunk.size) as f:
             return pajson.read_json(f, read_options=pajson.ReadOptions(block_size=8 << 20))
     except pa.ArrowInvalid:
         pass
-    with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+    with codecs.open_stream(fs, chunk.path, chunk.compression, chunk.size) as f:
         return _parse_lines(codecs.iter_lines(f), where, lambda: 0)
 
 
@@ -153,7 +172,7 @@ def _lines_before(fs: AbstractFileSystem, chunk: Chunk) -> int:
     """Lines of the file before the chunk's first line (only computed for error messages)."""
     if chunk.start == 0:
         return 0
-    with fs.open(chunk.path, "rb") as f:
+    with codecs.open_stream(fs, chunk.path, None, chunk.size) as f:
         f.seek(chunk.start - 1)
         f.readline()
         begin = f.tell()
@@ -163,7 +182,7 @@ def _lines_before(fs: AbstractFileSystem, chunk: Chunk) -> int:
 
 def _read_json_array(fs: AbstractFileSystem, chunk: Chunk, where: str) -> pa.Table:
     try:
-        with codecs.open_stream(fs, chunk.path, chunk.compression) as f:
+        with codecs.open_stream(fs, chunk.path, chunk.compression, chunk.size) as f:
             rows = json.loads(f.read())
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{where}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None

@@ -7,7 +7,7 @@ Their arguments and results are small values or tables, never open files or conn
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -22,6 +22,7 @@ from raymerge.text.readers import chunk_schema, read_chunk
 from raymerge.text.sources import Chunk
 
 if TYPE_CHECKING:
+    from raymerge.s3commit import PartUpload
     from raymerge.text.plan import TargetPlan
 
 
@@ -90,6 +91,17 @@ def pair_hashes(pairs: pa.Table) -> np.ndarray:
     return h
 
 
+def _block(
+    order: np.ndarray,
+    keep: np.ndarray | None,
+    slices: list[SourceSlice],
+    schema: pa.Schema,
+    tables: tuple[pa.Table, ...],
+) -> pa.Table:
+    table = assemble_block(order, slices, [conform(t, schema) for t in tables], schema)
+    return table if keep is None else table.filter(keep)
+
+
 def write_block(
     order: np.ndarray,
     keep: np.ndarray | None,
@@ -104,11 +116,57 @@ def write_block(
     """Assemble one output block from the chunks it needs (`tables`, in `slices` order, put in `schema`), drop
     duplicates (`keep`), and write its parts; returns the rows written, which the plan checks, and their Arrow
     bytes, which size the shards of a dataset folder."""
-    table = assemble_block(order, slices, [conform(t, schema) for t in tables], schema)
-    if keep is not None:
-        table = table.filter(keep)
+    table = _block(order, keep, slices, schema, tables)
     sinks.write_parts(table, fs, part_dir, index, kinds)
     return table.num_rows, table.nbytes
+
+
+def block_results(
+    order: np.ndarray,
+    keep: np.ndarray | None,
+    slices: list[SourceSlice],
+    kinds: list[str],
+    schema: pa.Schema,
+    *tables: pa.Table,
+) -> tuple[Any, ...]:
+    """`write_block` for an object-store run: the block's serialised forms are returned (one result each, in
+    `kinds` order) instead of stored as files, so later tasks upload them once. First result: (rows, Arrow
+    bytes, JSON-lines bytes or 0), small enough for the driver to group blocks into upload parts."""
+    table = _block(order, keep, slices, schema, tables)
+    out: list[Any] = []
+    for kind in kinds:
+        out.append(sinks.jsonl_bytes(table) if kind == "jsonl" else table)
+    size = len(out[kinds.index("jsonl")]) if "jsonl" in kinds else 0
+    return ((table.num_rows, table.nbytes, size), *out)
+
+
+def upload_part(
+    upload: PartUpload, number: int, fmt: str, items_before: bool, first: bool, last: bool, *bodies: bytes
+) -> dict[str, Any]:
+    """Part `number` of a JSON-lines or JSON target on object storage, from consecutive blocks' JSON-lines
+    bodies (JSON framed by `sinks.json_piece`); the part's record, for the upload's completion."""
+    if fmt == "json":
+        data = sinks.json_piece(bodies, items_before=items_before, first=first, last=last)
+    else:
+        data = b"".join(bodies)
+    return upload.put(number, data)
+
+
+def write_target_from_blocks(
+    target: TargetPlan,
+    out_fs: AbstractFileSystem,
+    out_path: str,
+    existing_db: str | None,
+    schema: pa.Schema,
+    *blocks: Any,
+) -> None:
+    """One target file written by one task from every block's result (JSON-lines bodies, or Arrow tables), in
+    block order: for a target that cannot be uploaded in parts (parquet, SQLite, a local file)."""
+    if sinks.PART_KIND[target.format] == "jsonl":
+        rows: Any = blocks
+    else:
+        rows = (batch for table in blocks for batch in table.to_batches())
+    sinks.write_file(target.format, rows, out_fs, out_path, schema, target.session, existing_db)
 
 
 def write_target(
@@ -125,9 +183,11 @@ def write_target(
     each export are written at the same time."""
     kind = sinks.PART_KIND[target.format]
     parts = [sinks.part_path(part_dir, kind, i) for i in range(blocks)]
-    sinks.assemble(target.format, parts_fs, parts, out_fs, out_path, schema, target.session, existing_db)
+    sinks.assemble(
+        target.format, parts_fs, parts, out_fs, out_path, schema=schema, session=target.session, existing_db=existing_db
+    )
 
 
-# Rows [start, stop) of the output, from the parts holding them, as one shard of a dataset folder: one task per
-# shard, all at once.
+# Rows [start, stop) of the output as one shard of a dataset folder, from the part files or the blocks' own
+# tables holding them: one task per shard, all at once.
 write_shard = folders.write_shard
