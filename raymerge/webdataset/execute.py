@@ -12,17 +12,17 @@ from raymerge.webdataset import energon, layout, tasks
 from raymerge.webdataset.plan import WebDatasetPlan
 
 
-def execute(the_plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Report:
+def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Report:
     """One writer task per output shard (range reads from the inputs); `index.sqlite` filled by an actor that
     takes each shard's index rows, in shard order, as soon as that shard is written (from the writer, not via
     the driver), while the other writers run."""
-    out = the_plan.config.output
+    out = plan.config.output
     fs, root = staging.fs, staging.path
-    specs = the_plan.output_shards
-    executor.progress(f"writing {len(specs)} shard(s) of {the_plan.report.rows_out:,} samples")
+    specs = plan.output_shards
+    executor.progress(f"writing {len(specs)} shard(s) of {plan.report.rows_out:,} samples")
     index = executor.actor(energon.IndexBuilder) if out.energon else None
-    pieces = _cut_chunks(executor, the_plan.chunks, [p for spec in specs for p in spec.pieces])
-    shards, filesystems = executor.put(the_plan.shards), executor.put(the_plan.filesystems)  # once, not per task
+    pieces = _cut_chunks(executor, plan.chunks, [p for spec in specs for p in spec.pieces])
+    shards, filesystems = executor.put(plan.shards), executor.put(plan.filesystems)  # once, not per task
     summaries, added = [], []
     for spec in specs:
         own = [pieces.pop(p) for p in spec.pieces]
@@ -34,7 +34,7 @@ def execute(the_plan: WebDatasetPlan, staging: Staging, executor: Executor) -> R
             fs,
             root,
             out.mtime,
-            the_plan.renumber_width,
+            plan.renumber_width,
             *own,
             num_returns=2,
         )
@@ -51,7 +51,7 @@ def execute(the_plan: WebDatasetPlan, staging: Staging, executor: Executor) -> R
         files += energon.write_meta(fs, root, counts, split, out.sample_type, out.field_map)
         executor.get(added)  # a failed insert fails the run, never a short index
         files += executor.get(executor.call(index, "finish", fs, root))
-    report = the_plan.report
+    report = plan.report
     report.status = "ok"
     report.files_written = files
     report.details["tar_bytes"] = sum(w["bytes"] for w in written.values())
