@@ -16,7 +16,8 @@ process itself.
 
 Retries: Ray retries a task whose worker process died (`max_retries`, default 3); an exception raised by a
 task fails the run at once, since bad input does not get better by trying again. Cancellation: leaving
-`with executor:` on an error cancels every task still pending.
+`with executor:` on an error kills the executor's actors; its tasks stop with the run's Ray session (see
+`cancel`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ MAX_RETRIES = 3
 # is then more than the work it would spread (a copy-bound merge moves roughly 0.5-1 GB/s per core).
 IN_PROCESS_BELOW_BYTES = 1 << 30
 MODES = ("auto", "ray", "in-process")
-PRUNE_EVERY = 256
+COLLECT_EVERY = 256
 
 
 class Local:
@@ -93,9 +94,8 @@ class Executor:
         self.mode = mode
         self.progress = progress or Progress(enabled=False)
         self._remote: dict[tuple[Any, ...], Any] = {}
-        self._pending: list[Any] = []
         self._actors: list[Any] = []
-        self._prune_at = PRUNE_EVERY
+        self._collect_at = COLLECT_EVERY
         self._usage_refs: list[Any] = []
         self._usage: usage.Usage = {}
         self._actor_usage: dict[int, usage.Usage] = {}  # each actor's whole life so far, replaced when asked again
@@ -132,19 +132,10 @@ class Executor:
         remote = self._remote_fn(fn, num_returns, num_cpus)
         *refs, used = remote.remote(*args)
         self._usage_refs.append(used)
-        self._track(refs)
-        return refs if num_returns > 1 else refs[0]
-
-    def _track(self, refs: list[Any]) -> None:
-        """Remember unfinished tasks for `cancel`; finished ones are forgotten now and then, so that holding
-        their references does not keep their results in the object store."""
-        self._pending.extend(refs)
-        if len(self._pending) >= self._prune_at:
-            import ray
-
-            _, self._pending = ray.wait(self._pending, num_returns=len(self._pending), timeout=0, fetch_local=False)
-            self._prune_at = max(PRUNE_EVERY, 2 * len(self._pending))
+        if len(self._usage_refs) >= self._collect_at:  # now and then, so that usage objects do not pile up
             self._collect_usage()
+            self._collect_at = max(COLLECT_EVERY, 2 * len(self._usage_refs))
+        return refs if num_returns > 1 else refs[0]
 
     def _collect_usage(self) -> None:
         """Add the usage of finished tasks to the total and forget their references."""
@@ -305,9 +296,7 @@ class Executor:
     def call(self, actor: Any, method: str, *args: Any) -> Any:
         if not self.is_ray:
             return self._call(getattr(actor, method), args, 1)
-        ref = getattr(actor, method).remote(*args)
-        self._track([ref])
-        return ref
+        return getattr(actor, method).remote(*args)
 
     # -- lifetime ----------------------------------------------------------------------------------
     def warm_up(self, imports: Callable[[], None]) -> None:
@@ -317,23 +306,17 @@ class Executor:
                 self.submit(imports)
 
     def cancel(self) -> None:
-        """Stop everything still running: the run failed or was cancelled."""
+        """The run failed or was cancelled: its actors are killed. Its tasks are not cancelled one by one:
+        in Ray 2.60 `ray.cancel` of a task whose completion is on its way aborts the driver ("Tried to complete
+        task that was not pending"). A local Ray session ends with the run, which stops them; on a shared
+        session they finish, and the next run to the same output removes what they wrote."""
         if not self.is_ray:
             return
         import ray
 
-        # Only tasks not done yet, and without force: a forced cancel of a task whose completion is on its way
-        # aborts the driver in Ray 2.60 ("Tried to complete task that was not pending").
-        running = self._pending
-        if running:
-            _, running = ray.wait(running, num_returns=len(running), timeout=0, fetch_local=False)
-        for ref in running:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=False)
         for actor in self._actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
-        self._pending.clear()
         self._actors.clear()
         self._usage = usage.merge(self._usage, *self._actor_usage.values())
         self._actor_usage.clear()
@@ -349,7 +332,6 @@ class Executor:
             self._collect_usage()
             self._usage = usage.merge(self._usage, *self._actor_usage.values())
             self._actor_usage.clear()
-        self._pending.clear()
         self._actors.clear()
 
     def __enter__(self) -> Executor:
