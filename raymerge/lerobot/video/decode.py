@@ -15,7 +15,7 @@ from fsspec import AbstractFileSystem
 from raymerge import storage
 from raymerge.errors import InvalidInput
 from raymerge.lerobot.video.io import open_input
-from raymerge.lerobot.video.probe import frame_rate
+from raymerge.lerobot.video.probe import frame_rate, time_base
 
 # Query timestamps further apart than this are served by a fresh seek instead of decoding the gap.
 SEEK_GAP_S = 2.0
@@ -29,7 +29,7 @@ def _frames_from(
     back = 0.0
     while True:
         target = t - back
-        container.seek(max(int(target / stream.time_base), 0) if target > 0 else 0, stream=stream)
+        container.seek(max(int(target / time_base(stream)), 0) if target > 0 else 0, stream=stream)
         frames = container.decode(stream)
         first = next(frames, None)
         if first is None:
@@ -99,7 +99,7 @@ def frames_between(
     `shown`, only the frames at those presentation times (the others only serve as references)."""
     ctx = stream.codec_context
     ctx.flush_buffers()
-    tb = Fraction(stream.time_base)
+    tb = time_base(stream)
     for p in itertools.chain(packets, [None]):
         for f in ctx.decode(p):
             if f.pts is not None and lo <= f.pts * tb < hi and (shown is None or f.pts in shown):

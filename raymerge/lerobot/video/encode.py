@@ -61,6 +61,8 @@ def _add_encoder_stream(
     """An encoding stream whose keyframes fall exactly every `gop` frames (no scene-cut keyframes, for the
     encoders that take settings: x264 and x265)."""
     stream = container.add_stream(encoder, rate=rate)
+    if not isinstance(stream, av.video.stream.VideoStream):
+        raise RunFailed(f"{encoder} is not a video encoder")
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
     params = ["scenecut=0"]
     if gop is not None:
@@ -184,6 +186,8 @@ def reencode(
     if encoder is None:
         raise RunFailed(f"{where}: re-encoding needs a {codec} encoder, which this PyAV build does not ship")
     ctx = source.codec_context
+    if ctx.pix_fmt is None:
+        raise RunFailed(f"{where}: re-encoding needs the source's pixel format, which its stream does not give")
     with av.open(local, "w", format="mp4") as out:
         stream = _add_encoder_stream(
             out, encoder, frame_rate(source), ctx.width, ctx.height, ctx.pix_fmt, None, options

@@ -21,7 +21,7 @@ import numpy as np
 from raymerge.errors import RunFailed
 from raymerge.lerobot.video.io import VideoSource
 from raymerge.lerobot.video.mp4 import Samples
-from raymerge.lerobot.video.probe import frame_rate
+from raymerge.lerobot.video.probe import frame_rate, time_base
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,16 @@ def range_packets(
     yield from _seek_packets(container, lo, hi, where)
 
 
+def timestamps(p: av.Packet, where: str) -> tuple[int, int]:
+    """The packet's (pts, dts); refused when it lacks either, as packets without timestamps cannot be remuxed."""
+    if p.pts is None or p.dts is None:
+        raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
+    return p.pts, p.dts
+
+
 def _checked(packets: Iterator[av.Packet], where: str) -> Iterator[av.Packet]:
     for p in packets:
-        if p.pts is None or p.dts is None:
-            raise RunFailed(f"{where}: video packets without timestamps cannot be remuxed")
+        timestamps(p, where)
         yield p
 
 
@@ -125,7 +131,7 @@ def _seek_packets(
     keyframe can show later than asked, so the seek goes further back until the first keyframe shows early
     enough."""
     stream = container.streams.video[0]
-    tb = Fraction(stream.time_base)
+    tb = time_base(stream)
     frame = 1 / frame_rate(stream)
     back = Fraction(0)
     while True:
@@ -143,8 +149,8 @@ def _seek_packets(
             raise RunFailed(f"{where}: the video does not start with a keyframe")
         back = max(2 * back, Fraction(1))
     end = math.ceil(hi / tb)  # in ticks: t * tb >= hi exactly when t >= end
-    for p in _checked(itertools.chain([first], packets), where):
-        if p.dts >= end:  # decode order: every later packet shows at or after its dts
+    for p in itertools.chain([first], packets):
+        if timestamps(p, where)[1] >= end:  # decode order: every later packet shows at or after its dts
             return
         yield p
 

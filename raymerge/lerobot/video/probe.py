@@ -64,6 +64,13 @@ def extradata_digest(stream: av.video.stream.VideoStream) -> str:
     return hashlib.sha256(bytes(stream.codec_context.extradata or b"")).hexdigest()
 
 
+def time_base(stream: av.video.stream.VideoStream) -> Fraction:
+    """The stream's time base as an exact fraction (refused when the file has none)."""
+    if stream.time_base is None:
+        raise InvalidInput(f"{stream.container.name}: video stream has no time base")
+    return Fraction(stream.time_base)
+
+
 def frame_rate(stream: av.video.stream.VideoStream) -> Fraction:
     """The stream's frame rate as an exact fraction (refused when the file has none)."""
     # The nominal rate first: the average comes from the container's duration, which is short of the last
@@ -88,7 +95,7 @@ def probe(fs: AbstractFileSystem, path: str, *, index: bool = False, size: int |
         table = source.samples
         if table is not None:
             packets, last_pts = len(table), int(table.pts.max())
-            gops = gop_index(table, Fraction(stream.time_base), rate) if index else None
+            gops = gop_index(table, time_base(stream), rate) if index else None
         else:
             if not index:
                 last_pts = _last_pts(container, stream)
@@ -98,9 +105,9 @@ def probe(fs: AbstractFileSystem, path: str, *, index: bool = False, size: int |
                     last_pts = int(gops.groups[:, 2].max())
         frames = packets if table is not None else stream.frames or packets
         if last_pts is not None:  # where the last frame really ends, from its packet
-            duration = float(last_pts * Fraction(stream.time_base) + 1 / rate)
+            duration = float(last_pts * time_base(stream) + 1 / rate)
         elif stream.duration:
-            duration = float(stream.duration * stream.time_base)
+            duration = float(stream.duration * time_base(stream))
         else:
             duration = float(frames / rate)
         return StreamInfo(
@@ -183,7 +190,7 @@ def _gop_index(
     if not timed:
         return None, count
     index = GopIndex(
-        Fraction(stream.time_base),
+        time_base(stream),
         rate,
         np.array(groups, dtype=np.int64).reshape(-1, 3),
         np.array(unsafe, dtype=np.int64).reshape(-1, 2),

@@ -27,8 +27,8 @@ from raymerge.errors import InvalidInput, RunFailed
 from raymerge.lerobot.video.decode import frames_between
 from raymerge.lerobot.video.encode import available_encoder, matching_x264_options, reencode
 from raymerge.lerobot.video.io import VideoSource, local_output
-from raymerge.lerobot.video.packets import Segment, Sources, gops, range_packets
-from raymerge.lerobot.video.probe import codec_name, extradata_digest, frame_rate
+from raymerge.lerobot.video.packets import Segment, Sources, gops, range_packets, timestamps
+from raymerge.lerobot.video.probe import codec_name, extradata_digest, frame_rate, time_base
 
 __all__ = ["Placed", "Segment", "concat"]
 
@@ -60,7 +60,7 @@ def _signature(stream: av.video.stream.VideoStream) -> dict[str, Any]:
 Ticks = int | Fraction
 
 
-def _ticks(x: Fraction) -> Ticks:
+def _ticks(x: Ticks) -> Ticks:
     """`x` as an int when it is whole, so that arithmetic on it stays integer."""
     return x.numerator if x.denominator == 1 else x
 
@@ -109,7 +109,7 @@ class _Track:
         signature = _signature(stream)
         if self.first is None:
             self.stream = self.out.add_stream_from_template(stream, opaque=True)  # remux: never opened to encode
-            self.time_base = Fraction(stream.time_base)
+            self.time_base = time_base(stream)
             self.first = (signature, where, reencoded)
             return
         first, first_where, first_reencoded = self.first
@@ -126,20 +126,22 @@ class _Track:
         """Start a run of `stream`'s packets whose first frame shows at `head`'s pts."""
         self._accept(stream, where, reencoded)
         self.where = where
-        self.scale = _ticks(Fraction(stream.time_base) / self.time_base)
+        pts, dts = timestamps(head, where)
+        self.scale = _ticks(time_base(stream) / self.time_base)
         self.frame = _ticks(1 / (frame_rate(stream) * self.time_base))
-        self.offset = _ticks(self.end - head.pts * self.scale)
-        first_dts = round(head.dts * self.scale + self.offset)
+        self.offset = _ticks(self.end - pts * self.scale)
+        first_dts = round(dts * self.scale + self.offset)
         room = round(self.end) - (self.last_dts or 0)
         if self.last_dts is not None and first_dts <= self.last_dts and room <= MAX_REORDER:
             self.offset += self.last_dts + 1 - first_dts
 
     def add(self, p: av.Packet) -> None:
         """Mux one packet of the current run, its timestamps rebased onto the output track."""
-        shown = p.pts * self.scale + self.offset
+        pts, dts = timestamps(p, self.where)
+        shown = pts * self.scale + self.offset
         lasts = p.duration * self.scale if p.duration else self.frame
         p.pts = round(shown)
-        p.dts = round(p.dts * self.scale + self.offset)
+        p.dts = round(dts * self.scale + self.offset)
         if self.last_dts is not None and p.dts <= self.last_dts:
             p.dts = self.last_dts + 1
         if p.dts > p.pts:
@@ -166,7 +168,7 @@ class _Track:
             stream = container.streams.video[0]
             packets = [p for p in container.demux(stream) if p.size]
             if packets:
-                self.begin(stream, min(packets, key=lambda p: p.pts), where, reencoded=True)
+                self.begin(stream, min(packets, key=lambda p: timestamps(p, where)[0]), where, reencoded=True)
                 for p in packets:
                     self.add(p)
         os.remove(local)
@@ -225,7 +227,7 @@ class _Track:
         with av.open(local, "r") as container:
             stream = container.streams.video[0]
             entries = stream.index_entries
-            if Fraction(stream.time_base) != self.time_base:
+            if time_base(stream) != self.time_base:
                 raise RunFailed(f"{local}: the muxer changed the time base to {stream.time_base}")
             found = array("q", (e.timestamp for e in entries))
         if found != self.written:
@@ -243,18 +245,20 @@ class _Track:
         hi: Fraction,
         where: str,
     ) -> tuple[int, bool]:
-        tb = Fraction(stream.time_base)
+        tb = time_base(stream)
         first, end = math.ceil(lo / tb), math.ceil(hi / tb)  # [lo, hi) in whole ticks
         count, reencoded, copying = 0, False, False
         previous: list[_Saved] = []  # the group before, as read: an open group's leading pictures reference it
         for gop in gops(packets):
-            kept = sum(1 for p in gop if first <= p.pts < end)
-            saved = [_Saved(bytes(p), p.pts, p.dts, p.is_keyframe) for p in gop]
+            stamps = [timestamps(p, where) for p in gop]  # (pts, dts) of each packet
+            pts = [t for t, _ in stamps]
+            kept = sum(1 for t in pts if first <= t < end)
+            saved = [_Saved(bytes(p), t, d, p.is_keyframe) for p, (t, d) in zip(gop, stamps, strict=True)]
             if not kept:
                 previous = saved
                 continue
             # A group can be copied when all of it is kept and it decodes alone (or follows a copied group).
-            if kept == len(gop) and gop[0].is_keyframe and (copying or gop[0].pts == min(p.pts for p in gop)):
+            if kept == len(gop) and gop[0].is_keyframe and (copying or pts[0] == min(pts)):
                 if not copying:
                     self.begin(stream, gop[0], where, reencoded=False)
                     copying = True
@@ -264,9 +268,9 @@ class _Track:
                 previous = saved
                 continue
             copying, reencoded = False, True
-            leading = any(p.pts < gop[0].pts for p in gop)  # open group (HEVC CRA): decode the group before too
+            leading = any(t < pts[0] for t in pts)  # open group (HEVC CRA): decode the group before too
             warm_up = [s.packet(tb) for s in previous] if leading else []
-            shown = {p.pts for p in gop}
+            shown = set(pts)
             frames = frames_between(stream, itertools.chain(warm_up, gop), lo, hi, shown)
             added = self.add_reencoded(video, stream, frames, where)
             if added != kept:
