@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raymerge.config import apply_override, interpolate, key_path, read_yaml, redact
-from raymerge.families import load_config
 from raymerge.errors import InvalidInput
+from raymerge.families import load_config
 
 
 def test_key_path_formats_lists_and_keys():
