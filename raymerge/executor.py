@@ -39,6 +39,7 @@ MAX_RETRIES = 3
 IN_PROCESS_BELOW_BYTES = 1 << 30
 MODES = ("auto", "ray", "in-process")
 COLLECT_EVERY = 256
+USAGE_WAIT_S = 10.0  # for the usage of tasks whose results the run already has
 
 
 class Local:
@@ -137,13 +138,14 @@ class Executor:
             self._collect_at = max(COLLECT_EVERY, 2 * len(self._usage_refs))
         return refs if num_returns > 1 else refs[0]
 
-    def _collect_usage(self) -> None:
-        """Add the usage of finished tasks to the total and forget their references."""
+    def _collect_usage(self, timeout: float = 0) -> None:
+        """Add the usage of finished tasks to the total and forget their references. A task's usage may reach
+        this process a moment after its result did: `timeout` waits that long for all of them."""
         if not self._usage_refs:
             return
         import ray
 
-        done, self._usage_refs = ray.wait(self._usage_refs, num_returns=len(self._usage_refs), timeout=0)
+        done, self._usage_refs = ray.wait(self._usage_refs, num_returns=len(self._usage_refs), timeout=timeout)
         try:
             found = ray.get(done)
         except Exception:  # a failed task has no usage to give; take the others one by one
@@ -164,7 +166,7 @@ class Executor:
         """What this executor's Ray tasks (finished ones) and actors have read, written and requested so far.
         Calls run in this process are not in it: the process counts them itself."""
         if self.is_ray:
-            self._collect_usage()
+            self._collect_usage(timeout=USAGE_WAIT_S)
             self._ask_actors()
         return usage.merge(self._usage, *self._actor_usage.values())
 
