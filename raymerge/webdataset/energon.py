@@ -12,6 +12,7 @@ import os
 import sqlite3
 import tempfile
 import uuid
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,26 @@ _SCHEMA = (
                     content_byte_offset INTEGER,
                     content_byte_size INTEGER
                 )""",
+)
+_SAMPLE_COLUMNS = "tar_file_id, sample_key, sample_index, byte_offset, byte_size"
+_PART_COLUMNS = "tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size"
+# Every statement is text fixed at import: values only ever go in as parameters.
+_SHARD_TABLES = (
+    "CREATE TABLE samples (" + _SAMPLE_COLUMNS + ")",
+    "CREATE TABLE sample_parts (" + _PART_COLUMNS + ")",
+)
+_ROWS_PER_INSERT = 50
+_WIDTH = {"samples": 5, "sample_parts": 5}
+
+
+def _insert_statement(table: str, rows: int) -> str:
+    return "INSERT INTO " + table + " VALUES " + ",".join(["(" + ",".join("?" * _WIDTH[table]) + ")"] * rows)
+
+
+_INSERTS = {(t, n): _insert_statement(t, n) for t in _WIDTH for n in (1, _ROWS_PER_INSERT)}
+_APPEND_SHARD = (
+    "INSERT INTO main.samples (" + _SAMPLE_COLUMNS + ") SELECT * FROM shard.samples ORDER BY rowid",
+    "INSERT INTO main.sample_parts (" + _PART_COLUMNS + ") SELECT * FROM shard.sample_parts ORDER BY rowid",
 )
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS idx_samples_by_tar_and_idx ON samples(tar_file_id, sample_index)",
@@ -101,11 +122,44 @@ def write_meta(
     return [f"{META}/{name}" for name in files]
 
 
+def index_rows(tar_id: int, samples: pl.DataFrame, parts: pl.DataFrame) -> bytes:
+    """One shard's `samples` and `sample_parts` rows as a small SQLite database image (tables without
+    indexes), built by the shard's writer: binding rows one by one is the costly part of filling
+    `index.sqlite`, and each writer does it for its own shard, in parallel with the others."""
+    db = sqlite3.connect(":memory:")
+    try:
+        for statement in _SHARD_TABLES:
+            db.execute(statement)
+        n, m = samples.height, parts.height
+        keys, offsets, sizes = (samples[c].to_list() for c in ("sample_key", "byte_offset", "byte_size"))
+        _insert(db, "samples", [list(repeat(tar_id, n)), keys, list(range(n)), offsets, sizes])
+        _insert(db, "sample_parts", [list(repeat(tar_id, m)), *(parts[c].to_list() for c in parts.columns)])
+        db.commit()
+        return db.serialize()
+    finally:
+        db.close()
+
+
+def _insert(db: sqlite3.Connection, table: str, columns: list[list[Any]]) -> None:
+    """Rows (given as columns) into `table`, `_ROWS_PER_INSERT` rows to a statement: the same rows in the same
+    order as one insert each, at about half the cost of binding them one statement at a time."""
+    per, n = _ROWS_PER_INSERT, len(columns[0])
+    width = _WIDTH[table]
+    flat = [value for row in zip(*columns, strict=True) for value in row]
+    whole = n // per * per
+    step = width * per
+    db.executemany(_INSERTS[table, per], (flat[i : i + step] for i in range(0, whole * width, step)))
+    if whole < n:
+        db.executemany(_INSERTS[table, 1], zip(*(c[whole:] for c in columns), strict=True))
+
+
 class IndexBuilder:
     """`index.sqlite` built shard by shard in a scratch file as the writers finish, then put in place with
-    `index.uuid` (`executemany` per shard, one transaction). The indexes exist from the start: shards
-    arrive in order, so their rows extend each index at its end while the writers run, rather than
-    one sort of every row after the last shard (~1.3 s at 2M rows, all of it after the writing).
+    `index.uuid`. Each shard's rows come as a database image from its writer (`index_rows`) and go in with
+    one `INSERT ... SELECT` per table, in C: the same rows in the same order as row-by-row inserts, so the
+    same file. The indexes exist from the start: shards arrive in order, so their rows extend each index
+    at its end while the writers run, rather than one sort of every row after the last shard (~1.3 s at
+    2M rows, all of it after the writing).
 
     Runs as the executor's actor: on Ray, each shard's index rows go from its writer to the actor, never
     through the driver.
@@ -121,29 +175,18 @@ class IndexBuilder:
         self._db.execute("PRAGMA synchronous=OFF")
         for statement in (*_SCHEMA, *_INDEXES):
             self._db.execute(statement)
+        self._db.execute("ATTACH ':memory:' AS shard")
 
-    def add(self, tar_id: int, rows: tuple[pl.DataFrame, pl.DataFrame]) -> None:
-        """One shard's (samples, parts) rows; shards must come in `tar_id` order (same order, same file)."""
-        samples, parts = rows
-        self._db.executemany(
-            "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                (tar_id, key, i, off, size)
-                for i, (key, off, size) in enumerate(
-                    samples.select("sample_key", "byte_offset", "byte_size").iter_rows()
-                )
-            ),
-        )
-        self._db.executemany(
-            "INSERT INTO sample_parts (tar_file_id, sample_index, part_name, content_byte_offset, "
-            "content_byte_size) VALUES (?, ?, ?, ?, ?)",
-            ((tar_id, *row) for row in parts.iter_rows()),
-        )
+    def add(self, tar_id: int, image: bytes) -> None:
+        """One shard's rows (`index_rows`); shards must come in `tar_id` order (same order, same file)."""
+        self._db.deserialize(image, name="shard")
+        for statement in _APPEND_SHARD:
+            self._db.execute(statement)
 
     def finish(self, fs: AbstractFileSystem, root: str) -> list[str]:
         """Commit, and the file put under `root`; returns the paths written, relative to `root`."""
         self._db.commit()
+        self._db.execute("DETACH shard")
         self._db.close()
         fs.makedirs(storage.join(root, META), exist_ok=True)
         fs.put_file(self._local, storage.join(root, META, "index.sqlite"))

@@ -35,6 +35,7 @@ def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Repor
             root,
             out.mtime,
             plan.renumber_width,
+            index is not None,
             *own,
             num_returns=2,
         )

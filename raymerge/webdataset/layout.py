@@ -29,48 +29,76 @@ class OutputShard:
     pieces: list[tuple[int, int, int]] = field(default_factory=list)  # (chunk, first row, end row)
 
 
+@dataclass(frozen=True)
+class PackState:
+    """Where shard packing stands after some chunks: what the next chunk's packing continues from."""
+
+    shards: int = 0  # shards opened so far
+    count: int = 0  # samples in the last one
+    nbytes: int = 0  # its payload bytes
+    full: bool = True  # the last one takes no more samples
+    total: int = 0  # samples packed so far
+
+
+def pack_chunk(
+    chunk: int, nbytes: np.ndarray, state: PackState, maxcount: int, maxsize: int
+) -> tuple[list[tuple[int, int, int, int, int]], PackState]:
+    """The next ordered chunk cut into shard pieces (shard, chunk, first row, end row, payload bytes), packing
+    on from `state`: at most `maxcount` samples and `maxsize` payload bytes per shard; a sample larger than
+    `maxsize` gets a shard of its own rather than failing."""
+    cum = np.concatenate([[0], np.cumsum(nbytes, dtype=np.int64)])
+    row, n = 0, len(nbytes)
+    shards, count, size, full, total = state.shards, state.count, state.nbytes, state.full, state.total
+    pieces: list[tuple[int, int, int, int, int]] = []
+    while row < n:
+        if full:
+            shards, count, size, full = shards + 1, 0, 0, False
+        limit = cum[row] + (maxsize - size)
+        end = min(row + maxcount - count, int(np.searchsorted(cum, limit, side="right")) - 1, n)
+        if end <= row:
+            if count:  # the next sample does not fit: roll over
+                full = True
+                continue
+            end = row + 1
+        pieces.append((shards - 1, chunk, row, end, int(cum[end] - cum[row])))
+        count, size, total = count + end - row, size + int(cum[end] - cum[row]), total + end - row
+        full = count >= maxcount or size >= maxsize
+        row = end
+    return pieces, PackState(shards, count, size, full, total)
+
+
 class ShardPacker:
     """Cuts the ordered sample stream into shards of at most `maxcount` samples and `maxsize` payload bytes.
 
-    Fed one chunk's sample sizes at a time, so the driver never holds the whole stream.
-    A sample larger than `maxsize` gets a shard of its own rather than failing.
+    Fed one chunk at a time: by its samples' sizes (`add_chunk`), or by the pieces a task packed
+    (`pack_chunk`, `add_pieces`), so the driver never holds the whole stream, and with the pieces
+    never a per-sample value at all.
     """
 
     def __init__(self, maxcount: int, maxsize: int, pattern: str) -> None:
         self.maxcount, self.maxsize, self.pattern = maxcount, maxsize, pattern
         self.shards: list[OutputShard] = []
-        self.total = 0
-        self._full = True
+        self.state = PackState()
+
+    @property
+    def total(self) -> int:
+        return self.state.total
 
     def add_chunk(self, chunk: int, nbytes: np.ndarray) -> None:
         """The next ordered chunk, by the payload bytes of each of its samples."""
-        cum = np.concatenate([[0], np.cumsum(nbytes, dtype=np.int64)])
-        row, n = 0, len(nbytes)
-        while row < n:
-            cur = self.shards[-1] if self.shards else None
-            if cur is None or self._full:
-                cur = self._new_shard()
-                self._full = False
-            room = self.maxcount - cur.count
-            limit = cum[row] + (self.maxsize - cur.nbytes)
-            end = min(row + room, int(np.searchsorted(cum, limit, side="right")) - 1, n)
-            if end <= row:
-                if cur.count:  # the next sample does not fit: roll over
-                    self._full = True
-                    continue
-                end = row + 1
-            cur.pieces.append((chunk, row, end))
-            cur.count += end - row
-            cur.nbytes += int(cum[end] - cum[row])
-            self.total += end - row
-            self._full = cur.count >= self.maxcount or cur.nbytes >= self.maxsize
-            row = end
+        pieces, self.state = pack_chunk(chunk, nbytes, self.state, self.maxcount, self.maxsize)
+        self.add_pieces(pieces)
 
-    def _new_shard(self) -> OutputShard:
-        """Open the next output shard, numbered by `pattern`."""
-        i = len(self.shards)
-        self.shards.append(OutputShard(index=i, name=self.pattern % i, start=self.total))
-        return self.shards[-1]
+    def add_pieces(self, pieces: Sequence[tuple[int, int, int, int, int]]) -> None:
+        """The pieces of the next ordered chunk, as `pack_chunk` cut them."""
+        for shard, chunk, a, b, nbytes in pieces:
+            if shard == len(self.shards):
+                start = self.shards[-1].start + self.shards[-1].count if self.shards else 0
+                self.shards.append(OutputShard(index=shard, name=self.pattern % shard, start=start))
+            cur = self.shards[shard]
+            cur.pieces.append((chunk, a, b))
+            cur.count += b - a
+            cur.nbytes += nbytes
 
 
 def scan_batches(shards: Sequence[Shard], tasks: int, most: int = SCAN_BATCH_MAX) -> list[tuple[int, int]]:

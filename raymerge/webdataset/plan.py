@@ -1,10 +1,10 @@
 """`check` (no Ray) and `plan` (metadata only) of a WebDataset run: everything is checked before a byte is written.
 
-check: the config's cross-key rules and every input's shards, listed. plan: scan tasks (tar headers to key
-tables, cut into hash buckets) -> one task per bucket (duplicate keys, the join) -> ordered chunks (range
-sort, input order, or the blend order) -> output shards cut by the driver from per-chunk sample sizes. The
-driver holds counts, shard lists and handles; key tables stay with the executor (on Ray, in the object
-store, spread over the cluster).
+check: the config's cross-key rules and every input's shards, listed. plan: scan tasks (tar headers, or an
+input's own index, to key tables cut into hash buckets) -> one task per bucket (duplicate keys, the join)
+-> ordered chunks (range sort, input order, or the blend order) -> output shards cut by a chain of tasks.
+The driver holds counts, per-shard and per-bucket state and handles, nothing per sample (except a blend's
+order); key tables stay with the executor (on Ray, in the object store, spread over the cluster).
 """
 
 from __future__ import annotations
@@ -16,17 +16,23 @@ from typing import Any
 import numpy as np
 from fsspec import AbstractFileSystem
 
+from raymerge import storage
 from raymerge.errors import InvalidInput
 from raymerge.executor import Executor
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
-from raymerge.webdataset import config, layout, tasks
+from raymerge.webdataset import config, layout, sourceindex, tasks
 from raymerge.webdataset.config import Config
+from raymerge.webdataset.sourceindex import ShardIndex
 from raymerge.webdataset.sources import Listing, Shard, list_inputs
 
-MAX_BUCKETS = 64
+MAX_BUCKETS = 4096
 BUCKETS_PER_CPU = 2
+ROWS_PER_BUCKET = 2_000_000  # key-table rows one bucket task holds, at most about (~0.2-0.4 GB)
+MEMBER_BYTES_MIN = 1024  # a member takes at least a header and a data block: tar bytes / this >= members
+GZ_RATIO = 4  # assumed expansion of a compressed shard, for the same estimate
 SCAN_TASKS_PER_CPU = 8  # enough scan tasks to balance uneven shards over the cores
+MAX_SCAN_TASKS = 1024  # beyond this many, scan tasks take more shards each (10^5 shards: ~100 each)
 
 
 @dataclass
@@ -55,6 +61,15 @@ def check(cfg: Config) -> int:
     return _checked_listing(cfg).nbytes
 
 
+def bucket_count(shards: Sequence[Shard], parallelism: int) -> int:
+    """Hash buckets for the key tables, from the data: enough to keep every core busy, and enough that no
+    bucket task holds more than about `ROWS_PER_BUCKET` rows. The rows are not known before the scan,
+    so they are bounded from the tar bytes (a member takes at least 1 KiB); large members make the
+    bound high and the buckets smaller than needed, which costs only some task overhead."""
+    rows = sum(s.size * (GZ_RATIO if s.compressed else 1) for s in shards) // MEMBER_BYTES_MIN
+    return max(1, min(MAX_BUCKETS, max(min(parallelism, len(shards)), -(-rows // ROWS_PER_BUCKET))))
+
+
 def _checked_listing(cfg: Config) -> Listing:
     """Check the rules and list the inputs; the listing is kept for `plan` of the same config, so that inputs
     (thousands of shards on object storage) are listed once per run."""
@@ -73,7 +88,7 @@ def plan(cfg: Config, executor: Executor) -> WebDatasetPlan:
     shuffle = cfg.output.shuffle.seed if cfg.output.shuffle else None
     ordered_by_range = op == "join" or shuffle is not None
     check_dups = op == "join" or cfg.on_duplicate_key != "renumber"
-    buckets = min(MAX_BUCKETS, executor.parallelism(BUCKETS_PER_CPU), len(shards))
+    buckets = bucket_count(shards, executor.parallelism(BUCKETS_PER_CPU))
     if not (check_dups or ordered_by_range):
         buckets = 0  # nothing to check by key: no bucket tasks at all
     options = [
@@ -86,9 +101,11 @@ def plan(cfg: Config, executor: Executor) -> WebDatasetPlan:
         )
         for i, inp in enumerate(cfg.inputs)
     ]
-    executor.progress(f"scanning the headers of {len(shards)} shard(s)")
-    summaries, scanned, bucket_tables = _scan(executor, listing, options)
+    indexed, index_notes = _input_indexes(listing)
+    executor.progress(f"scanning the headers of {len(shards) - len(indexed)} shard(s)")
+    summaries, scanned, bucket_tables = _scan(executor, listing, options, indexed)
     report = Report(kind=cfg.kind, operation=op, output=cfg.output.path, unit="samples")
+    _index_report(listing, names, summaries, index_notes, report)
     per_input = _input_summaries(cfg, names, shards, summaries)
     for i, s in enumerate(per_input):
         report.inputs.append(InputReport(names[i], listing.fingerprints[i]["path"], rows_in=s["samples"]))
@@ -140,20 +157,54 @@ def plan(cfg: Config, executor: Executor) -> WebDatasetPlan:
     return WebDatasetPlan(cfg, report, listing.fingerprints, shards, listing.filesystems, chunks, output_shards, width)
 
 
+def _input_indexes(listing: Listing) -> tuple[dict[int, ShardIndex], dict[int, list[str]]]:
+    """Shards (by global id) to read from their input's own index (`sourceindex`), and per input the shards
+    the driver already found it does not fit."""
+    usable: dict[int, ShardIndex] = {}
+    problems: dict[int, list[str]] = {}
+    for i, ref in enumerate(listing.indexes):
+        fs = listing.filesystems[i]
+        if ref is None or storage.is_local(fs):
+            continue
+        found, problems[i] = sourceindex.plan_input(
+            fs, ref, [(g, s) for g, s in enumerate(listing.shards) if s.input == i]
+        )
+        usable.update(found)
+    return usable, problems
+
+
+def _index_report(
+    listing: Listing, names: list[str], summaries: list[dict], problems: dict[int, list[str]], report: Report
+) -> None:
+    """Per input that carries an index: for how many shards it was used, and why not for the others."""
+    lines = {}
+    for i, said in problems.items():
+        notes = [
+            s["index"] for s, shard in zip(summaries, listing.shards, strict=True) if shard.input == i and s["index"]
+        ]
+        used = sum(1 for n in notes if n == "used")
+        lines[names[i]] = sourceindex.describe(used, said + [n for n in notes if n != "used"])
+    if lines:
+        report.details["input_indexes"] = lines
+
+
 def _scan(
-    executor: Executor, listing: Listing, options: list[tasks.ScanOptions]
+    executor: Executor, listing: Listing, options: list[tasks.ScanOptions], indexed: dict[int, ShardIndex]
 ) -> tuple[list[dict[str, Any]], list[Batch], list[list[Any]]]:
     """Summaries per shard (fetched), the batches with their whole-table handles, bucket handles per batch.
 
     Bad input raises here: the first bad shard in input order, whichever scan finished first.
     """
     shards = listing.shards
-    runs = layout.scan_batches(shards, executor.parallelism(SCAN_TASKS_PER_CPU))
+    most = max(layout.SCAN_BATCH_MAX, -(-len(shards) // MAX_SCAN_TASKS))  # scan tasks x buckets objects stay few
+    runs = layout.scan_batches(shards, executor.parallelism(SCAN_TASKS_PER_CPU), most)
     handles = []
     for a, b in runs:
         opts = options[shards[a].input]
         fs = listing.filesystems[shards[a].input]
-        handles.append(executor.submit(tasks.scan_shards, shards[a:b], fs, a, opts, num_returns=2 + opts.buckets))
+        where = [indexed.get(g) for g in range(a, b)]
+        args = (shards[a:b], fs, a, opts, where) if any(where) else (shards[a:b], fs, a, opts)
+        handles.append(executor.submit(tasks.scan_shards, *args, num_returns=2 + opts.buckets))
     firsts = [h[0] for h in handles]
     sizes = [sum(s.size for s in shards[a:b]) for a, b in runs]
     per_run: dict[int, list[dict[str, Any]]] = {}
@@ -235,11 +286,18 @@ def _blend(executor: Executor, cfg: Config, scanned: list[Batch], report: Report
 def _cut_output_shards(
     executor: Executor, cfg: Config, chunks: list[Any], counts: list[int]
 ) -> list[layout.OutputShard]:
-    """Output shards cut from the chunks' per-sample sizes, one chunk's sizes on the driver at a time."""
-    packer = layout.ShardPacker(cfg.output.maxcount, cfg.output.maxsize, cfg.output.pattern)
-    sizes = {c: executor.submit(tasks.chunk_sizes, chunk) for c, chunk in enumerate(chunks) if counts[c]}
-    for c in list(sizes):
-        packer.add_chunk(c, executor.get(sizes.pop(c)))
+    """Output shards cut by a chain of tasks, one per ordered chunk, each packing on from the state the one
+    before left (`layout.pack_chunk`): the driver receives pieces of shards, never per-sample sizes."""
+    out = cfg.output
+    packer = layout.ShardPacker(out.maxcount, out.maxsize, out.pattern)
+    state: Any = layout.PackState()
+    found = []
+    for c, chunk in enumerate(chunks):
+        if counts[c]:
+            pieces, state = executor.submit(tasks.pack_chunk, chunk, state, c, out.maxcount, out.maxsize, num_returns=2)
+            found.append(pieces)
+    for pieces in executor.get(found):
+        packer.add_pieces(pieces)
     return packer.shards
 
 

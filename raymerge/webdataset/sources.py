@@ -11,8 +11,10 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.webdataset import tarindex
+from raymerge.webdataset import sourceindex, tarindex
 from raymerge.webdataset.config import WdsInput
+from raymerge.webdataset.rangescan import RangeHeaders
+from raymerge.webdataset.sourceindex import IndexRef
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz")
@@ -36,6 +38,7 @@ class Listing:
     shards: list[Shard]
     filesystems: list[AbstractFileSystem]  # per input
     fingerprints: list[dict[str, Any]]  # per input
+    indexes: list[IndexRef | None]  # per input: its own member index, if it carries one (`sourceindex`)
 
     @property
     def nbytes(self) -> int:
@@ -46,13 +49,14 @@ class Listing:
 def list_inputs(inputs: Sequence[WdsInput]) -> Listing:
     """Every input's shards in order; a missing input, shard or empty folder is refused here."""
     shards: list[Shard] = []
-    filesystems, fingerprints = [], []
+    filesystems, fingerprints, indexes = [], [], []
     for i, inp in enumerate(inputs):
-        fs, found = list_shards(i, inp.path, inp.shards, inp.storage_options)
+        fs, found, index = list_input(i, inp.path, inp.shards, inp.storage_options)
         filesystems.append(fs)
         shards.extend(found)
         fingerprints.append(_fingerprint(fs, inp.path, inp.storage_options, found))
-    return Listing(shards, filesystems, fingerprints)
+        indexes.append(index)
+    return Listing(shards, filesystems, fingerprints, indexes)
 
 
 def _fingerprint(fs: AbstractFileSystem, path: str, options: dict, found: list[Shard]) -> dict[str, Any]:
@@ -72,25 +76,33 @@ def list_shards(
     index: int, path: str, shards: list[str] | None, storage_options: dict[str, Any]
 ) -> tuple[AbstractFileSystem, list[Shard]]:
     """The input's shards in a stable order (sorted for folders, as given for patterns and lists)."""
+    fs, found, _ = list_input(index, path, shards, storage_options)
+    return fs, found
+
+
+def list_input(
+    index: int, path: str, shards: list[str] | None, storage_options: dict[str, Any]
+) -> tuple[AbstractFileSystem, list[Shard], IndexRef | None]:
+    """`list_shards`, and the member index a folder carries (`sourceindex`), found in the same listing."""
     if shards is not None:
         fs, root = storage.resolve(path, storage_options)
         urls = [u if "://" in u or u.startswith("/") else storage.join(root, u) for s in shards for u in _expand(s)]
-        return fs, [_shard(fs, index, storage.resolve(u, storage_options)[1], root) for u in urls]
+        return fs, [_shard(fs, index, storage.resolve(u, storage_options)[1], root) for u in urls], None
     if "{" in path:
         expanded = _expand(path)
         fs, first = storage.resolve(expanded[0], storage_options)
         root = storage.parent(first)
-        return fs, [_shard(fs, index, storage.resolve(u, storage_options)[1], root) for u in expanded]
+        return fs, [_shard(fs, index, storage.resolve(u, storage_options)[1], root) for u in expanded], None
     fs, root = storage.resolve(path, storage_options)
     if not storage.exists(fs, root):
         raise InvalidInput(f"input {storage.url(fs, root)}: no such file or folder")
     if not fs.isdir(root):
-        return fs, [_shard(fs, index, root, storage.parent(root))]
+        return fs, [_shard(fs, index, root, storage.parent(root))], None
     found = fs.find(root, detail=True)
     names = sorted(p for p, info in found.items() if info.get("type") != "directory" and is_shard_name(p))
     if not names:
         raise InvalidInput(f"input {storage.url(fs, root)}: no .tar, .tar.gz or .tgz files in this folder")
-    return fs, [_shard_from_info(index, p, root, found[p]) for p in names]
+    return fs, [_shard_from_info(index, p, root, found[p]) for p in names], sourceindex.find(root, found)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -113,14 +125,23 @@ def _shard_from_info(index: int, path: str, root: str, info: dict[str, Any]) -> 
     return Shard(index, path, name, int(info.get("size") or 0), path.endswith(COMPRESSED_SUFFIXES))
 
 
-def open_shard(fs: AbstractFileSystem, shard: Shard) -> IO[bytes]:
-    """A plain file object for local shards (the header scan seeks per member), fsspec's otherwise."""
-    return open(shard.path, "rb") if storage.is_local(fs) else fs.open(shard.path, "rb")
+def open_shard(fs: AbstractFileSystem, shard: Shard) -> IO[bytes] | RangeHeaders:
+    """A plain file for local shards (mapped by the header scan); on object storage, the headers by ranged
+    reads (`rangescan`); a compressed remote shard streamed through fsspec (it is read forward, whole)."""
+    if storage.is_local(fs):
+        return open(shard.path, "rb")
+    if shard.compressed:
+        return fs.open(shard.path, "rb")
+    return RangeHeaders(lambda start, end: fs.cat_file(shard.path, start=start, end=end), shard.size)
 
 
 def scan(fs: AbstractFileSystem, shard: Shard) -> dict[str, Any]:
     """The checked sample table of one shard (`tarindex.scan_tar`), from its headers only."""
-    with open_shard(fs, shard) as f:
+    f = open_shard(fs, shard)
+    try:
         return tarindex.scan_tar(
             f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
         )
+    finally:
+        if not isinstance(f, RangeHeaders):
+            f.close()

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raymerge.errors import InvalidInput
-from raymerge.webdataset.tarmembers import Members, tarfile_members, ustar_members
+from raymerge.webdataset.tarmembers import HeaderSource, Members, tarfile_members, ustar_members
 
 # Energon 7.4's own patterns (megatron/energon/flavors/webdataset/config.py), so keys match exactly.
 _SAMPLE_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -55,7 +55,9 @@ def is_run_end(values: np.ndarray) -> np.ndarray:
     return np.r_[values[1:] != values[:-1], True] if len(values) else np.zeros(0, dtype=bool)
 
 
-def scan_tar(fileobj: IO[bytes], shard: str, *, compressed: bool = False, size: int | None = None) -> dict[str, Any]:
+def scan_tar(
+    fileobj: IO[bytes] | HeaderSource, shard: str, *, compressed: bool = False, size: int | None = None
+) -> dict[str, Any]:
     """The sample table of one shard, checked: adjacent keys, keyed members, safe names, complete data.
 
     Per sample `key`, `members` (count) and `nbytes` (payload); per member, flat in tar order, `exts`,
@@ -67,13 +69,13 @@ def scan_tar(fileobj: IO[bytes], shard: str, *, compressed: bool = False, size: 
     try:
         members = None if compressed else ustar_members(fileobj)
         if members is not None:
-            return _table(members, shard, size)
+            return table(members, shard, size)
         fileobj.seek(0)
         members, failure = tarfile_members(fileobj, shard, compressed)
-        table = _table(members, shard, size)  # a bad member before the failure is the first error
+        found = table(members, shard, size)  # a bad member before the failure is the first error
         if failure is not None:
             raise failure
-        return table
+        return found
     except InvalidInput:
         raise
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -164,7 +166,7 @@ def _name_flags(names: pa.LargeStringArray) -> dict[str, np.ndarray]:
     return flags
 
 
-def _table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
+def table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
     """Members to samples, with every check of the whole shard done at once; the first bad member is named.
 
     Directories and meta members (`__...__`) are skipped; the rest must carry a key, lie inside

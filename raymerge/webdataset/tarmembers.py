@@ -18,6 +18,9 @@ import pyarrow as pa
 from raymerge.errors import InvalidInput
 
 HEADER_WINDOW = 4096  # one page per read where the file cannot be mapped: small members' headers come together
+PROBE_HEADERS = 64  # headers followed one by one before choosing how to find the rest of a mapped file
+DENSE_STRIDE = 8 * 1024  # bytes per member below which every block of a mapped file is looked at at once
+_OCTAL_WEIGHTS = 8 ** np.arange(10, -1, -1, dtype=np.int64)
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 _REGTYPE, _AREGTYPE, _DIRTYPE = tarfile.REGTYPE[0], tarfile.AREGTYPE[0], tarfile.DIRTYPE[0]
 _MAGIC = np.frombuffer(b"ustar", dtype=np.uint8)
@@ -51,15 +54,14 @@ def ustar_members(fileobj: IO[bytes]) -> Members | None:
     """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
 
     Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, name, prefix and
-    directory rules), so both paths give the same members; payload is skipped, never read. The
-    loop only follows sizes from header to header; the other fields of all headers are checked
-    and parsed together.
+    directory rules), so both paths give the same members; payload is skipped, never read. Finding
+    the headers is the only step that goes member by member (`header_chain`); the fields of all
+    headers are checked and parsed together.
     """
-    chain = _header_chain(_blocks(fileobj))
+    chain = header_chain(_blocks(fileobj))
     if chain is None:
         return None
-    blocks, starts, sizes = chain
-    raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
+    raw, starts, size = chain
     kind = raw[:, 156]
     plain = (kind == _REGTYPE) | (kind == _AREGTYPE) | (kind == _DIRTYPE)
     if not (plain.all() and (raw[:, 257:262] == _MAGIC).all() and _checksums_ok(raw)):
@@ -67,7 +69,6 @@ def ustar_members(fileobj: IO[bytes]) -> Members | None:
     names = _strings(raw[:, :100])
     if names is None:
         return None  # not UTF-8: tarfile's surrogate escapes
-    size = np.asarray(sizes, dtype=np.int64)
     is_dir = kind == _DIRTYPE
     if (kind == _AREGTYPE).any():  # old-style regular files, directories by a trailing slash
         is_dir |= (kind == _AREGTYPE) & np.array([n.endswith("/") for n in names.to_pylist()], dtype=bool)
@@ -78,19 +79,35 @@ def ustar_members(fileobj: IO[bytes]) -> Members | None:
         if prefixes is None:
             return None
         names = _full_names(names.to_pylist(), prefixes.to_pylist(), is_dir.tolist())
-    return Members(names, is_dir, np.asarray(starts, dtype=np.int64) + tarfile.BLOCKSIZE, size)
+    return Members(names, is_dir, starts + tarfile.BLOCKSIZE, size)
 
 
-def _header_chain(data: mmap.mmap | _Window) -> tuple[list[bytes], list[int], list[int]] | None:
-    """Header blocks, their positions and member sizes up to the end-of-archive block; None on anything odd.
+def header_chain(data: mmap.mmap | HeaderSource) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Header blocks (n x 512), their positions and member sizes, up to the end-of-archive block; None on
+    anything odd (a cut or damaged archive, a size that is not a plain octal number).
 
-    The hot loop of the scan: one pass per member, the common size field parsed inline.
+    A mapped file takes the fast way where members are small (`_dense_chain`: every block at once) and
+    follows sizes from header to header elsewhere, touching only the headers' pages.
     """
+    if isinstance(data, mmap.mmap):
+        return _mapped_chain(data)
+    found = _follow(data, 0, None)
+    if found is None:
+        return None
+    blocks, starts, sizes = found
+    raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
+    return raw, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
+
+
+def _follow(
+    data: mmap.mmap | HeaderSource, pos: int, most: int | None
+) -> tuple[list[bytes], list[int], list[int]] | None:
+    """Header blocks, positions and sizes from `pos` to the end-of-archive block (or `most` headers, the
+    last position then being where to go on); None on anything odd. The general path, one member a turn."""
     blocks: list[bytes] = []
     starts: list[int] = []
     sizes: list[int] = []
-    pos = 0
-    while True:
+    while most is None or len(starts) < most:
         block = data[pos : pos + tarfile.BLOCKSIZE]
         if block == _ZERO_BLOCK or len(block) != tarfile.BLOCKSIZE:
             return (blocks, starts, sizes) if pos and len(block) == tarfile.BLOCKSIZE else None
@@ -104,20 +121,92 @@ def _header_chain(data: mmap.mmap | _Window) -> tuple[list[bytes], list[int], li
         starts.append(pos)
         sizes.append(size)
         pos += tarfile.BLOCKSIZE + ((size + tarfile.BLOCKSIZE - 1) & -tarfile.BLOCKSIZE)
+    starts.append(pos)  # where the next header is
+    return blocks, starts, sizes
 
 
-def _blocks(fileobj: IO[bytes]) -> mmap.mmap | _Window:
+def _mapped_chain(mapped: mmap.mmap) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """`header_chain` of a mapped file: the first headers one by one; where they show small members (a
+    header every few blocks), the rest of the file all at once (`_dense_chain`), else one by one."""
+    found = _follow(mapped, 0, PROBE_HEADERS)
+    if found is None:
+        return None
+    blocks, starts, sizes = found
+    parts = []
+    if len(starts) > len(sizes):  # stopped after PROBE_HEADERS: the last start is where the next header is
+        pos = starts.pop()
+        rest = _dense_chain(mapped, pos) if pos <= DENSE_STRIDE * len(sizes) else None
+        if rest is None:
+            more = _follow(mapped, pos, None)
+            if more is None:
+                return None
+            blocks, sizes = blocks + more[0], sizes + more[2]
+            starts += more[1]
+        else:
+            parts.append(rest)
+    head = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
+    first = (head, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int64))
+    if not parts:
+        return first
+    return (
+        np.concatenate([first[0], parts[0][0]]),
+        np.concatenate([first[1], parts[0][1]]),
+        np.concatenate([first[2], parts[0][2]]),
+    )
+
+
+def _dense_chain(mapped: mmap.mmap, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The headers from `pos` to the end-of-archive block, found all at once: every block that carries the
+    ustar magic and a plain octal size is a candidate, and the candidates must chain (each header's size
+    leads to the next candidate) up to a zero block. Anything else (a payload that holds a header, other
+    size encodings, a cut file) returns None, and the headers are followed one by one instead, which
+    finds or words the problem as before."""
+    whole = np.frombuffer(mapped, dtype=np.uint8)
+    n = (len(whole) - pos) // tarfile.BLOCKSIZE
+    blocks = whole[pos : pos + n * tarfile.BLOCKSIZE].reshape(n, tarfile.BLOCKSIZE)
+    magic = blocks[:, 257] == _MAGIC[0]
+    for i in range(1, len(_MAGIC)):
+        magic[magic] = blocks[magic, 257 + i] == _MAGIC[i]
+    cand = np.flatnonzero(magic)
+    if not len(cand) or cand[0] != 0:
+        return None
+    raw = blocks[cand]
+    digits = raw[:, 124:135].astype(np.int64) - ord("0")
+    if not (((digits >= 0) & (digits < 8)).all() and np.isin(raw[:, 135], (0, 32)).all()):
+        return None
+    size = digits @ _OCTAL_WEIGHTS
+    following = cand + 1 + (size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE  # in blocks
+    breaks = np.flatnonzero(following[:-1] != cand[1:])
+    last = int(breaks[0]) if len(breaks) else len(cand) - 1
+    end = int(following[last])
+    if end >= n or blocks[end].any():  # no end-of-archive block where the chain leaves the candidates
+        return None
+    keep = slice(0, last + 1)
+    return raw[keep], pos + cand[keep].astype(np.int64) * tarfile.BLOCKSIZE, size[keep]
+
+
+def _blocks(fileobj: IO[bytes] | HeaderSource) -> mmap.mmap | HeaderSource:
     """The file's bytes by slice. A local file is mapped: a header costs a page fault, not a read call,
-    and the payload between headers is never touched. Other files are read a window at a time."""
+    and the payload between headers is never touched. A `HeaderSource` (object storage) reads its own
+    ranges; other files are read a window at a time."""
+    if isinstance(fileobj, HeaderSource):
+        return fileobj
     try:
         return mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
     except (AttributeError, OSError, ValueError):  # no file descriptor, an empty or special file
         return _Window(fileobj)
 
 
+class HeaderSource:
+    """A file whose bytes the header chain asks for by slice, a header block at a time, and which reads them
+    its own way (`rangescan.RangeHeaders` on object storage)."""
+
+    def __getitem__(self, part: slice) -> bytes:
+        raise NotImplementedError
+
+
 class _Window:
-    """Slices of a file that cannot be mapped (object storage, memory), read `HEADER_WINDOW` at a time:
-    the headers of a run of small members come in one request."""
+    """Slices of a file that cannot be mapped (in memory), read `HEADER_WINDOW` at a time."""
 
     def __init__(self, fileobj: IO[bytes]) -> None:
         self.fileobj, self.window, self.start = fileobj, b"", 0

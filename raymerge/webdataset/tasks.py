@@ -1,9 +1,10 @@
 """The task bodies of a WebDataset run: plain functions the executor runs as Ray tasks or in this process.
 
 plan: `scan_shards` (one per run of shards) -> `check_and_join` (one per hash bucket) -> `sort_range`
-(one per range of the output order) or `gather_blend` (one per chunk of a blend) -> `chunk_sizes`.
-execute: `cut_chunk` (each ordered chunk into per-shard pieces) -> `write_output_shard` (one per output
-shard). Arguments and results are small key tables and plain values, never payload.
+(one per range of the output order) or `gather_blend` (one per chunk of a blend) -> `pack_chunk` (a
+chain, one per ordered chunk). execute: `cut_chunk` (each ordered chunk into per-shard pieces) ->
+`write_output_shard` (one per output shard, which also builds its `index.sqlite` rows). Arguments and
+results are small key tables, index row images and plain values, never payload.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from fsspec import AbstractFileSystem
 
 from raymerge import directio, storage
 from raymerge.errors import RunFailed
-from raymerge.webdataset import energon, keytable, tarindex
+from raymerge.webdataset import energon, keytable, layout, sourceindex, tarindex
 from raymerge.webdataset.join import JoinStats, join_bucket
 from raymerge.webdataset.layout import OutputShard
+from raymerge.webdataset.sourceindex import ShardIndex
 from raymerge.webdataset.sources import Shard, scan
 from raymerge.webdataset.writer import RangeReader, output_keys, write_shard
 
@@ -44,16 +46,28 @@ class BucketResult:
     join: JoinStats | None = None
 
 
-def scan_shards(shards: Sequence[Shard], fs: AbstractFileSystem, first_id: int, opts: ScanOptions) -> tuple[Any, ...]:
+def scan_shards(
+    shards: Sequence[Shard],
+    fs: AbstractFileSystem,
+    first_id: int,
+    opts: ScanOptions,
+    indexed: Sequence[ShardIndex | None] = (),
+) -> tuple[Any, ...]:
     """Per-shard summaries, the shards' whole key table (or None) and its `opts.buckets` hash buckets.
 
-    Bad input raises here, naming the shard and member.
+    A shard with an entry in `indexed` is read from its input's index, or scanned when the index does
+    not fit it (its summary's `index` says which). Bad input raises here, naming the shard and member.
     """
-    tables = [scan(fs, shard) for shard in shards]
+    tables, notes = [], []
+    for i, shard in enumerate(shards):
+        where = indexed[i] if i < len(indexed) else None
+        members, why = sourceindex.members(fs, shard, where) if where is not None else (None, None)
+        tables.append(scan(fs, shard) if members is None else tarindex.table(members, shard.name, shard.size))
+        notes.append(None if where is None else (why or "used"))
     df = keytable.frame(
         tables, first_id, key_prefix=opts.key_prefix, ext_prefix=opts.ext_prefix, shuffle_seed=opts.shuffle_seed
     )
-    summaries = [tarindex.summarize(t) for t in tables]
+    summaries = [{**tarindex.summarize(t), "index": note} for t, note in zip(tables, notes, strict=True)]
     buckets = (
         keytable.split_by(df, keytable.hash_buckets(df["key"], opts.buckets), opts.buckets) if opts.buckets else []
     )
@@ -119,6 +133,14 @@ def chunk_sizes(df: pl.DataFrame) -> np.ndarray:
     return df["nbytes"].to_numpy()
 
 
+def pack_chunk(
+    df: pl.DataFrame, state: layout.PackState, chunk: int, maxcount: int, maxsize: int
+) -> tuple[list[tuple[int, int, int, int, int]], layout.PackState]:
+    """Output shard pieces of one ordered chunk (`layout.pack_chunk`), packing on from the previous chunk's
+    state: the per-sample sizes stay in the task; the driver gets pieces, one or a few per shard."""
+    return layout.pack_chunk(chunk, df["nbytes"].to_numpy(), state, maxcount, maxsize)
+
+
 def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> pl.DataFrame | tuple[pl.DataFrame, ...]:
     """The (first row, end row) pieces of an ordered chunk, one return value each."""
     parts = tuple(df[a:b] for a, b in bounds)
@@ -133,9 +155,10 @@ def write_output_shard(
     root: str,
     mtime: int,
     renumber_width: int | None,
+    index: bool,
     *pieces: pl.DataFrame,
-) -> tuple[dict[str, Any], tuple[pl.DataFrame, pl.DataFrame]]:
-    """One output tar and its .tar.idx: (summary, Energon index rows for index.sqlite).
+) -> tuple[dict[str, Any], bytes | None]:
+    """One output tar and its .tar.idx: (summary, its Energon index rows for index.sqlite, `energon.index_rows`).
 
     `pieces` are the rows of `spec.pieces`, in order; payload is read from the input shards by range.
     """
@@ -153,4 +176,5 @@ def write_output_shard(
         reader.close()
     with out_fs.open(path + energon.IDX_SUFFIX, "wb") as f:
         f.write(energon.tar_index_bytes(offsets))
-    return {"name": spec.name, "samples": rows.height, "bytes": int(offsets[-1])}, (samples, parts)
+    summary = {"name": spec.name, "samples": rows.height, "bytes": int(offsets[-1])}
+    return summary, energon.index_rows(spec.index, samples, parts) if index else None

@@ -10,7 +10,7 @@ import gzip
 import mmap
 import os
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import chain, pairwise
 
 import numpy as np
@@ -23,10 +23,12 @@ from raymerge import storage
 from raymerge.directio import Sink
 from raymerge.webdataset.sources import Shard
 
-REMOTE_GAP = 64 * 1024  # object storage: read across gaps this small rather than issuing another request
+REMOTE_GAP = 64 * 1024  # object storage: the largest gap read across rather than issuing another request
+GAP_SHARE = 1 / 8  # ... and at most this share of the bytes of the two members it lies between
 LOCAL_GAP = 4 * 1024  # local: enough to read a run of members across their headers and padding in one go
 BATCH_BYTES = 16 * 1024 * 1024  # payload gathered and written per batch of samples
-BATCH_MEMBERS = 1024  # bounds the gap bytes a batch of tiny members may read
+BATCH_MEMBERS = 65_536  # bounds a batch of tiny members (its per-member arrays), not its bytes
+ASSEMBLE_BELOW = 4096  # mean member bytes below which a batch is assembled in one buffer (see write_shard)
 SPAN_MAX = 32 * 1024 * 1024  # bound on the bytes one read holds in memory
 _UNKNOWN, _NOT_MAPPED = -2, -1  # RangeReader's state of a shard that is not mapped
 MAPS_KEPT = 4096  # input shards a worker keeps mapped between tasks
@@ -64,13 +66,12 @@ def member_headers(names: pa.LargeStringArray, sizes: np.ndarray, mtime: int) ->
     with array arithmetic, byte for byte what tarfile writes; the rest (long or non-ASCII names,
     huge sizes) go through tarfile, which adds a PAX header.
     """
-    bounds = np.frombuffer(names.buffers()[1], dtype=np.int64)[names.offset : names.offset + len(names) + 1]
-    lengths = np.diff(bounds)
-    fits = (lengths <= 100) & (sizes < _OCTAL_LIMIT) & pc.string_is_ascii(names).to_numpy(zero_copy_only=False)
-    fits &= 0 <= mtime < _OCTAL_LIMIT
-    rows = _ustar_rows(names, bounds, fits, sizes, mtime)
+    fits = ustar_fits(names, sizes, mtime)
+    rows = np.empty(len(sizes) * tarfile.BLOCKSIZE, dtype=np.uint8)
+    fill_ustar(rows, np.arange(len(sizes), dtype=np.int64) * tarfile.BLOCKSIZE, names, fits, sizes, mtime)
     if fits.all():
         return rows.tobytes(), np.arange(len(sizes) + 1, dtype=np.int64) * tarfile.BLOCKSIZE
+    rows = rows.reshape(-1, tarfile.BLOCKSIZE)
     pieces = [
         rows[i].tobytes() if ok else _tarfile_header(name, size, mtime)
         for i, (ok, name, size) in enumerate(zip(fits.tolist(), names.to_pylist(), sizes.tolist(), strict=True))
@@ -78,34 +79,56 @@ def member_headers(names: pa.LargeStringArray, sizes: np.ndarray, mtime: int) ->
     return b"".join(pieces), np.cumsum([0] + [len(p) for p in pieces], dtype=np.int64)
 
 
-def _ustar_rows(
-    names: pa.LargeStringArray, bounds: np.ndarray, fits: np.ndarray, sizes: np.ndarray, mtime: int
-) -> np.ndarray:
-    """One 512-byte ustar header per member; rows where `fits` is False are not valid headers.
+def ustar_fits(names: pa.LargeStringArray, sizes: np.ndarray, mtime: int) -> np.ndarray:
+    """Which members get a plain ustar header (ASCII name of at most 100 bytes, size and mtime in 11 octal
+    digits); the others need PAX."""
+    lengths = np.diff(_bounds(names))
+    fits = (lengths <= 100) & (sizes < _OCTAL_LIMIT) & pc.string_is_ascii(names).to_numpy(zero_copy_only=False)
+    return fits & (0 <= mtime < _OCTAL_LIMIT)
+
+
+def _bounds(names: pa.LargeStringArray) -> np.ndarray:
+    return np.frombuffer(names.buffers()[1], dtype=np.int64)[names.offset : names.offset + len(names) + 1]
+
+
+def fill_ustar(
+    out: np.ndarray, starts: np.ndarray, names: pa.LargeStringArray, fits: np.ndarray, sizes: np.ndarray, mtime: int
+) -> None:
+    """One 512-byte ustar header per member, written into `out` (flat bytes) at `starts` (block-aligned):
+    straight into a shard's batch buffer, with no header rows built first and copied. Headers where
+    `fits` is False are not valid (PAX goes elsewhere).
 
     The checksum is the template's byte sum (mtime filled in, checksum field as spaces) plus the
     bytes of each name and size field.
     """
     n = len(sizes)
     template = _template(mtime)
-    rows = np.tile(template, (n, 1))
-    row_of_byte = np.repeat(np.arange(n), np.diff(bounds))
-    byte = np.arange(bounds[0], bounds[-1])
-    keep = fits[row_of_byte]
+    blocks = out.reshape(-1, tarfile.BLOCKSIZE)
+    at = starts // tarfile.BLOCKSIZE
+    blocks[at] = template
+    bounds = _bounds(names)
+    lengths = np.diff(bounds)
     data = np.frombuffer(names.buffers()[2], dtype=np.uint8) if bounds[-1] else np.empty(0, np.uint8)
-    rows[row_of_byte[keep], (byte - bounds[row_of_byte])[keep]] = data[byte[keep]]
-    digits = 48 + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)
-    rows[:, 124:135] = digits
-    name_sums = np.concatenate([[0], np.cumsum(data[bounds[0] : bounds[-1]], dtype=np.int64)])
+    # each name's bytes go to the start of its header: position = byte + its header's start - its bound
+    target = np.arange(bounds[0], bounds[-1]) + np.repeat(starts - bounds[:-1], lengths)
+    source = data[bounds[0] : bounds[-1]]
+    if not fits.all():
+        keep = np.repeat(fits, lengths)
+        target, source = target[keep], source[keep]
+    out[target] = source
+    digits = (48 + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)).astype(np.uint8)
+    blocks[at, 124:135] = digits
+    name_sums = np.concatenate([[0], np.cumsum(source if fits.all() else data[bounds[0] : bounds[-1]], dtype=np.int64)])
     checksum = (
         int(template.sum(dtype=np.int64))
         + name_sums[bounds[1:] - bounds[0]]
         - name_sums[bounds[:-1] - bounds[0]]
-        + digits.sum(axis=1)
+        + digits.sum(axis=1, dtype=np.int64)
     )
-    rows[:, 148:154] = 48 + ((checksum[:, None] >> _CHECKSUM_SHIFTS) & 7)
-    rows[:, 154] = 0
-    return rows
+    field = np.zeros((n, 8), dtype=np.uint8)
+    field[:, :6] = 48 + ((checksum[:, None] >> _CHECKSUM_SHIFTS) & 7)
+    field[:, 7] = 32
+    blocks[at, 148:156] = field
 
 
 def _template(mtime: int) -> np.ndarray:
@@ -133,23 +156,37 @@ def shard_members(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def spans(
-    src: Sequence[int], offset: Sequence[int], size: Sequence[int], gap: Callable[[int], int]
-) -> list[tuple[int, int, int, list[int]]]:
+    src: np.ndarray, offset: np.ndarray, size: np.ndarray, remote: np.ndarray
+) -> list[tuple[int, int, int, np.ndarray]]:
     """Coalesced reads (src, start, end, indices of the members covered), in source order.
 
-    Members are taken in (shard, offset) order, so runs of one input shard become one read across
-    headers and small gaps, whatever the output order.
+    Members are taken in (shard, offset) order, whatever the output order, and neighbours in one shard
+    share a read when the gap between them is small: on object storage at most `REMOTE_GAP` and at most
+    `GAP_SHARE` of the two members' bytes (so reading across gaps costs at most an eighth more than the
+    members themselves, and a shuffled secondary's members are fetched each on its own rather than
+    with everything between them); locally at most `LOCAL_GAP` (headers and padding). A read holds at
+    most `SPAN_MAX` bytes.
     """
-    out: list[tuple[int, int, int, list[int]]] = []
-    for i in sorted(range(len(src)), key=lambda j: (src[j], offset[j])):
-        s, o, z = src[i], offset[i], size[i]
-        if out:
-            last_src, start, end, covered = out[-1]
-            if last_src == s and end <= o <= end + gap(s) and o + z - start <= SPAN_MAX:
-                out[-1] = (s, start, max(end, o + z), covered)
-                covered.append(i)
-                continue
-        out.append((s, o, o + z, [i]))
+    order = np.lexsort((offset, src))
+    s, o, z = src[order], offset[order], size[order]
+    e = o + z
+    gap = o[1:] - e[:-1]
+    neighbours = z[1:] + z[:-1]
+    limit = np.where(remote[s[1:]], np.minimum(REMOTE_GAP, neighbours * GAP_SHARE), LOCAL_GAP)
+    join = (s[1:] == s[:-1]) & (gap <= limit)
+    firsts = np.flatnonzero(np.r_[True, ~join])
+    ends = np.r_[firsts[1:], len(order)]
+    reach = np.maximum.reduceat(e, firsts) if len(firsts) else e
+    out: list[tuple[int, int, int, np.ndarray]] = []
+    for a, b, stop in zip(firsts.tolist(), ends.tolist(), reach.tolist(), strict=True):
+        if stop - int(o[a]) <= SPAN_MAX:
+            out.append((int(s[a]), int(o[a]), stop, order[a:b]))
+            continue
+        start = a  # a long run: cut where the next member would take the read past SPAN_MAX
+        for i in range(a + 1, b + 1):
+            if i == b or int(e[i]) - int(o[start]) > SPAN_MAX:
+                out.append((int(s[start]), int(o[start]), int(e[start:i].max()), order[start:i]))
+                start = i
     return out
 
 
@@ -161,31 +198,46 @@ class RangeReader:
     def __init__(self, shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem]) -> None:
         self.shards, self.filesystems = shards, filesystems
         self._local = [storage.is_local(fs) for fs in filesystems]
+        self._remote = np.array([not self._local[shard.input] for shard in shards], dtype=bool)  # per shard
         self._gz: dict[int, gzip.GzipFile] = {}
         self._maps: dict[int, memoryview] = {}
         self._mapped = np.full(len(shards), _UNKNOWN, dtype=np.int64)  # mapped length, or why not mapped
 
-    def gap(self, src: int) -> int:
-        """Bytes worth reading across rather than issuing another request: small locally, large on S3."""
-        return LOCAL_GAP if self._local[self.shards[src].input] else REMOTE_GAP
+    def _all_mapped(self, src: np.ndarray, offset: np.ndarray, size: np.ndarray) -> bool:
+        """Whether every member's shard is mapped (mapping those not tried yet); a member past the end of its
+        mapped shard means the input changed."""
+        for s in np.unique(src[self._mapped[src] == _UNKNOWN]).tolist():
+            self._map(s)
+        if not (self._mapped[src] >= 0).all():
+            return False
+        short = np.flatnonzero(offset + size > self._mapped[src])
+        if len(short):
+            i = short[0]
+            self._changed(int(src[i]), int(offset[i]), int(size[i]), max(0, int(self._mapped[src[i]] - offset[i])))
+        return True
+
+    def copy_into(
+        self, out: memoryview, dest: np.ndarray, src: np.ndarray, offset: np.ndarray, size: np.ndarray
+    ) -> None:
+        """Every member's bytes copied to `out` at `dest`: from the mapped shards straight, one slice copy each."""
+        if self._all_mapped(src, offset, size):
+            maps = self._maps
+            for d, s, o, z in zip(dest.tolist(), src.tolist(), offset.tolist(), size.tolist(), strict=True):
+                out[d : d + z] = maps[s][o : o + z]
+            return
+        for d, piece in zip(dest.tolist(), self.member_bytes(src, offset, size), strict=True):
+            out[d : d + len(piece)] = piece
 
     def member_bytes(self, src: np.ndarray, offset: np.ndarray, size: np.ndarray) -> list[memoryview]:
         """The bytes of every member, in the order given: slices of mapped shards, else read span by span."""
-        for s in np.unique(src[self._mapped[src] == _UNKNOWN]).tolist():
-            self._map(s)
-        end = offset + size
-        if (self._mapped[src] >= 0).all():
-            short = np.flatnonzero(end > self._mapped[src])
-            if len(short):
-                i = short[0]
-                self._changed(int(src[i]), int(offset[i]), int(size[i]), max(0, int(self._mapped[src[i]] - offset[i])))
-            maps = self._maps
+        if self._all_mapped(src, offset, size):
+            maps, end = self._maps, offset + size
             return [maps[s][o:e] for s, o, e in zip(src.tolist(), offset.tolist(), end.tolist(), strict=True)]
         data: list[memoryview] = [memoryview(b"")] * len(src)
         offsets, sizes = offset.tolist(), size.tolist()
-        for s, start, stop, covered in spans(src.tolist(), offsets, sizes, self.gap):
+        for s, start, stop, covered in spans(src, offset, size, self._remote):
             buf = self.read(s, start, stop)
-            for i in covered:
+            for i in covered.tolist():
                 data[i] = buf[offsets[i] - start : offsets[i] - start + sizes[i]]
         return data
 
@@ -272,8 +324,10 @@ def write_shard(
     """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
 
     Members go in batches: headers are built for a whole batch with array arithmetic, payload comes
-    as slices of mapped shards (or coalesced reads), and the batch goes to the sink in one call; the
-    per-member Python work is three slices.
+    as slices of mapped shards (or coalesced reads), and the batch goes to the sink in one call. A
+    batch of small members (labels, captions, token ids) is laid out in one reused buffer, headers
+    written in place (`fill_ustar`) and one slice copy per member: handing the sink three pieces per
+    member would cost more than the copy.
     """
     members = shard_members(rows)
     sample = members["sample"].to_numpy()
@@ -284,11 +338,26 @@ def write_shard(
     header_lens = np.empty(len(size), dtype=np.int64)
     cum = np.concatenate([[0], np.cumsum(size)])
     b = 0
+    scratch = np.empty(0, dtype=np.uint8)
     while b < len(size):
         e = min(b + BATCH_MEMBERS, max(b + 1, int(np.searchsorted(cum, cum[b] + BATCH_BYTES, side="right")) - 1))
-        headers, bounds = member_headers(names.slice(b, e - b), size[b:e], mtime)
-        header_lens[b:e] = np.diff(bounds)
-        out.write_pieces(_interleave(headers, bounds, reader.member_bytes(src[b:e], offset[b:e], size[b:e]), pads[b:e]))
+        batch = names.slice(b, e - b)
+        fits = ustar_fits(batch, size[b:e], mtime)
+        if fits.all() and cum[e] - cum[b] < ASSEMBLE_BELOW * (e - b):
+            at = np.concatenate([[0], np.cumsum(tarfile.BLOCKSIZE + size[b:e] + pads[b:e])])
+            if len(scratch) < at[-1]:
+                scratch = np.empty(int(at[-1]), dtype=np.uint8)
+            buf = scratch[: at[-1]]
+            buf.fill(0)
+            fill_ustar(buf, at[:-1], batch, fits, size[b:e], mtime)
+            reader.copy_into(memoryview(buf), at[:-1] + tarfile.BLOCKSIZE, src[b:e], offset[b:e], size[b:e])
+            header_lens[b:e] = tarfile.BLOCKSIZE
+            out.write_pieces([buf])
+        else:
+            headers, bounds = member_headers(batch, size[b:e], mtime)
+            header_lens[b:e] = np.diff(bounds)
+            data = reader.member_bytes(src[b:e], offset[b:e], size[b:e])
+            out.write_pieces(_interleave(headers, bounds, data, pads[b:e]))
         b = e
     ends = np.cumsum(header_lens + size + pads)
     pos = int(ends[-1]) if len(ends) else 0

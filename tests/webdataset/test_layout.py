@@ -8,9 +8,11 @@ from datasets import Dataset, interleave_datasets
 
 from raymerge.webdataset.layout import (
     BLEND_CHUNK,
+    PackState,
     ShardPacker,
     blend_chunks,
     blend_indices,
+    pack_chunk,
     scan_batches,
     split_parts,
 )
@@ -39,6 +41,23 @@ def test_packer_rolls_over_across_chunks_and_keeps_oversized_samples_alone():
         ("s-03.tar", 5, 1, 200, [(0, 5, 6)]),
         ("s-04.tar", 6, 3, 15, [(0, 6, 7), (1, 0, 2)]),
     ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packing_in_tasks_cuts_the_same_shards_as_the_driver(seed):
+    """Each chunk packed on its own from the state the previous one left (as the chained tasks do) gives the
+    shards that one packer fed every sample size gives."""
+    rng = np.random.default_rng(seed)
+    chunks = [rng.integers(0, 120, size=rng.integers(0, 40)) for _ in range(6)]
+    whole = ShardPacker(maxcount=7, maxsize=300, pattern="s-%03d.tar")
+    pieces_of = ShardPacker(maxcount=7, maxsize=300, pattern="s-%03d.tar")
+    state = PackState()
+    for c, sizes in enumerate(chunks):
+        whole.add_chunk(c, sizes)
+        pieces, state = pack_chunk(c, sizes, state, 7, 300)
+        pieces_of.add_pieces(pieces)
+    assert [vars(s) for s in pieces_of.shards] == [vars(s) for s in whole.shards]
+    assert state.total == sum(len(c) for c in chunks)
 
 
 def test_split_parts_by_whole_shards():

@@ -159,3 +159,18 @@ def test_check_lists_every_shard_and_plan_uses_that_listing(wds, tmp_path):
     assert not (tmp_path / "o").exists()
     cfg.inputs[1].path = str(wds["root"] / "meta")
     assert cfg.remembered_listing() is None  # inputs changed since the check: listed again
+
+
+def test_bucket_count_follows_the_data():
+    """Enough buckets for the cores, and enough that no bucket holds more than about 2M key rows (bounded from
+    the tar bytes: a member takes at least 1 KiB)."""
+    from raymerge.webdataset.plan import ROWS_PER_BUCKET, bucket_count
+    from raymerge.webdataset.sources import Shard
+
+    def shards(n: int, size: int) -> list[Shard]:
+        return [Shard(0, f"/s{i}", f"s{i}", size, False) for i in range(n)]
+
+    assert bucket_count(shards(3, 10_000), 4) == 3  # tiny: no more buckets than shards
+    assert bucket_count(shards(100, 10_000), 4) == 4  # the cores
+    assert bucket_count(shards(1000, 10 << 20), 4) == -(-1000 * (10 << 20) // 1024 // ROWS_PER_BUCKET)
+    assert bucket_count(shards(10**6, 1 << 30), 4) == 4096  # at most MAX_BUCKETS

@@ -63,3 +63,38 @@ def test_names_that_are_not_utf8_are_refused():
     data = bytes(header) + bytes(1024)
     with pytest.raises(InvalidInput, match=r"t.tar: member 'caf\\udce9.j' has a name that is not UTF-8"):
         scan_tar(io.BytesIO(data), "t.tar", size=len(data))
+
+
+def _members(n: int, size: int, *, inside: int | None = None) -> list[tuple[str, bytes, bytes]]:
+    """`n` samples of two members (`size` bytes and 3 bytes); sample `inside` holds a tar header in its data."""
+    out = []
+    for i in range(n):
+        data = header_inside() if i == inside else bytes([i % 251]) * size
+        out += [(f"k/{i:05d}.bin", tarfile.REGTYPE, data), (f"k/{i:05d}.cls", tarfile.REGTYPE, b"abc")]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("samples", "size", "inside", "cut"),  # cut: the archive's length, cut short
+    [
+        (300, 20, None, 0),  # small members: the blocks after the first headers are looked at all at once
+        (300, 20, 200, 0),  # ... and a payload holding a header makes it follow the chain instead
+        (300, 20, None, 400_100),  # ... an archive cut short, found by the chain
+        (100, 9000, None, 0),  # large members: the chain followed header by header
+        (100, 9000, 80, 0),
+    ],
+)
+def test_mapped_scan_equals_tarfile(tmp_path, samples, size, inside, cut):
+    data = tar_bytes(_members(samples, size, inside=inside), tarfile.USTAR_FORMAT)
+    data = data[:cut] if cut else data
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        direct = ustar_members(f)
+    exact, failure = tarfile_members(io.BytesIO(data), "t.tar", False)
+    if cut:
+        assert direct is None and failure is not None
+        return
+    assert failure is None and direct is not None
+    assert direct.names.equals(exact.names)
+    assert direct.offsets.tolist() == exact.offsets.tolist() and direct.sizes.tolist() == exact.sizes.tolist()
