@@ -64,7 +64,7 @@ def join_bucket(
     lists = concat_lists([[t.column(c).combine_chunks() for t in tables] for c in MEMBER_COLUMNS])
     nbytes = np.sum([pc.fill_null(t.column("nbytes"), 0).to_numpy() for t in tables], axis=0)
     out = base.with_columns(
-        *(pl.from_arrow(values).alias(c) for c, values in zip(MEMBER_COLUMNS, lists, strict=True)),
+        *(pl.Series(c, values) for c, values in zip(MEMBER_COLUMNS, lists, strict=True)),
         pl.Series("nbytes", nbytes, dtype=pl.Int64),
     ).cast(keytable.SCHEMA)
     stats.rows_out = out.height

@@ -138,10 +138,12 @@ def open_shard(fs: AbstractFileSystem, shard: Shard) -> IO[bytes] | RangeHeaders
 def scan(fs: AbstractFileSystem, shard: Shard) -> dict[str, Any]:
     """The checked sample table of one shard (`tarindex.scan_tar`), from its headers only."""
     f = open_shard(fs, shard)
+    size = None if shard.compressed else shard.size
     try:
-        return tarindex.scan_tar(
-            f, shard.name, compressed=shard.compressed, size=None if shard.compressed else shard.size
-        )
+        return tarindex.scan_tar(f, shard.name, compressed=shard.compressed, size=size)
+    except tarindex.NotPlainUstar:
+        with fs.open(shard.path, "rb", size=shard.size) as whole:
+            return tarindex.scan_tar(whole, shard.name, compressed=shard.compressed, size=size)
     finally:
         if not isinstance(f, RangeHeaders):
             f.close()

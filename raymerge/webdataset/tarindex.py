@@ -70,6 +70,8 @@ def scan_tar(
         members = None if compressed else ustar_members(fileobj)
         if members is not None:
             return table(members, shard, size)
+        if isinstance(fileobj, HeaderSource):  # read by range: what is not plain ustar needs the whole file
+            raise NotPlainUstar(shard)
         fileobj.seek(0)
         members, failure = tarfile_members(fileobj, shard, compressed)
         found = table(members, shard, size)  # a bad member before the failure is the first error
@@ -80,6 +82,11 @@ def scan_tar(
         raise
     except (tarfile.TarError, EOFError, OSError) as e:
         raise InvalidInput(f"{shard}: not a readable tar file ({type(e).__name__}: {e})") from None
+
+
+class NotPlainUstar(Exception):
+    """A shard read by range holds more than plain ustar headers (PAX or GNU long names, links, damage):
+    `tarfile` must read it as a file."""
 
 
 class _Bytes:

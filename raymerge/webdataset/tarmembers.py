@@ -50,7 +50,7 @@ def open_tar(fileobj: IO[bytes], compressed: bool) -> tarfile.TarFile:
     return tarfile.open(fileobj=fileobj, mode="r:gz" if compressed else "r:")
 
 
-def ustar_members(fileobj: IO[bytes]) -> Members | None:
+def ustar_members(fileobj: IO[bytes] | HeaderSource) -> Members | None:
     """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
 
     Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, name, prefix and
@@ -82,7 +82,7 @@ def ustar_members(fileobj: IO[bytes]) -> Members | None:
     return Members(names, is_dir, starts + tarfile.BLOCKSIZE, size)
 
 
-def header_chain(data: mmap.mmap | HeaderSource) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def header_chain(data: mmap.mmap | HeaderSource | _Window) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Header blocks (n x 512), their positions and member sizes, up to the end-of-archive block; None on
     anything odd (a cut or damaged archive, a size that is not a plain octal number).
 
@@ -100,7 +100,7 @@ def header_chain(data: mmap.mmap | HeaderSource) -> tuple[np.ndarray, np.ndarray
 
 
 def _follow(
-    data: mmap.mmap | HeaderSource, pos: int, most: int | None
+    data: mmap.mmap | HeaderSource | _Window, pos: int, most: int | None
 ) -> tuple[list[bytes], list[int], list[int]] | None:
     """Header blocks, positions and sizes from `pos` to the end-of-archive block (or `most` headers, the
     last position then being where to go on); None on anything odd. The general path, one member a turn."""
@@ -185,7 +185,7 @@ def _dense_chain(mapped: mmap.mmap, pos: int) -> tuple[np.ndarray, np.ndarray, n
     return raw[keep], pos + cand[keep].astype(np.int64) * tarfile.BLOCKSIZE, size[keep]
 
 
-def _blocks(fileobj: IO[bytes] | HeaderSource) -> mmap.mmap | HeaderSource:
+def _blocks(fileobj: IO[bytes] | HeaderSource) -> mmap.mmap | HeaderSource | _Window:
     """The file's bytes by slice. A local file is mapped: a header costs a page fault, not a read call,
     and the payload between headers is never touched. A `HeaderSource` (object storage) reads its own
     ranges; other files are read a window at a time."""

@@ -71,9 +71,9 @@ def member_headers(names: pa.LargeStringArray, sizes: np.ndarray, mtime: int) ->
     fill_ustar(rows, np.arange(len(sizes), dtype=np.int64) * tarfile.BLOCKSIZE, names, fits, sizes, mtime)
     if fits.all():
         return rows.tobytes(), np.arange(len(sizes) + 1, dtype=np.int64) * tarfile.BLOCKSIZE
-    rows = rows.reshape(-1, tarfile.BLOCKSIZE)
+    blocks = rows.reshape(-1, tarfile.BLOCKSIZE)
     pieces = [
-        rows[i].tobytes() if ok else _tarfile_header(name, size, mtime)
+        blocks[i].tobytes() if ok else _tarfile_header(name, size, mtime)
         for i, (ok, name, size) in enumerate(zip(fits.tolist(), names.to_pylist(), sizes.tolist(), strict=True))
     ]
     return b"".join(pieces), np.cumsum([0] + [len(p) for p in pieces], dtype=np.int64)
@@ -350,9 +350,9 @@ def write_shard(
             buf = scratch[: at[-1]]
             buf.fill(0)
             fill_ustar(buf, at[:-1], batch, fits, size[b:e], mtime)
-            reader.copy_into(memoryview(buf), at[:-1] + tarfile.BLOCKSIZE, src[b:e], offset[b:e], size[b:e])
+            reader.copy_into(buf.data, at[:-1] + tarfile.BLOCKSIZE, src[b:e], offset[b:e], size[b:e])
             header_lens[b:e] = tarfile.BLOCKSIZE
-            out.write_pieces([buf])
+            out.write_pieces([buf.data])
         else:
             headers, bounds = member_headers(batch, size[b:e], mtime)
             header_lens[b:e] = np.diff(bounds)
