@@ -1,13 +1,16 @@
 """LeRobot robot datasets (v2.1 and v3.0): merge with re-indexing and remuxed videos, split, convert, and
-the editing operations delete_episodes and remove_feature.
+the editing operations delete_episodes, remove_feature, modify_tasks, recompute_stats, convert_image_to_video
+and reencode_videos.
 
 The core knows this family through `FAMILY` (`raymerge.families.Family`). The steps: `config`; `check` (no Ray:
 metadata read, inputs compared by `compat`, episodes chosen by `selection`), `plan` (scans and `layout`),
-`execute` (write tasks, gathered in `results`, then metadata), `tasks` (the task bodies), `describe` (inspect
-and preview). The formats: `formats` (paths and versions), `source_meta` (what is read of an input's
-metadata), `output_meta` (what is written of an output's), `schema` (the parquet types each version gets),
-`data` (episode parquet), `scan`, `video/` (mp4), `stats/` (every statistic); `ranged` reads object storage
-by byte range, `arrays` holds the column helpers they share, `samples` makes small datasets.
+`execute` (write tasks, gathered in `results`, then metadata), `tasks` (the task bodies; `tasks_edit` those
+of modify_tasks and recompute_stats, with their checks; `encode_plan` the encode work of
+convert_image_to_video and reencode_videos), `describe` (inspect and preview). The formats:
+`formats` (paths and versions), `source_meta` (what is read of an input's metadata), `output_meta` (what is
+written of an output's), `schema` (the parquet types each version gets), `data` (episode parquet), `scan`,
+`video/` (mp4), `stats/` (every statistic); `ranged` reads object storage by byte range, `arrays` holds the
+column helpers they share, `samples` makes small datasets.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class LeRobot:
 
     def preview_config(self, cfg: Config, n: int, executor: Executor) -> list[dict[str, Any]]:
         """The first `n` episodes a config would write (metadata only: the executor runs nothing)."""
-        return describe.preview_config(self._take_checked(cfg), n)
+        return describe.preview_config(self._take_checked(cfg), n, cfg.tasks)
 
     def check(self, cfg: Config) -> int:
         """Everything that needs no Ray; the bytes of the input files the run reads."""

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.lerobot import compat, formats, ranged, selection
-from raymerge.lerobot.config import Config
+from raymerge.lerobot import compat, encode_plan, formats, ranged, selection
+from raymerge.lerobot.config import ENCODE_OPERATIONS, Config
 from raymerge.lerobot.schema import comparable
 from raymerge.lerobot.selection import SelectedEpisodes
 from raymerge.lerobot.source_meta import Source, read_source
@@ -54,8 +54,10 @@ def check_config(cfg: Config) -> Checked:
     """Read and check everything a run needs before any task runs."""
     sources = load_sources(cfg)
     _check_removed(cfg, sources[0])
+    converted = encode_plan.check(cfg, sources[0])  # image columns that become videos
     groups, left_out = choose(cfg, sources)
     selected = SelectedEpisodes.concat(list(groups.values()))
+    _check_edits(cfg, sources[0], selected)
     by_pos = {s.position: s for s in sources}
     used = selected.rows_by_source()
     listings = {pos: _listing(by_pos[pos]) for pos in used}
@@ -66,7 +68,7 @@ def check_config(cfg: Config) -> Checked:
         data_files += [(pos, p) for p in data]
         video_files += [(pos, p) for p in videos]
     schema = _check_schemas(sources, selected, listings)
-    schema = pa.schema([f for f in schema if f.name not in cfg.removed], metadata=schema.metadata)
+    schema = pa.schema([f for f in schema if f.name not in cfg.removed | converted], metadata=schema.metadata)
     return Checked(sources, groups, left_out, output_version(cfg, sources), listings, data_files, video_files, schema)
 
 
@@ -109,7 +111,7 @@ def output_version(cfg: Config, sources: list[Source]) -> str:
 
 def choose(cfg: Config, sources: list[Source]) -> tuple[dict[str, SelectedEpisodes], list[int]]:
     """Episodes per output dataset in output order ("" is the merge output), and episodes left out by a split."""
-    if cfg.operation in ("merge", "remove_feature"):
+    if cfg.operation in ("merge", "remove_feature", "modify_tasks", "recompute_stats", *ENCODE_OPERATIONS):
         parts = []
         for inp, src in zip(cfg.inputs, sources, strict=True):
             available = np.unique(src.episodes.index).tolist()
@@ -158,6 +160,17 @@ def _check_removed(cfg: Config, src: Source) -> None:
             raise InvalidInput(f"remove: {key!r} is a column every LeRobot frame needs; it cannot be removed")
         if key not in src.features:
             raise InvalidInput(f"remove: input {src.name} has no feature {key!r} (it has {', '.join(src.features)})")
+
+
+def _check_edits(cfg: Config, src: Source, selected: SelectedEpisodes) -> None:
+    """`modify_tasks` and relative-action stats apply to the selected episodes of the one input."""
+    from raymerge.lerobot import tasks_edit
+
+    episodes = src.episodes.index[selected.row].tolist()
+    if cfg.tasks is not None:
+        tasks_edit.check_tasks(cfg.tasks, src, episodes)
+    if cfg.relative_action is not None:
+        tasks_edit.check_relative(cfg.relative_action, src, episodes)
 
 
 def _files_of(src: Source, rows: np.ndarray, listing: dict[str, int], removed: set[str]) -> tuple[list[str], list[str]]:

@@ -88,12 +88,12 @@ def _read(fs: AbstractFileSystem, path: str, episodes: np.ndarray, size: int | N
     range."""
     with ranged.open_input(fs, path, size) as f:
         file = pq.ParquetFile(f, pre_buffer=True)
-        groups = _row_groups_with(file, int(episodes.min()), int(episodes.max())) if len(episodes) else []
+        groups = row_groups_with(file, int(episodes.min()), int(episodes.max())) if len(episodes) else []
         table = file.read_row_groups(groups) if groups else file.schema_arrow.empty_table()
     return table.filter(pc.is_in(table["episode_index"], pa.array(episodes, type=table["episode_index"].type)))
 
 
-def _row_groups_with(file: pq.ParquetFile, low: int, high: int) -> list[int]:
+def row_groups_with(file: pq.ParquetFile, low: int, high: int) -> list[int]:
     """The row groups whose `episode_index` statistics overlap [low, high] (all of them without statistics)."""
     meta = file.metadata
     leaves = [meta.schema.column(j).path for j in range(meta.num_columns)]

@@ -11,7 +11,9 @@ from fsspec import AbstractFileSystem
 from raymerge import storage
 from raymerge.lerobot import formats
 from raymerge.lerobot.check import Checked
+from raymerge.lerobot.config import TasksEdit
 from raymerge.lerobot.source_meta import Source, read_source
+from raymerge.lerobot.tasks_edit import episode_tasks
 
 
 def detect(fs: AbstractFileSystem, path: str) -> bool:
@@ -71,8 +73,9 @@ def preview(fs: AbstractFileSystem, path: str, n: int) -> list[dict[str, Any]]:
     return [_episode_record(src, row) for row in range(min(n, len(src.episodes)))]
 
 
-def preview_config(checked: Checked, n: int) -> list[dict[str, Any]]:
-    """The first n output episodes of a checked config: where each comes from and its new indices."""
+def preview_config(checked: Checked, n: int, edit: TasksEdit | None = None) -> list[dict[str, Any]]:
+    """The first n output episodes of a checked config: where each comes from, its new indices and its tasks
+    (after `modify_tasks`' `edit`)."""
     out: list[dict[str, Any]] = []
     for name, selected in checked.groups.items():
         frame = 0
@@ -81,6 +84,7 @@ def preview_config(checked: Checked, n: int) -> list[dict[str, Any]]:
                 return out
             eps = checked.sources[pos].episodes
             length = int(eps.length[row])
+            tasks = eps.task_sets[eps.tasks[row]]
             record = {"split": name} if name else {}
             out.append(
                 record
@@ -88,7 +92,7 @@ def preview_config(checked: Checked, n: int) -> list[dict[str, Any]]:
                     "episode_index": i,
                     "index_from": frame,
                     "length": length,
-                    "tasks": list(eps.task_sets[eps.tasks[row]]),
+                    "tasks": list(tasks) if edit is None else episode_tasks(edit, int(eps.index[row]), tasks),
                     "source": checked.sources[pos].name,
                     "source_episode": int(eps.index[row]),
                 }

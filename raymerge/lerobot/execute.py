@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from raymerge import storage
 from raymerge.executor import Executor
-from raymerge.lerobot import formats, output_meta, tasks
+from raymerge.lerobot import encode_plan, formats, output_meta, tasks, tasks_edit
 from raymerge.lerobot.arrays import even_parts
 from raymerge.lerobot.data import DataWriteContext
 from raymerge.lerobot.layout import summary
@@ -38,7 +38,7 @@ def _submit(plan: LeRobotPlan, staging: Staging, executor: Executor) -> tuple[li
     fs_by_position = {s.position: s.fs for s in plan.sources}
     fs_of = executor.put(fs_by_position)
     sizes = executor.put(plan.file_sizes)
-    recompute = plan.config.recompute_video_stats
+    recompute = plan.config.recompute_cameras
     handles: list[Any] = []
     submitted: list[_Submitted] = []
     for i, out in enumerate(plan.outputs):
@@ -60,13 +60,25 @@ def _submit(plan: LeRobotPlan, staging: Staging, executor: Executor) -> tuple[li
         )
         for n, jobs in enumerate(even_parts(layout.data_jobs, executor.parallelism())):
             stats_path = storage.join(staging.scratch, f"output-{i}", f"episode-stats-{n:06d}.parquet")
-            handles.append(executor.submit(tasks.write_data_files, jobs, context, stats_path))
+            if out.edit is None:
+                handles.append(executor.submit(tasks.write_data_files, jobs, context, stats_path))
+            else:
+                handles.append(executor.submit(tasks_edit.write_edited_files, jobs, context, stats_path, out.edit))
             submitted.append(_Submitted(i, "data", n, stats_path))
         lengths = layout.length if recompute else None
         fps = float(out.info["fps"])
+        encoded = encode_plan.jobs(out.encoding, layout)
         for job in sorted(layout.video_jobs, key=lambda j: -sum(r.end_s - r.start_s for r in j.runs)):
+            if out.encoding is not None and job.key in out.encoding.reencoded:
+                continue  # encoded below
             handles.append(executor.submit(tasks.write_video_file, job, fs_of, staging.fs, root, lengths, fps, sizes))
             submitted.append(_Submitted(i, "video" if recompute or not job.is_copy else "copy"))
+        if out.encoding is not None:
+            encode = encode_plan.for_executor(out.encoding.encode, executor.is_ray)
+            args = (encode, executor.put(layout.length), fs_of, staging.fs, root, recompute, sizes)
+            for encode_job in encoded:
+                handles.append(executor.submit(tasks.encode_video_file, encode_job, *args))
+                submitted.append(_Submitted(i, "video"))
     return handles, submitted
 
 
@@ -78,6 +90,8 @@ def execute(plan: LeRobotPlan, staging: Staging, executor: Executor) -> Report:
     for task in submitted:
         waiting[task.output] += task.kind != "copy"
     results = [TaskResults.planned(out.layout) for out in plan.outputs]
+    for got, out in zip(results, plan.outputs, strict=True):
+        got.placements |= encode_plan.unplaced(out.encoding, out.layout.n_episodes)
     written: dict[int, list[str]] = {}
 
     def write_ready() -> None:
@@ -85,7 +99,7 @@ def execute(plan: LeRobotPlan, staging: Staging, executor: Executor) -> Report:
             if not waiting[i] and i not in written:
                 root = _root(staging, out)
                 written[i] = output_meta.write(
-                    plan.sources, out, results[i], staging.fs, root, cfg.output, cfg.recompute_video_stats
+                    plan.sources, out, results[i], staging.fs, root, cfg.output, cfg.recompute_cameras
                 )
 
     executor.progress(
@@ -112,12 +126,16 @@ def _report(plan: LeRobotPlan, results: list[TaskResults], written: dict[int, li
     for i, (out, got) in enumerate(zip(plan.outputs, results, strict=True)):
         prefix = f"{out.name}/" if out.name else ""
         report.files_written.extend(prefix + f for f in sorted(got.files) + written[i])
-        details[out.name] = summary(out.layout) | {
-            "videos_copied": got.copied,
-            "videos_remuxed": len(out.layout.video_jobs) - got.copied,
-            "episodes_reencoded": len(got.reencoded),
-            "reencoded_episodes": sorted(got.reencoded),
-        }
+        details[out.name] = (
+            summary(out.layout)
+            | {
+                "videos_copied": got.copied,
+                "videos_remuxed": len(out.layout.video_jobs) - got.copied,
+                "episodes_reencoded": len(got.reencoded),
+                "reencoded_episodes": sorted(got.reencoded),
+            }
+            | encode_plan.details(out.encoding, out.layout)
+        )
     if len(plan.outputs) == 1 and not plan.outputs[0].name:
         report.details.update(details[""])
     else:

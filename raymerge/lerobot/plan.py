@@ -15,12 +15,14 @@ import pyarrow as pa
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.lerobot import formats, scan, tasks
+from raymerge.lerobot import encode_plan, formats, scan, tasks
 from raymerge.lerobot.check import Checked
 from raymerge.lerobot.config import Config
+from raymerge.lerobot.encode_plan import Encoding
 from raymerge.lerobot.layout import Layout, Sizes, plan_layout, summary
 from raymerge.lerobot.schema import data_schema
 from raymerge.lerobot.source_meta import Episodes, Source
+from raymerge.lerobot.tasks_edit import DataEdit, plan_edit
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
 
@@ -42,6 +44,8 @@ class Output:
     layout: Layout
     info: dict[str, Any]
     schema: pa.Schema
+    edit: DataEdit | None = None  # what the data tasks change beyond re-indexing (modify_tasks, recompute_stats)
+    encoding: Encoding | None = None  # the videos encoded (convert_image_to_video, reencode_videos)
 
 
 @dataclass
@@ -77,8 +81,13 @@ def build(cfg: Config, checked: Checked, executor: Executor) -> LeRobotPlan:
             video_files_size_in_mb=cfg.output.video_files_size_in_mb,
             chunks_size=cfg.output.chunks_size,
         )
+        layout, edit = plan_edit(cfg, layout, sources[0])
         info = output_info(sources, cfg.removed)
-        outputs.append(Output(name, layout, info, data_schema(checked.schema, info["features"], checked.version)))
+        info, encoding = encode_plan.plan_output(cfg, sources[0], layout, info)
+        if edit is not None and encoding is not None:  # converted images: stats from their videos, not the data
+            edit.image_keys = tuple(k for k in edit.image_keys if k not in encode_plan.converted(encoding))
+        schema = data_schema(checked.schema, info["features"], checked.version)
+        outputs.append(Output(name, layout, info, schema, edit, encoding))
     streams |= index_cut_files(sources, outputs, executor, checked.listings)
     report = _report(cfg, sources, outputs, checked.left_out, streams)
     fingerprints = [storage.fingerprint(s.fs, s.root) for s in sources]
@@ -278,7 +287,10 @@ def _report(cfg: Config, sources: list[Source], outputs: list[Output], left_out:
         inputs.append(rep)
     report = Report("lerobot", cfg.operation, storage.url(fs, root), unit="frames", inputs=inputs)
     report.rows_out = sum(o.layout.frames for o in outputs)
-    summaries = {o.name: summary(o.layout) | planned_videos(o.layout, streams) for o in outputs}
+    summaries = {
+        o.name: summary(o.layout) | planned_videos(o.layout, streams) | encode_plan.details(o.encoding, o.layout)
+        for o in outputs
+    }
     if cfg.operation != "split":
         report.details.update(summaries[outputs[0].name])
     else:

@@ -29,14 +29,17 @@ STATE_DIM = 6
 
 
 def png(image: np.ndarray) -> bytes:
-    """A minimal RGB PNG (what LeRobot embeds for `image` features), without an imaging library."""
-    h, w, _ = image.shape
-    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
+    """A minimal PNG (what LeRobot embeds for `image` features), without an imaging library: RGB for uint8
+    (H, W, 3), 16-bit grey for uint16 (H, W) depth maps."""
+    h, w = image.shape[:2]
+    grey = image.dtype == np.uint16
+    rows = image.astype(">u2") if grey else image
+    raw = b"".join(b"\x00" + rows[y].tobytes() for y in range(h))
 
     def chunk(tag: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", w, h, 16 if grey else 8, 0 if grey else 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
@@ -64,7 +67,28 @@ def frames_of(seed: int, episode: int, camera: int, length: int, height: int, wi
     return out
 
 
-def features(cameras: int, height: int, width: int, fps: int, with_image: bool, codec: str) -> dict[str, Any]:
+def image_keys(image_cameras: int, depth: bool) -> list[str]:
+    """The image feature names (frames stored in the data files) of a sample dataset, besides `with_image`'s."""
+    return [f"observation.images.img{c}" for c in range(image_cameras)] + (["observation.depth"] if depth else [])
+
+
+def depth_of(seed: int, episode: int, length: int, height: int, width: int) -> np.ndarray:
+    """Depth maps in millimetres (uint16): a tilted plane moving closer frame by frame."""
+    y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    base = 400 + 150 * ((seed + episode) % 5) + 20 * y + 7 * x
+    return np.stack([base + 35 * i for i in range(length)]).astype(np.uint16)
+
+
+def features(
+    cameras: int,
+    height: int,
+    width: int,
+    fps: int,
+    with_image: bool,
+    codec: str,
+    image_cameras: int = 0,
+    depth: bool = False,
+) -> dict[str, Any]:
     """info.json features as LeRobot writes them: state and action vectors, cameras, the frame columns."""
     names = [f"joint{j}" for j in range(STATE_DIM)]
     out: dict[str, Any] = {
@@ -93,13 +117,23 @@ def features(cameras: int, height: int, width: int, fps: int, with_image: bool, 
             "shape": [height, width, 3],
             "names": ["height", "width", "channels"],
         }
+    for key in image_keys(image_cameras, depth):
+        channels = 1 if key == "observation.depth" else 3
+        out[key] = {"dtype": "image", "shape": [height, width, channels], "names": ["height", "width", "channels"]}
     for key, dtype in (("timestamp", "float32"), *((k, "int64") for k in formats.INDEX_COLUMNS[1:])):
         out[key] = {"dtype": dtype, "shape": [1], "names": None}
     return out
 
 
 def _episode_table(
-    seed: int, episode: int, length: int, frame_from: int, task: int, fps: int, image: np.ndarray | None
+    seed: int,
+    episode: int,
+    length: int,
+    frame_from: int,
+    task: int,
+    fps: int,
+    image: np.ndarray | None,
+    images: dict[str, np.ndarray],
 ) -> pa.Table:
     rng = np.random.default_rng(seed * 1000 + episode)
     state = rng.normal(size=(length, STATE_DIM)).astype(np.float32)
@@ -112,6 +146,11 @@ def _episode_table(
         blob = png(image)
         cols["observation.images.top"] = pa.array(
             [{"bytes": blob, "path": None}] * length, pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        )
+    for key, frames in images.items():
+        cols[key] = pa.array(
+            [{"bytes": png(f), "path": None} for f in frames],
+            pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
         )
     cols |= {
         "timestamp": pa.array(np.arange(length, dtype=np.float32) / fps),
@@ -154,14 +193,17 @@ def make(
     codec: str | None = None,
     gop: int | None = None,
     grain: int = 0,
+    image_cameras: int = 0,
+    depth: bool = False,
 ) -> str:
-    """Write a dataset at `root`; returns its path. v3.0 files hold `episodes_per_file` episodes each."""
+    """Write a dataset at `root`; returns its path. v3.0 files hold `episodes_per_file` episodes each.
+    `image_cameras` colour cameras (and a `depth` camera) store their frames as PNG in the data files."""
     from raymerge.lerobot.video import encode
 
     fs = fs or LocalFileSystem()
     encoder = encode.available_encoder(codec) if codec else encode.default_encoder()
     codec_name = "av1" if "av1" in str(encoder) else "hevc" if "265" in str(encoder) else "h264"
-    feats = features(cameras, height, width, fps, with_image, codec_name)
+    feats = features(cameras, height, width, fps, with_image, codec_name, image_cameras, depth)
     keys = camera_keys(cameras)
     ep_tasks = episode_tasks or tuple(i % len(tasks) for i in range(len(lengths)))
     used = list(dict.fromkeys(tasks[t] for t in ep_tasks))  # task table in order of first use
@@ -174,10 +216,17 @@ def make(
         for c, key in enumerate(keys):
             all_frames[(ep, key)] = frames_of(seed, ep, c, lengths[ep], height, width, grain)
         image = frames_of(seed + 1, ep, 9, 1, height, width)[0] if with_image else None
+        images = {
+            k: frames_of(seed, ep, 20 + c, lengths[ep], height, width)
+            for c, k in enumerate(image_keys(image_cameras, False))
+        }
+        all_frames |= {(ep, k): v for k, v in images.items()}
+        if depth:
+            images["observation.depth"] = depth_of(seed, ep, lengths[ep], height, width)
         task = used.index(tasks[ep_tasks[ep]])
-        table = _episode_table(seed, ep, lengths[ep], int(starts[ep]), task, fps, image)
+        table = _episode_table(seed, ep, lengths[ep], int(starts[ep]), task, fps, image, images)
         tables.append(table.cast(data_schema(table.schema, feats, version)))
-        frames = {k: all_frames[(ep, k)] for k in keys}
+        frames = {k: all_frames[(ep, k)] for k in keys + image_keys(image_cameras, False)}
         episode_rows.append({"episode_index": ep, "tasks": [used[task]], "length": lengths[ep]})
         stats_rows.append(_stats(table, feats, frames, version == formats.V30))
 
@@ -224,7 +273,11 @@ def make(
         write_parquet(fs, storage.join(root, formats.V30_TASKS), tasks_table(used))
         info |= {"chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200}
         paths = {"data_path": formats.V30_DATA_PATH, "video_path": formats.V30_VIDEO_PATH if keys else None}
-        write_json(fs, storage.join(root, formats.STATS), _pooled_stats(tables, feats, all_frames, keys))
+        write_json(
+            fs,
+            storage.join(root, formats.STATS),
+            _pooled_stats(tables, feats, all_frames, keys + image_keys(image_cameras, False)),
+        )
     info |= {"fps": fps, "splits": {"train": f"0:{n}"}, **paths, "features": feats}
     write_json(fs, storage.join(root, formats.INFO), info)
     return root

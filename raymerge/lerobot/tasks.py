@@ -13,6 +13,7 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.lerobot.data import DataResult, DataWriteContext, write_data_file
+from raymerge.lerobot.encode_plan import Encode, ImageJob
 from raymerge.lerobot.layout import DataJob, VideoJob
 from raymerge.lerobot.scan import EpisodeRows, probe_video, read_episode_rows
 from raymerge.lerobot.stats import per_episode
@@ -73,13 +74,40 @@ def write_video_file(
     source videos, from their listings."""
     result = write_video(job, fs_of, out_fs, out_root, sizes)
     if lengths is not None:
-        from raymerge.lerobot.video.decode import decode_at
-
-        path = storage.join(out_root, job.path)
-        result.histogram = np.zeros((3, 256), dtype=np.int64)
-        for episode, start in zip(result.episodes.tolist(), result.placements[:, 0].tolist(), strict=True):
-            stamps = [start + i / fps for i in range(lengths[episode])]
-            frames = decode_at(out_fs, path, stamps)
-            result.stats[episode] = per_episode.frame_stats(frames)
-            result.histogram += per_episode.pixel_histogram(frames)
+        _add_decoded_stats(result, out_fs, out_root, lengths, fps)
     return result
+
+
+def encode_video_file(
+    job: VideoJob | ImageJob,
+    encode: Encode,
+    lengths: np.ndarray,
+    fs_of: dict[int, AbstractFileSystem],
+    out_fs: AbstractFileSystem,
+    out_root: str,
+    recompute: bool,
+    sizes: dict[tuple[int, str], int] | None = None,
+) -> VideoResult:
+    """One output video file encoded from images or re-encoded from source videos (`lengths`: the output
+    episodes' frame counts); with `recompute`, its episodes' camera stats from the decoded file, as above."""
+    from raymerge.lerobot.video.transcode import write_encoded
+
+    result = write_encoded(job, encode, lengths, fs_of, out_fs, out_root, sizes)
+    if recompute:
+        _add_decoded_stats(result, out_fs, out_root, lengths, encode.fps)
+    return result
+
+
+def _add_decoded_stats(
+    result: VideoResult, out_fs: AbstractFileSystem, out_root: str, lengths: np.ndarray, fps: float
+) -> None:
+    """The camera stats of each episode of a written file and the histogram of all their pixels, decoded back."""
+    from raymerge.lerobot.video.decode import decode_at
+
+    path = storage.join(out_root, result.path)
+    result.histogram = np.zeros((3, 256), dtype=np.int64)
+    for episode, start in zip(result.episodes.tolist(), result.placements[:, 0].tolist(), strict=True):
+        stamps = [start + i / fps for i in range(lengths[episode])]
+        frames = decode_at(out_fs, path, stamps)
+        result.stats[episode] = per_episode.frame_stats(frames)
+        result.histogram += per_episode.pixel_histogram(frames)

@@ -51,3 +51,14 @@ def test_preview_of_a_config_shows_the_new_indices(datasets, tmp_path):
         ("v21", 0, 1, 7),
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_preview_of_modify_tasks_shows_the_edited_tasks(datasets, tmp_path):
+    config = tmp_path / "tasks.yaml"
+    config.write_text(
+        f"kind: lerobot\noperation: modify_tasks\ninputs:\n  - path: {datasets['v30']}\n"
+        f"tasks:\n  set: stack the cubes\n  episodes: {{1: open the drawer}}\noutput:\n  path: {tmp_path / 'out'}\n"
+    )
+    got = api.preview(str(config), 3)
+    assert [r["tasks"] for r in got] == [["stack the cubes"], ["open the drawer"], ["stack the cubes"]]
+    assert not (tmp_path / "out").exists()

@@ -82,7 +82,7 @@ def with_decoded_camera_stats(
     table: pa.Table, a: int, b: int, decoded: dict[int, dict[str, dict[str, Any]]]
 ) -> pa.Table:
     """The stored camera stats of episodes a..b-1 replaced by those of the written videos
-    (`recompute_video_stats`); `decoded` holds them by output episode and camera."""
+    (`stats: recompute`); `decoded` holds them by output episode and camera."""
     found = pa.Table.from_pylist([flat_stats(decoded.get(e, {})) for e in range(a, b)])
     replaced = {stat_of(c)[0] for c in found.column_names}
     table = table.select([c for c in table.column_names if not is_stat_of(c, replaced)])
@@ -113,8 +113,8 @@ def stats_chunks(
     pooled: dict[str, Summary | None],
 ) -> Iterator[tuple[int, int, Columns]]:
     """Each chunk of episodes `(a, b, columns)`: their stats columns `stats/<feature>/<stat>` in feature
-    order, camera stats from `decoded` where given. Pools each camera's stats into `pooled` on the way (None
-    for a feature some episode lacks)."""
+    order, camera stats from `decoded` where given (image stats from the data tasks' files where they are).
+    Pools each camera's stats into `pooled` on the way (None for a feature some episode lacks)."""
     features = list(features)
     spans = ranges(n_episodes, per_episode.STATS_CHUNK)
     numeric_chunks = aligned_stats(per_episode.read_scratch(scratch_fs, scratch_files), spans)
@@ -124,9 +124,12 @@ def stats_chunks(
             stored = with_decoded_camera_stats(stored, a, b, decoded)
         columns: Columns = {}
         for key in features:
-            if numeric is not None:
-                columns |= {c: numeric[c] for c in numeric.column_names if is_stat_of(c, {key})}
-            mine = {stat_of(c)[1]: stored[c] for c in stored.column_names if is_stat_of(c, {key})}
+            from_data = (
+                {c: numeric[c] for c in numeric.column_names if is_stat_of(c, {key})} if numeric is not None else {}
+            )
+            columns |= from_data
+            # an image feature's stats recomputed by the data tasks replace the stored ones
+            mine = {} if from_data else {stat_of(c)[1]: stored[c] for c in stored.column_names if is_stat_of(c, {key})}
             if mine and pooled.get(key, 0) is not None:
                 part = pooled_camera_stats(mine)
                 before = pooled.get(key)

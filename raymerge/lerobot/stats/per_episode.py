@@ -1,5 +1,5 @@
 """The stats of each episode, computed where its frames are: by the data tasks from the parquet rows they
-write, by the video tasks from decoded frames (`recompute_video_stats`).
+write, by the video tasks from decoded frames (`stats: recompute`).
 
 Exact per-episode stats cost kilobytes per episode, so a data task writes them to a scratch parquet file (rows
 in episode order, row groups of `STATS_CHUNK` episodes) and returns only mergeable per-file summaries; the

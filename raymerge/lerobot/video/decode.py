@@ -21,7 +21,7 @@ from raymerge.lerobot.video.probe import frame_rate, time_base
 SEEK_GAP_S = 2.0
 
 
-def _frames_from(
+def frames_from(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, t: float
 ) -> Iterator[av.VideoFrame]:
     """Frames in display order, starting at or before time `t` (seeks back further when the
@@ -66,7 +66,7 @@ def decode_at(
         queries = sorted(set(timestamps))
         best: dict[float, tuple[float, float, np.ndarray]] = {}
         for group in _clusters(queries):
-            for frame in _frames_from(container, stream, group[0] - tol):
+            for frame in frames_from(container, stream, group[0] - tol):
                 t = frame.time
                 if t is None:
                     continue

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 from fsspec import AbstractFileSystem
 
-from raymerge.errors import RunFailed
+from raymerge.errors import InvalidInput, RunFailed
 from raymerge.lerobot.video.io import VideoSource, local_output
 from raymerge.lerobot.video.probe import codec_name, frame_rate
 
@@ -48,6 +49,58 @@ def default_encoder() -> str:
     raise RunFailed(f"this PyAV build ships no encoder for any of {', '.join(DEFAULT_CODECS)}")
 
 
+@dataclass(frozen=True)
+class EncoderSettings:
+    """A checked encoder setup, as LeRobot's `encode_video_frames` takes it: the encoder this PyAV build ships,
+    the pixel format, the keyframe interval and the encoder's own options (crf, preset, fast decode)."""
+
+    encoder: str
+    codec: str  # as info.json names it: h264, hevc or av1
+    pix_fmt: str
+    gop: int | None
+    options: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(
+        cls,
+        codec: str,
+        pix_fmt: str,
+        *,
+        crf: float | None = None,
+        gop: int | None = None,
+        preset: int | str | None = None,
+        fast_decode: int = 0,
+        extra: dict[str, str] | None = None,
+    ) -> EncoderSettings:
+        """Settings for `codec` (a codec or encoder name); an encoder or pixel format this PyAV build lacks is
+        refused by name, before anything is encoded."""
+        known = [*ENCODERS, *(e for names in ENCODERS.values() for e in names)]
+        if codec not in known:
+            raise InvalidInput(f"encode.codec {codec!r}: not one of {', '.join(known)} (the codecs LeRobot reads)")
+        encoder = available_encoder(codec)
+        if encoder is None:
+            found = [e for e in known[len(ENCODERS) :] if available_encoder(e)]
+            raise InvalidInput(
+                f"encode.codec {codec!r}: this PyAV build has no encoder for it (it has {', '.join(found)})"
+            )
+        formats = [f.name for f in av.codec.Codec(encoder, "w").video_formats or []]
+        if pix_fmt not in formats:
+            raise InvalidInput(f"encode.pix_fmt {pix_fmt!r}: {encoder} takes {', '.join(formats)}")
+        options = dict(extra or {})
+        if crf is not None:
+            options["crf"] = f"{crf:g}"
+        if encoder == "libsvtav1":
+            options["preset"] = str(12 if preset is None else preset)  # LeRobot's default preset for SVT-AV1
+            if fast_decode:
+                options["svtav1-params"] = f"fast-decode={min(fast_decode, 2)}"
+        elif preset is not None:
+            options["preset"] = str(preset)
+        if fast_decode and encoder in ("libx264", "libx265"):
+            options["tune"] = "fastdecode"
+        name = next((c for c, names in ENCODERS.items() if encoder in names), encoder)
+        return cls(encoder, name, pix_fmt, gop, tuple(sorted(options.items())))
+
+
 def _add_encoder_stream(
     container: av.container.OutputContainer,
     encoder: str,
@@ -64,12 +117,15 @@ def _add_encoder_stream(
     if not isinstance(stream, av.video.stream.VideoStream):
         raise RunFailed(f"{encoder} is not a video encoder")
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+    options = dict(options or {})
     params = ["scenecut=0"]
     if gop is not None:
         stream.codec_context.gop_size = gop
         params += [f"keyint={gop}", f"min-keyint={gop}"]
-    extra = {f"{encoder[3:]}-params": ":".join(params)} if encoder in ("libx264", "libx265") else {}
-    stream.codec_context.options = {**(options or {}), **extra}
+    if encoder in ("libx264", "libx265"):
+        key = f"{encoder[3:]}-params"
+        options[key] = ":".join([*filter(None, [options.get(key)]), *params])
+    stream.codec_context.options = options
     return stream
 
 
@@ -193,3 +249,24 @@ def reencode(
             out, encoder, frame_rate(source), ctx.width, ctx.height, ctx.pix_fmt, None, options
         )
         _encode_all(out, stream, frames)
+
+
+def encode_frames(
+    frames: Iterable[av.VideoFrame],
+    fps: int,
+    width: int,
+    height: int,
+    fs: AbstractFileSystem,
+    path: str,
+    settings: EncoderSettings,
+    threads: int | None = None,
+) -> None:
+    """Write frames (any pixel format, converted to the settings') as an mp4 at `path`, one every 1/fps: every
+    sample lasts one frame whatever timestamps the frames carried; `threads` caps the encoder's threads."""
+    with local_output(fs, path) as local, av.open(local, "w", format="mp4") as out:
+        stream = _add_encoder_stream(
+            out, settings.encoder, Fraction(fps), width, height, settings.pix_fmt, settings.gop, dict(settings.options)
+        )
+        if threads:
+            stream.codec_context.thread_count = threads
+        _encode_all(out, stream, iter(frames))
