@@ -100,7 +100,9 @@ class DepthOptions(Model):
 class EncodeOptions(Model):
     """The encoder of convert_image_to_video and reencode_videos, LeRobot's `encode_video_frames` options:
     `codec` (h264, hevc, av1 or an encoder name), `crf`, `gop` (keyframe interval), `preset`, `pix_fmt`,
-    `fast_decode`; `keys` limits the run to some cameras (default: every image feature, or every video)."""
+    `fast_decode`; `keys` limits the run to some cameras (default: every image feature, or every video);
+    `frames_per_task`: a longer output file is encoded in pieces of about that many frames, each by its own
+    task, then joined by packet copy (a piece starts with a keyframe, nothing else changes)."""
 
     codec: str = "av1"
     crf: float | None = Field(default=30, ge=0)
@@ -110,6 +112,7 @@ class EncodeOptions(Model):
     fast_decode: int = Field(default=0, ge=0)
     keys: list[str] | None = None
     depth: DepthOptions = Field(default_factory=DepthOptions)
+    frames_per_task: int = Field(default=1000, gt=0)
 
 
 class Config(BaseConfig):

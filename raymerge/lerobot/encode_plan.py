@@ -17,7 +17,7 @@ import numpy as np
 from raymerge.errors import InvalidInput
 from raymerge.lerobot import formats
 from raymerge.lerobot.config import ENCODE_OPERATIONS, Config, DepthOptions, EncodeOptions
-from raymerge.lerobot.layout import DataRun, Layout, VideoJob
+from raymerge.lerobot.layout import DataRun, Layout, VideoJob, VideoRun
 from raymerge.lerobot.source_meta import Source
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class Encoding:
     encode: Encode
     reencoded: set[str] = field(default_factory=set)
     image_jobs: list[ImageJob] = field(default_factory=list)
+    frames_per_task: int = 1000
 
 
 def image_shape(feature: dict[str, Any]) -> tuple[int, int, int]:
@@ -195,7 +196,7 @@ def plan_output(
         for key in keys:  # the stream's facts (and a depth map's quantization) stay; the encoder settings change
             old = features[key].get("info", {})
             features[key] = features[key] | {"info": old | encoder_info(encode.color, cfg, False)}
-        return info | {"features": features}, Encoding(encode, reencoded=set(keys))
+        return info | {"features": features}, Encoding(encode, set(keys), [], _options(cfg).frames_per_task)
     features = {}
     jobs: list[ImageJob] = []
     for key, feature in src.features.items():
@@ -215,7 +216,7 @@ def plan_output(
         for job in layout.data_jobs:
             slot = tuple(layout.data_slots[job.runs[0].first].tolist())
             jobs.append(ImageJob(key, formats.video_path(layout.version, key, slot), job.runs, shape))
-    return info | {"features": features}, Encoding(encode, image_jobs=jobs)
+    return info | {"features": features}, Encoding(encode, set(), jobs, _options(cfg).frames_per_task)
 
 
 def for_executor(encode: Encode, on_ray: bool) -> Encode:
@@ -236,6 +237,47 @@ def jobs(encoding: Encoding | None, layout: Layout) -> list[VideoJob | ImageJob]
         return int(layout.length[episodes].sum())
 
     return sorted(found, key=lambda j: -frames(j))
+
+
+def pieces(job: VideoJob | ImageJob, lengths: np.ndarray, frames_per_task: int) -> list[VideoJob | ImageJob]:
+    """The job cut between episodes into pieces of at most `frames_per_task` frames (or one episode), so that
+    a long v3.0 file is encoded by many tasks at once; `[job]` when it fits in one. A piece keeps the job's
+    path: the caller places it."""
+    cut: list[list[Any]] = [[]]
+    frames = 0
+    for run in job.runs:
+        first, n = run.first, len(run.lengths if isinstance(run, DataRun) else run.offsets)
+        start = 0
+        for k in range(n):
+            length = int(lengths[first + k])
+            if frames and frames + length > frames_per_task:
+                if k > start:
+                    cut[-1].append(_run_slice(run, start, k))
+                cut.append([])
+                frames, start = 0, k
+            frames += length
+        cut[-1].append(_run_slice(run, start, n))
+    if len(cut) == 1:
+        return [job]
+    return [dataclasses.replace(job, runs=runs) for runs in cut]  # type: ignore[arg-type]
+
+
+def _run_slice(run: DataRun | VideoRun, i: int, j: int) -> Any:
+    """Episodes i..j-1 of a run as a run of their own (the run itself when that is all of it)."""
+    if isinstance(run, DataRun):
+        if i == 0 and j == len(run.lengths):
+            return run
+        skipped = int(run.lengths[:i].sum())
+        return DataRun(
+            run.source, run.path, run.src_episodes[i:j], run.lengths[i:j], run.first + i, run.frame_from + skipped
+        )
+    if i == 0 and j == len(run.offsets):
+        return run
+    start = run.start_s + float(run.offsets[i])
+    end = run.start_s + float(run.offsets[j - 1] + run.durations[j - 1])
+    return VideoRun(
+        run.source, run.path, start, end, run.first + i, run.offsets[i:j] - run.offsets[i], run.durations[i:j]
+    )
 
 
 def converted(encoding: Encoding) -> set[str]:

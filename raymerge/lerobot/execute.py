@@ -3,6 +3,7 @@ tasks it depends on are done (whole-file video copies are placed by the plan, so
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 from raymerge import storage
@@ -75,9 +76,24 @@ def _submit(plan: LeRobotPlan, staging: Staging, executor: Executor) -> tuple[li
             submitted.append(_Submitted(i, "video" if recompute or not job.is_copy else "copy"))
         if out.encoding is not None:
             encode = encode_plan.for_executor(out.encoding.encode, executor.is_ray)
-            args = (encode, executor.put(layout.length), fs_of, staging.fs, root, recompute, sizes)
+            lengths_of = executor.put(layout.length)
+            pieces_root = storage.join(staging.scratch, f"output-{i}", "encoded")
             for encode_job in encoded:
-                handles.append(executor.submit(tasks.encode_video_file, encode_job, *args))
+                pieces = encode_plan.pieces(encode_job, layout.length, out.encoding.frames_per_task)
+                if len(pieces) == 1:
+                    args = (encode, lengths_of, fs_of, staging.fs, root, recompute, sizes)
+                    handles.append(executor.submit(tasks.encode_video_file, encode_job, *args))
+                else:  # each piece by its own task, then one task joins them
+                    done = [
+                        executor.submit(
+                            tasks.encode_video_file,
+                            dataclasses.replace(piece, path=f"{encode_job.path}.{n:04d}.mp4"),
+                            *(encode, lengths_of, fs_of, staging.fs, pieces_root, False, sizes),
+                        )
+                        for n, piece in enumerate(pieces)
+                    ]
+                    join = (encode.fps, lengths_of, staging.fs, pieces_root, root, recompute)
+                    handles.append(executor.submit(tasks.join_encoded_pieces, encode_job, *join, *done))
                 submitted.append(_Submitted(i, "video"))
     return handles, submitted
 

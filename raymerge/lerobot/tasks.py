@@ -70,8 +70,7 @@ def write_video_file(
 ) -> VideoResult:
     """One output video file; given the output episodes' `lengths` (recompute_video_stats), also the camera
     stats of each of its episodes and the histogram of all their pixels, from the frames decoded back from
-    the written file. `sizes`: of the
-    source videos, from their listings."""
+    the written file. `sizes`: of the source videos, from their listings."""
     result = write_video(job, fs_of, out_fs, out_root, sizes)
     if lengths is not None:
         _add_decoded_stats(result, out_fs, out_root, lengths, fps)
@@ -95,6 +94,33 @@ def encode_video_file(
     result = write_encoded(job, encode, lengths, fs_of, out_fs, out_root, sizes)
     if recompute:
         _add_decoded_stats(result, out_fs, out_root, lengths, encode.fps)
+    return result
+
+
+def join_encoded_pieces(
+    job: VideoJob | ImageJob,
+    fps: int,
+    lengths: np.ndarray,
+    out_fs: AbstractFileSystem,
+    pieces_root: str,
+    out_root: str,
+    recompute: bool,
+    *pieces: VideoResult,
+) -> VideoResult:
+    """One output video file made of the pieces its encode was cut into (written below `pieces_root`): their
+    packets copied one after the other (each piece starts with a keyframe, so nothing is decoded), the pieces
+    then deleted; its episodes placed where their piece landed."""
+    from raymerge.lerobot.video.remux import Segment, concat
+
+    paths = [storage.join(pieces_root, p.path) for p in pieces]
+    segments = [Segment(out_fs, path, 0.0, float(p.placements[-1, 1])) for path, p in zip(paths, pieces, strict=True)]
+    placed = concat(segments, out_fs, storage.join(out_root, job.path))
+    out_fs.rm(paths)
+    episodes = np.concatenate([p.episodes for p in pieces])
+    placements = np.concatenate([p.placements + at.from_timestamp for p, at in zip(pieces, placed, strict=True)])
+    result = VideoResult(job.key, job.path, episodes, placements, copied=False, reencoded=episodes.tolist())
+    if recompute:
+        _add_decoded_stats(result, out_fs, out_root, lengths, fps)
     return result
 
 

@@ -195,3 +195,55 @@ def test_convert_v30_video_files_follow_the_data_files(ray_address, sources, tmp
     assert util.info(out)["features"][IMAGES[0]]["dtype"] == "image"  # not among `keys`: left in the data
     assert IMAGES[0] in pq.read_schema(out / "data/chunk-000/file-000.parquet").names
     util.check_video_timing(out)
+
+
+def keyframes(path) -> list[int]:
+    """The display positions of a video's keyframes."""
+    with av.open(str(path)) as c:
+        shown = sorted((p.pts, p.is_keyframe) for p in c.demux(video=0) if p.size)
+    return [i for i, (_, key) in enumerate(shown) if key]
+
+
+@pytest.mark.parametrize("executor", [None, "in-process"])
+@pytest.mark.parametrize("operation", ["convert_image_to_video", "reencode_videos"])
+def test_a_long_v30_file_is_encoded_in_pieces_and_joined(ray_address, sources, tmp_path, operation, executor):
+    src = sources["v3.0"]  # episodes of 6, 9 and 5 frames in one data file
+    if operation == "reencode_videos":
+        src = tmp_path / "videos"
+        run("convert_image_to_video", sources["v3.0"], src, "in-process", **LOSSLESS, keys=IMAGES[:1])
+    key = IMAGES[0] if operation == "convert_image_to_video" else "observation.images.cam0"
+    whole, pieced = tmp_path / "whole", tmp_path / "pieced"
+    run(operation, src, whole, executor, **LOSSLESS, keys=[key])
+    report = run(operation, src, pieced, executor, **LOSSLESS, keys=[key], frames_per_task=7)
+    rows = util.episodes(pieced)
+    assert report.details["videos_encoded"] == 1  # three pieces, one file
+    assert {r[f"videos/{key}/file_index"] for r in rows} == {0}
+    assert [r[f"videos/{key}/from_timestamp"] for r in rows] == [0.0, 0.6, 1.5]
+    assert sorted(p.name for p in (pieced / "videos" / key).rglob("*")) == ["chunk-000", "file-000.mp4"]
+    path, _ = util.video_ref(pieced, 0, key)
+    assert {0, 6, 15} <= set(keyframes(path))  # every piece starts with its own keyframe
+    for r in rows:
+        np.testing.assert_array_equal(
+            decoded(pieced, r["episode_index"], key, r["length"]), decoded(whole, r["episode_index"], key, r["length"])
+        )
+    util.check_video_timing(pieced)
+
+
+def test_pieces_cut_between_episodes_across_runs():
+    from raymerge.lerobot.encode_plan import pieces
+    from raymerge.lerobot.layout import VideoJob, VideoRun
+
+    lengths = np.array([4, 4, 4, 10, 2])
+    runs = [
+        VideoRun(0, "a.mp4", 1.0, 2.2, 0, np.array([0.0, 0.4, 0.8]), np.array([0.4, 0.4, 0.4])),
+        VideoRun(1, "b.mp4", 0.0, 1.2, 3, np.array([0.0, 1.0]), np.array([1.0, 0.2])),
+    ]
+    got = pieces(VideoJob("cam", "v.mp4", runs), lengths, 8)
+    assert [[list(r.episodes) for r in p.runs] for p in got] == [[[0, 1]], [[2]], [[3]], [[4]]]
+    assert [(r.path, r.start_s, r.end_s, r.offsets.tolist()) for p in got for r in p.runs] == [
+        ("a.mp4", 1.0, 1.8, [0.0, 0.4]),
+        ("a.mp4", 1.8, 2.2, [0.0]),
+        ("b.mp4", 0.0, 1.0, [0.0]),
+        ("b.mp4", 1.0, 1.2, [0.0]),
+    ]
+    assert pieces(VideoJob("cam", "v.mp4", runs), lengths, 100)[0].runs is runs
