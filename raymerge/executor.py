@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
 from raymerge import usage
-from raymerge.report import Progress
+from raymerge.report import Progress, TaskCounter
 
 MAX_RETRIES = 3
 # Below this many input bytes `ray.executor: auto` runs in this process: Ray's start-up (4-8 s on two cores)
@@ -40,6 +40,7 @@ IN_PROCESS_BELOW_BYTES = 1 << 30
 MODES = ("auto", "ray", "in-process")
 COLLECT_EVERY = 256
 USAGE_WAIT_S = 10.0  # for the usage of tasks whose results the run already has
+USAGE_RECORD = "raymerge_usage"  # the last record of a streamed call: what it read, wrote and requested
 
 
 class Local:
@@ -54,36 +55,6 @@ class Local:
         if self.error is not None:
             raise self.error
         return self.value
-
-
-class _Counter:
-    """Done/total, bytes, rate and ETA for one batch of tasks, on the run's progress display."""
-
-    def __init__(self, progress: Progress, label: str, total: int, total_bytes: int = 0) -> None:
-        self.progress, self.label, self.total, self.total_bytes = progress, label, total, total_bytes
-        self.done = 0
-        self.bytes = 0
-        self.start = time.perf_counter()
-        self.shown = self.start
-
-    def advance(self, n_bytes: int = 0) -> None:
-        self.done += 1
-        self.bytes += n_bytes
-        now = time.perf_counter()
-        if self.done == self.total or (now - self.shown >= 2.0 and self.done % max(1, self.total // 20) == 0):
-            self.shown = now
-            self.progress(self.line(now))
-
-    def line(self, now: float) -> str:
-        elapsed = max(now - self.start, 1e-9)
-        text = f"{self.label}: {self.done}/{self.total} tasks"
-        if self.total_bytes:
-            from raymerge.report import human_bytes
-
-            text += f", {human_bytes(self.bytes)} of {human_bytes(self.total_bytes)} ({human_bytes(self.bytes / elapsed)}/s)"
-        if 0 < self.done < self.total:
-            text += f", about {(self.total - self.done) * elapsed / self.done:.0f}s left"
-        return text
 
 
 class Executor:
@@ -216,7 +187,7 @@ class Executor:
     ) -> Iterator[tuple[int, Any]]:
         """(position, value) of each handle as soon as it is done; with `label`, a progress line now and then."""
         pending = list(handles)
-        counter = _Counter(self.progress, label, len(pending), int(sum(sizes or ()))) if label else None
+        counter = TaskCounter(self.progress, label, len(pending), int(sum(sizes or ()))) if label else None
         if not self.is_ray:
             for i, h in enumerate(pending):
                 value = h.result()
@@ -252,7 +223,7 @@ class Executor:
         (`ordered`), or as they complete as (position, value)."""
         calls = list(calls)
         if not self.is_ray:
-            counter = _Counter(self.progress, label, len(calls)) if label else None
+            counter = TaskCounter(self.progress, label, len(calls)) if label else None
             for i, args in enumerate(calls):
                 value = self._call(fn, args, 1).result()
                 if counter:
@@ -262,7 +233,7 @@ class Executor:
         import ray
 
         limit = max_in_flight or 2 * self.cpus()
-        counter = _Counter(self.progress, label, len(calls)) if label else None
+        counter = TaskCounter(self.progress, label, len(calls)) if label else None
         running: dict[Any, int] = {}
         results: dict[int, Any] = {}
         next_call, next_out = 0, 0
@@ -283,6 +254,43 @@ class Executor:
             while ordered and next_out in results:
                 yield results.pop(next_out)
                 next_out += 1
+
+    def stream(
+        self,
+        fn: Callable[..., Iterator[dict[str, Any]]],
+        calls: Sequence[Sequence[Any]],
+        datasource: Callable[[Callable[..., Iterator[str]], Sequence[Sequence[Any]]], Any],
+        *,
+        label: str = "",
+    ) -> Iterator[dict[str, Any]]:
+        """The records (small dicts of plain values) that `fn(*args)` yields for every args tuple (handles among
+        the args are given as their values). On Ray, a Ray Data stage: `datasource(calls_fn, calls)` (a
+        Datasource with one read task per call, each block a row of `calls_fn`'s JSON text) is read as a Dataset,
+        whose streaming executor bounds the calls in flight and the object store they fill, retries a call whose
+        worker died, and shows per-operator progress (also in the dashboard's Data panel); records come in no
+        set order. In this process, the calls one by one."""
+        if not self.is_ray:
+            counter = TaskCounter(self.progress, label, len(calls)) if label else None
+            for args in calls:
+                yield from fn(*(a.result() if isinstance(a, Local) else a for a in args))
+                if counter:
+                    counter.advance()
+            return
+        import ray.data
+
+        context = ray.data.DataContext.get_current()
+        shown = context.enable_progress_bars
+        context.enable_progress_bars = self.progress.enabled
+        try:
+            dataset = ray.data.read_datasource(datasource(_metered_records(fn), calls), override_num_blocks=len(calls))
+            for row in dataset.iter_rows():
+                record = json.loads(row["record"])
+                if USAGE_RECORD in record:
+                    self._usage = usage.merge(self._usage, record[USAGE_RECORD])
+                else:
+                    yield record
+        finally:
+            context.enable_progress_bars = shown
 
     # -- actors ------------------------------------------------------------------------------------
     def actor(self, cls: type, *args: Any) -> Any:
@@ -356,6 +364,21 @@ def _metered(fn: Callable[..., Any], num_returns: int) -> Callable[..., Any]:
         value = fn(*args)
         used = usage.since(before)
         return (value, used) if num_returns == 1 else (*value, used)
+
+    return task
+
+
+def _metered_records(fn: Callable[..., Iterator[dict[str, Any]]]) -> Callable[..., Iterator[str]]:
+    """`fn` as a Ray Data read task's work: its records as JSON text, then the storage usage of the call."""
+
+    @functools.wraps(fn)
+    def task(*args: Any) -> Iterator[str]:
+        import ray
+
+        before = usage.snapshot()
+        for record in fn(*(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args)):
+            yield json.dumps(record)
+        yield json.dumps({USAGE_RECORD: usage.since(before)})
 
     return task
 

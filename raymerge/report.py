@@ -126,6 +126,34 @@ class Progress:
             print(f"[{elapsed:7.1f}s] {message}", file=self.stream, flush=True)
 
 
+class TaskCounter:
+    """Done/total, bytes, rate and ETA for one batch of tasks, on the run's progress display."""
+
+    def __init__(self, progress: Progress, label: str, total: int, total_bytes: int = 0) -> None:
+        self.progress, self.label, self.total, self.total_bytes = progress, label, total, total_bytes
+        self.done = 0
+        self.bytes = 0
+        self.start = time.perf_counter()
+        self.shown = self.start
+
+    def advance(self, n_bytes: int = 0) -> None:
+        self.done += 1
+        self.bytes += n_bytes
+        now = time.perf_counter()
+        if self.done == self.total or (now - self.shown >= 2.0 and self.done % max(1, self.total // 20) == 0):
+            self.shown = now
+            self.progress(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        text = f"{self.label}: {self.done}/{self.total} tasks"
+        if self.total_bytes:
+            text += f", {human_bytes(self.bytes)} of {human_bytes(self.total_bytes)} ({human_bytes(self.bytes / elapsed)}/s)"
+        if 0 < self.done < self.total:
+            text += f", about {(self.total - self.done) * elapsed / self.done:.0f}s left"
+        return text
+
+
 class Timer:
     """Named wall-clock phases for the report."""
 

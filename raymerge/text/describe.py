@@ -19,8 +19,8 @@ from raymerge.text.combine import output_order
 from raymerge.text.config import Config
 from raymerge.text.plan import open_inputs, scan_spec
 from raymerge.text.readers import read_chunk
+from raymerge.text.scan import ScanSpec, scan_chunk
 from raymerge.text.sources import FILE_FORMATS, Chunk, Listing, Source, list_input, open_source, readme_configs
-from raymerge.text.tasks import ScanSpec, scan_chunk
 
 DATA_EXTENSIONS = {"parquet", "jsonl", "json", "csv", "arrow"}
 

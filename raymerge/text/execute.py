@@ -1,8 +1,13 @@
-"""Write a planned text merge into staging.
+"""Write a planned text merge into staging: the gather-and-write pass.
 
-One task per block assembles its rows from the scanned chunks it needs. On local disk each block writes
-its parts as files; then, all at once, one task per target file streams the parts in order into it, and
-one task per shard of a dataset folder (`hf`, `save_to_disk`) writes that shard. On object storage the
+Each block is gathered from the sources themselves (`gather`: the chunks holding its rows, read and normalised
+again), so nothing is held between the plan and the write but small sources' rows. On local disk the blocks
+stream through Ray Data: one read task per run of consecutive blocks gathers them and writes each block's parts
+as files as soon as it is made, Ray Data's streaming executor bounding the tasks in flight and showing
+per-operator progress (a merge of held sources alone, small by definition, runs the same runs as Ray tasks,
+without Ray Data's start-up); then,
+all at once, one Ray task per target file streams the parts in order into it, and one per shard of a dataset
+folder (`hf`, `save_to_disk`) writes that shard. On object storage one Ray task per block gathers it and the
 blocks' serialised rows travel as task results instead of files, so no byte is uploaded twice: a JSON-lines
 or JSON target is one multipart upload whose parts (>= 5 MiB each but the last, consecutive blocks
 grouped) are sent by their own tasks as the blocks finish, in parallel; shards are written by their tasks
@@ -13,6 +18,7 @@ run commits none of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +28,8 @@ from raymerge import storage
 from raymerge.executor import Executor
 from raymerge.report import Report
 from raymerge.text import folders, sinks, tasks
-from raymerge.text.blocks import SourceSlice, chunks_for
-from raymerge.text.combine import Block
 from raymerge.text.features import features_of
+from raymerge.text.gather import Run, cut_runs
 from raymerge.text.plan import TextPlan
 from raymerge.text.targets import TargetPlan
 
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from raymerge.s3commit import PartUpload
 
 MIN_PART_BYTES = 5 << 20  # S3's smallest part but the last
+RUNS_PER_CPU = 2  # runs of consecutive blocks: a chunk is read again only where two runs meet
 MAX_PARTS = 9_000  # S3 allows 10,000 parts per upload; parts grow with the output to stay below
 
 
@@ -88,19 +94,41 @@ def _write_through_files(plan: TextPlan, stages: list[storage.Staging], executor
 
 
 def _write_blocks(plan: TextPlan, fs: AbstractFileSystem, part_dir: str, executor: Executor) -> list[tuple[int, int]]:
-    """Every block's parts, written in parallel; (rows, Arrow bytes) per block, in block order. Refuses a
-    total that differs from the plan's."""
+    """Every block gathered and its parts written, by runs of consecutive blocks streamed through Ray Data (or
+    one after the other in this process); (rows, Arrow bytes) per block, in block order. Refuses a total that
+    differs from the plan's."""
     kinds = _kinds(plan)
-    executor.progress(f"assembling {len(plan.blocks)} block(s) of {plan.report.rows_out:,} rows")
-    handles = [
-        executor.submit(tasks.write_block, *_block_arguments(plan, b, (fs, part_dir, i), kinds))
-        for i, b in enumerate(plan.blocks)
-    ]
-    written: list[tuple[int, int]] = [(0, 0)] * len(handles)
-    for i, result in executor.as_completed(handles, label="blocks"):
-        written[i] = result
+    executor.progress(f"gathering {len(plan.blocks)} block(s) of {plan.report.rows_out:,} rows")
+    runs = _runs(plan, executor.parallelism(RUNS_PER_CPU))
+    calls = [(run, fs, part_dir, kinds, *_given(plan, run)) for run in runs]
+    records: Iterable[dict[str, int]]
+    if all(s.held for s in plan.sources):  # nothing streams: Ray tasks, without Ray Data's start-up
+        done_runs = executor.map(tasks.write_blocks, calls, label="blocks", ordered=False)
+        records = (r for _, done in done_runs for r in done)
+    else:
+        records = executor.stream(tasks.write_run, calls, _datasource, label="gather-and-write")
+    written: list[tuple[int, int]] = [(0, 0)] * len(plan.blocks)
+    for done in records:
+        written[done["block"]] = (done["rows"], done["bytes"])
     _check_rows(plan, written)
     return written
+
+
+def _datasource(fn: Callable[..., Iterator[str]], calls: Sequence[Sequence[Any]]) -> Any:
+    """The runs as a Ray Data source (imported only when Ray runs them)."""
+    from raymerge.text.raydata import CallsDatasource
+
+    return CallsDatasource(fn, calls, name="GatherWrite")
+
+
+def _runs(plan: TextPlan, count: int) -> list[Run]:
+    sources = tuple(s.rows_source() for s in plan.sources)
+    return cut_runs(plan.blocks, plan.order, plan.keep, sources, plan.schema, count, [s.held for s in plan.sources])
+
+
+def _given(plan: TextPlan, run: Run) -> list[Any]:
+    """The handles of the held chunks a run needs."""
+    return [plan.sources[s].chunk_tables[k] for s, k in run.given]
 
 
 # -- object storage: block parts are task results --------------------------------------------------
@@ -130,6 +158,7 @@ def _write_through_results(plan: TextPlan, stages: list[storage.Staging], execut
     keep_all = {sinks.PART_KIND[t.format] for t, _ in writers + folder_targets}
     executor.progress(f"assembling {len(plan.blocks)} block(s) of {plan.report.rows_out:,} rows")
     n, window = len(plan.blocks), 2 * executor.cpus()
+    singles = _runs(plan, n)  # one block each
     metas: dict[int, Any] = {}  # block -> its (rows, Arrow bytes, JSON-lines bytes), finished but not yet grouped
     results: list[list[Any]] = [[] for _ in range(n)]  # block -> handles of its serialised forms
     running: dict[int, Any] = {}  # block -> handle of its first result, while it runs
@@ -138,9 +167,8 @@ def _write_through_results(plan: TextPlan, stages: list[storage.Staging], execut
     while len(written) < n:
         while len(running) + len(metas) < window and len(written) + len(metas) + len(running) < n:
             i = len(written) + len(metas) + len(running)
-            first, *rest = executor.submit(
-                tasks.block_results, *_block_arguments(plan, plan.blocks[i], (), kinds), num_returns=1 + len(kinds)
-            )
+            args = (singles[i], kinds, *_given(plan, singles[i]))
+            first, *rest = executor.submit(tasks.block_results, *args, num_returns=1 + len(kinds))
             running[i], results[i] = first, rest
         i, meta = _first_done(executor, running)
         metas[i] = meta
@@ -252,16 +280,3 @@ def _finish_folders(
     for t, st, shard_handles in folder_jobs:
         shards = executor.get(shard_handles)
         folders.write_metadata(t.format, st.fs, st.path, features_of(plan.schema), t.split, rows, nbytes, shards)
-
-
-def _block_arguments(plan: TextPlan, b: Block, where: tuple[Any, ...], kinds: list[str]) -> tuple[Any, ...]:
-    """The arguments of `tasks.write_block` (`where`: fs, part folder, index) or `tasks.block_results` (no
-    `where`) for one block: its slice of the order and of the dedup mask, what it needs from each source, and
-    the handles of only the chunks that hold those rows."""
-    slices, tables = [], []
-    for s, src in enumerate(plan.sources):
-        picked = chunks_for(b.first[s], b.count[s], src.rows, src.chunk_starts)
-        slices.append(SourceSlice(s, b.first[s], b.count[s], src.rows, tuple(src.chunk_starts[i] for i in picked)))
-        tables += [src.chunk_tables[i] for i in picked]
-    keep = None if plan.keep is None else plan.keep[b.start : b.stop]
-    return (plan.order[b.start : b.stop], keep, slices, *where, kinds, plan.schema, *tables)

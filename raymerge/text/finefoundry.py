@@ -24,6 +24,7 @@ from raymerge.errors import InvalidInput
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SESSION_ID_RANGE_OPEN_END = 2**62  # the last id range of a session reaches every later id
+PAIRS_SCHEMA = pa.schema([("input", pa.string()), ("output", pa.string())])  # what `read_pairs` returns
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS scrape_sessions (
@@ -173,7 +174,17 @@ def read_pairs(db_path: str, session_id: int, first_id: int, last_id: int) -> pa
             (session_id, first_id, last_id),
         ).fetchall()
     inputs, outputs = zip(*rows, strict=True) if rows else ((), ())
-    return pa.table({"input": pa.array(inputs, pa.string()), "output": pa.array(outputs, pa.string())})
+    return pa.Table.from_arrays([pa.array(inputs, pa.string()), pa.array(outputs, pa.string())], schema=PAIRS_SCHEMA)
+
+
+def count_pairs(db_path: str, session_id: int, first_id: int, last_id: int) -> int:
+    """How many pairs `read_pairs` would return, counted by SQLite without reading one."""
+    with read_only(db_path) as con:
+        (n,) = con.execute(
+            "SELECT count(*) FROM scraped_pairs WHERE session_id = ? AND id BETWEEN ? AND ?",
+            (session_id, first_id, last_id),
+        ).fetchone()
+    return int(n)
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -1,14 +1,19 @@
 """Check and plan a text merge: everything a run decides before it writes a byte.
 
 check: the targets may be written and every input opens (format, split, session, footers), from
-listings and headers only, before any executor starts. plan: one task per chunk reads and normalises
-it; the rows stay with the executor and only counts (and, for dedup, 128-bit hashes; for whole rows, the
-schema) come back to the driver, which aligns the sources' features, builds HF's output order as one small
-array and cuts it into blocks.
+listings and headers only, before any executor starts. plan: the counting pass, one task per chunk that keeps
+nothing (`scan.count_chunk`): only counts of normalised rows (and, for dedup, 128-bit hashes; for whole rows,
+the schema) come back to the driver, which aligns the sources' features, builds HF's output order as one small
+array and cuts it into blocks. No row is held anywhere between the plan and the write: the write gathers each
+block from the sources again (`gather`). The exception is small sources, up to `HOLD_BELOW_BYTES` in all
+(smallest first): their scan keeps the normalised rows with the executor and the gather takes them from there.
+Holding that much is cheaper than what a second read costs: the scan's work again for every pass over a source
+that an interleave cycles through, and on object storage a second GET of every byte.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,15 +27,17 @@ from raymerge.executor import Executor
 from raymerge.ordering import hf_indices
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
-from raymerge.text import features, tasks
+from raymerge.text import features, scan
 from raymerge.text.columns import PAIR_SCHEMA, role_table
 from raymerge.text.combine import Block, output_order, plan_blocks
 from raymerge.text.config import Config, TextInput
+from raymerge.text.gather import SourceRows
 from raymerge.text.sources import Source, fingerprint, open_source
 from raymerge.text.targets import TargetPlan, check_targets
 
 MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 1024, 131_072
 BLOCKS_PER_CPU = 4  # enough blocks to balance uneven ones over the cores
+HOLD_BELOW_BYTES = 256 << 20  # input bytes of the sources held from the scan to the write, at most
 DROP_UNUSED = "not reached before the interleave stopped"
 DROP_DUPLICATE = "exact duplicate"
 
@@ -39,15 +46,26 @@ __all__ = ["TargetPlan", "TextPlan", "check", "check_targets", "open_inputs", "p
 
 @dataclass
 class ScannedSource:
-    """An input after its scan: where each chunk's rows are (executor handles) and which source rows
-    each chunk starts at, so that block tasks can be sent exactly the chunks they need."""
+    """An input after the counting pass: which normalised source row each chunk starts at, so that a block
+    reads exactly the chunks holding its rows, and how to read them again (`spec`)."""
 
     name: str
     source: Source
-    chunk_tables: list[Any]
+    spec: scan.ScanSpec
     chunk_starts: list[int]
     rows: int
     schemas: list[pa.Schema | None] = field(default_factory=list)
+    chunk_tables: list[Any] = field(default_factory=list)  # executor handles of a held source's chunks
+
+    @property
+    def held(self) -> bool:
+        return bool(self.chunk_tables)
+
+    def rows_source(self) -> SourceRows:
+        """What the gather needs to read this source's rows again (no hashes: dedup is decided)."""
+        spec = dataclasses.replace(self.spec, hashes=False)
+        src = self.source
+        return SourceRows(src.fs, src.url, spec, tuple(src.chunks), tuple(self.chunk_starts), self.rows)
 
 
 @dataclass
@@ -72,11 +90,11 @@ def open_inputs(cfg: Config) -> list[tuple[str, Source]]:
     return out
 
 
-def scan_spec(cfg: Config, inp: TextInput) -> tasks.ScanSpec:
-    """What the scan tasks of one input make of its rows."""
+def scan_spec(cfg: Config, inp: TextInput) -> scan.ScanSpec:
+    """What the counting and gather tasks of one input make of its rows."""
     r = inp.roles
     roles = role_table(r.user, r.assistant, r.system) if r is not None else role_table()
-    return tasks.ScanSpec(cfg.columns == "keep", inp.input_column, inp.output_column, roles, cfg.dedup == "exact")
+    return scan.ScanSpec(cfg.columns == "keep", inp.input_column, inp.output_column, roles, cfg.dedup == "exact")
 
 
 def check(cfg: Config) -> int:
@@ -87,7 +105,7 @@ def check(cfg: Config) -> int:
 
 
 def plan(cfg: Config, executor: Executor) -> TextPlan:
-    """Scan every chunk with the executor, then decide the schema, the output order, dedup and blocks on the
+    """Count every chunk with the executor, then decide the schema, the output order, dedup and blocks on the
     driver."""
     targets = check_targets(cfg)
     report = Report(kind="text", operation=cfg.operation, output=targets[0].url)
@@ -115,17 +133,21 @@ def plan(cfg: Config, executor: Executor) -> TextPlan:
 def _scan(
     cfg: Config, opened: list[tuple[str, Source]], executor: Executor, report: Report
 ) -> tuple[list[ScannedSource], list[np.ndarray]]:
-    """One scan task per chunk, all submitted before any result is awaited; the report gains each input's
-    counts. Returns the scanned sources and, for dedup, each source's pair hashes."""
+    """One counting task per chunk, all submitted before any result is awaited; the report gains each input's
+    counts. Returns the counted sources and, for dedup, each source's pair hashes."""
     pending = []
+    held = held_sources([src for _, src in opened])
     for i, ((name, src), inp) in enumerate(zip(opened, cfg.inputs, strict=True)):
         spec = scan_spec(cfg, inp)
-        handles = [executor.submit(tasks.scan_chunk, src.fs, c, src.url, spec, num_returns=2) for c in src.chunks]
-        pending.append((i, name, src, handles))
-        executor.progress(f"reading {name}: {src.kind}, {len(src.chunks)} chunk(s)")
+        if i in held:
+            handles = [executor.submit(scan.scan_chunk, src.fs, c, src.url, spec, num_returns=2) for c in src.chunks]
+        else:
+            handles = [[executor.submit(scan.count_chunk, src.fs, c, src.url, spec)] for c in src.chunks]
+        pending.append((i, name, src, spec, handles))
+        executor.progress(f"counting {name}: {src.kind}, {len(src.chunks)} chunk(s)")
     scanned, hashes = [], []
-    for i, name, src, handles in pending:
-        stats: list[tasks.ChunkStats] = executor.get([h[0] for h in handles])
+    for i, name, src, spec, handles in pending:
+        stats: list[scan.ChunkStats] = executor.get([h[0] for h in handles])
         mappings = sorted({s.mapping for s in stats if s.mapping})
         if len(mappings) > 1:
             raise InvalidInput(f"{src.url}: files map columns differently ({'; '.join(mappings)})")
@@ -146,12 +168,24 @@ def _scan(
         if cfg.columns == "pairs":
             report.details.setdefault("mapping", {})[name] = mappings[0] if mappings else "(no rows)"
         starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(int).tolist() if rows else []
-        chunk_tables = [h[1] for h in handles]
-        scanned.append(ScannedSource(name, src, chunk_tables, starts, sum(rows), [s.schema for s in stats]))
+        tables = [h[1] for h in handles if len(h) > 1]
+        scanned.append(ScannedSource(name, src, spec, starts, sum(rows), [s.schema for s in stats], tables))
         if cfg.dedup == "exact":
             hashes.append(np.concatenate([s.hashes for s in stats]) if stats else np.zeros((0, 2), np.uint64))
-        executor.progress(f"read {name}: {sum(rows):,} {'rows' if cfg.columns == 'keep' else 'pairs'}")
+        executor.progress(f"counted {name}: {sum(rows):,} {'rows' if cfg.columns == 'keep' else 'pairs'}")
     return scanned, hashes
+
+
+def held_sources(sources: list[Source]) -> set[int]:
+    """The sources whose scan keeps their rows: the smallest, up to `HOLD_BELOW_BYTES` of input in all."""
+    sizes = sorted((fingerprint(src)["bytes"], i) for i, src in enumerate(sources))
+    total, held = 0, set()
+    for size, i in sizes:
+        total += size
+        if total > HOLD_BELOW_BYTES:
+            break
+        held.add(i)
+    return held
 
 
 def merged_schema(scanned: list[ScannedSource]) -> pa.Schema:

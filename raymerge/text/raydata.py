@@ -1,8 +1,9 @@
-"""Text sources as Ray Datasets, and FineFoundry sessions written from one: the text family's Ray Data blocks.
+"""Text sources as Ray Datasets, FineFoundry sessions written from one, and the Ray Data stage of a text merge.
 
-The only module of the family that imports Ray: a `raymerge run` never loads it. Sources resolve on the driver
+The only module of the family that imports Ray: a `raymerge run` loads it only when Ray runs its gather-and-write
+stage (`CallsDatasource`). Sources resolve on the driver
 exactly as the CLI resolves them (`sources.open_source`: listings and footers only), and each chunk of a
-source becomes one read task that reads and normalises it with the scan task's own code (`tasks.scan_chunk`),
+source becomes one read task that reads and normalises it with the scan's own code (`scan.scan_chunk`),
 so a Dataset holds the same pairs, dropped the same way, as a text merge of that source would.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -28,10 +29,40 @@ from raymerge.report import Report
 from raymerge.text import finefoundry, sinks
 from raymerge.text.columns import PAIR_SCHEMA, role_table
 from raymerge.text.config import TextInput
+from raymerge.text.scan import ScanSpec, scan_chunk
 from raymerge.text.sources import Chunk, Source, open_source
-from raymerge.text.tasks import ScanSpec, scan_chunk
 
-__all__ = ["FineFoundryDatasink", "TextDatasource", "read_finefoundry", "read_text"]
+__all__ = ["CallsDatasource", "FineFoundryDatasink", "TextDatasource", "read_finefoundry", "read_text"]
+RECORD_SCHEMA = pa.schema([("record", pa.string())])
+
+
+class CallsDatasource(Datasource):
+    """Calls of a plain generator function as Ray Data read tasks, one per call, each record it yields (JSON
+    text) a one-row block: `Executor.stream`'s Ray side. A text merge's runs of blocks are such calls: each
+    reads its rows by chunk and row range, which Ray's own readers cannot address (they give no row positions
+    to gather by), and writes the blocks' parts, so only records of a few bytes reach the object store."""
+
+    def __init__(self, fn: Callable[..., Iterator[str]], calls: Sequence[Sequence[Any]], name: str) -> None:
+        super().__init__()
+        self.fn, self.calls, self.name = fn, list(calls), name
+
+    def get_name(self) -> str:
+        return self.name
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
+        """One task per call, whatever `parallelism` says: the calls are already cut to task size."""
+        meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+        return [ReadTask(functools.partial(_records, self.fn, args), meta, schema=RECORD_SCHEMA) for args in self.calls]
+
+
+def _records(fn: Callable[..., Iterator[str]], args: Sequence[Any]) -> Iterator[pa.Table]:
+    for record in fn(*args):
+        yield pa.Table.from_arrays([pa.array([record], pa.string())], schema=RECORD_SCHEMA)
 
 
 class TextDatasource(Datasource):

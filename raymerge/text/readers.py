@@ -1,4 +1,5 @@
-"""Reading one chunk of a source: the work of a scan task, and of inspect and preview in this process.
+"""Reading one chunk of a source: the work of the counting pass and the gather, and of inspect and preview in
+this process.
 
 Unreadable content raises InvalidInput naming the file (and, for JSON, the line), so a bad input is refused
 with a message, not a traceback from a task.
@@ -6,9 +7,11 @@ with a message, not a traceback from a task.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -88,6 +91,33 @@ def chunk_schema(fs: AbstractFileSystem, chunk: Chunk) -> pa.Schema | None:
         return None
     with codecs.open_stream(fs, chunk.path, None, chunk.size) as f:
         return pq.ParquetFile(f).schema_arrow
+
+
+def count_rows(fs: AbstractFileSystem, chunk: Chunk) -> tuple[int, pa.Schema] | None:
+    """A chunk's rows and schema from the format's own counts, reading no row: parquet row-group metadata in
+    the footer, Arrow record-batch headers (a memory-mapped local file pages in only the headers), a SQLite
+    count over the id range. None for formats that must be scanned."""
+    where = storage.url(fs, chunk.path)
+    try:
+        if chunk.format == "parquet":
+            with codecs.open_stream(fs, chunk.path, None, chunk.size) as f:
+                pf = pq.ParquetFile(f)
+                return sum(pf.metadata.row_group(g).num_rows for g in range(chunk.start, chunk.stop)), pf.schema_arrow
+        if chunk.format == "arrow" and chunk.compression is None:
+            with contextlib.ExitStack() as opened:
+                if storage.is_local(fs):
+                    stream: Any = opened.enter_context(pa.memory_map(chunk.path))
+                else:
+                    stream = opened.enter_context(codecs.open_stream(fs, chunk.path, None, chunk.size))
+                reader = pa.ipc.open_stream(stream)
+                return sum(batch.num_rows for batch in reader), reader.schema
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InvalidInput(f"{where}: not a readable {chunk.format} file: {e}") from None
+    if chunk.format == "sqlite":
+        assert chunk.session_id is not None
+        db = finefoundry.local_sqlite(fs, chunk.path)
+        return finefoundry.count_pairs(db, chunk.session_id, chunk.start, chunk.stop), finefoundry.PAIRS_SCHEMA
+    return None
 
 
 def _read_csv(fs: AbstractFileSystem, chunk: Chunk) -> pa.Table:

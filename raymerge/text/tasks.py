@@ -6,133 +6,54 @@ Their arguments and results are small values or tables, never open files or conn
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import polars as pl
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
 from raymerge.text import folders, sinks
-from raymerge.text.blocks import SourceSlice, assemble_block
-from raymerge.text.columns import DEFAULT_ROLES, PAIR_SCHEMA, RoleTable, choose_mapping, normalise
-from raymerge.text.features import conform
-from raymerge.text.readers import chunk_schema, read_chunk
-from raymerge.text.sources import Chunk
+from raymerge.text.gather import Run, gather
 
 if TYPE_CHECKING:
     from raymerge.s3commit import PartUpload
     from raymerge.text.plan import TargetPlan
 
-
-@dataclass(frozen=True)
-class ScanSpec:
-    """What a scan makes of a chunk: whole rows (`keep`), or pairs by the auto-mapping and an input's hints;
-    `hashes` for dedup."""
-
-    keep: bool = False
-    input_column: str | None = None
-    output_column: str | None = None
-    roles: RoleTable = DEFAULT_ROLES
-    hashes: bool = False
+__all__ = [
+    "block_results",
+    "upload_part",
+    "write_blocks",
+    "write_run",
+    "write_shard",
+    "write_target",
+    "write_target_from_blocks",
+]
 
 
-@dataclass
-class ChunkStats:
-    """What the driver learns from scanning a chunk: counts for the report and the order, the mapping to
-    check that a source's files agree, the schema (whole rows) to align sources, and (for dedup) the pairs'
-    hashes; never the rows themselves."""
-
-    rows_in: int
-    rows: int
-    dropped: dict[str, int] = field(default_factory=dict)
-    mapping: str | None = None
-    hashes: np.ndarray | None = None
-    unknown_roles: dict[str, int] = field(default_factory=dict)
-    schema: pa.Schema | None = None
+def write_run(
+    run: Run, fs: AbstractFileSystem, part_dir: str, kinds: list[str], *given: pa.Table
+) -> Iterator[dict[str, int]]:
+    """Gather a run's blocks (from the sources, and the `given` tables of held chunks) and write each block's
+    parts as soon as it is made; per block, its number, its rows (which the plan checks) and their Arrow bytes
+    (which size a dataset folder's shards)."""
+    for index, table in gather(run, given):
+        sinks.write_parts(table, fs, part_dir, index, kinds)
+        yield {"block": index, "rows": table.num_rows, "bytes": table.nbytes}
 
 
-def scan_chunk(fs: AbstractFileSystem, chunk: Chunk, where: str, spec: ScanSpec) -> tuple[ChunkStats, pa.Table]:
-    """Read one chunk and normalise it to pairs (or keep its rows); parquet reads only the mapped columns. The
-    rows stay with the executor for the block tasks, only the stats go to the driver."""
-    if spec.keep:
-        table = read_chunk(fs, chunk)
-        return ChunkStats(table.num_rows, table.num_rows, schema=table.schema), table
-    schema = chunk_schema(fs, chunk)
-    if schema is not None:
-        mapping = choose_mapping(schema, where, spec.input_column, spec.output_column, spec.roles)
-        table = read_chunk(fs, chunk, mapping.columns())
-    else:
-        table = read_chunk(fs, chunk)
-        if table.num_columns == 0:
-            empty = PAIR_SCHEMA.empty_table()
-            return ChunkStats(0, 0, hashes=pair_hashes(empty) if spec.hashes else None), empty
-        mapping = choose_mapping(table.schema, where, spec.input_column, spec.output_column, spec.roles)
-    done = normalise(table, mapping)
-    stats = ChunkStats(
-        done.rows_in,
-        done.pairs.num_rows,
-        done.dropped,
-        mapping.describe(),
-        pair_hashes(done.pairs) if spec.hashes else None,
-        done.unknown_roles,
-    )
-    return stats, done.pairs
+def write_blocks(
+    run: Run, fs: AbstractFileSystem, part_dir: str, kinds: list[str], *given: pa.Table
+) -> list[dict[str, int]]:
+    """The blocks of a run written by one Ray task (`write_run`), returning their records: for a merge whose
+    sources are all held, which has nothing to stream."""
+    return list(write_run(run, fs, part_dir, kinds, *given))
 
 
-def pair_hashes(pairs: pa.Table) -> np.ndarray:
-    """A 128-bit identity per pair (two 64-bit hashes): exact duplicates are found on the driver from these
-    alone, without moving the text."""
-    df = pl.DataFrame(pairs)
-    h = np.empty((pairs.num_rows, 2), np.uint64)
-    h[:, 0] = df["input"].hash(seed=0x5EED).to_numpy()
-    h[:, 1] = df["output"].hash(seed=0xD0D0).to_numpy()
-    return h
-
-
-def _block(
-    order: np.ndarray,
-    keep: np.ndarray | None,
-    slices: list[SourceSlice],
-    schema: pa.Schema,
-    tables: tuple[pa.Table, ...],
-) -> pa.Table:
-    table = assemble_block(order, slices, [conform(t, schema) for t in tables], schema)
-    return table if keep is None else table.filter(keep)
-
-
-def write_block(
-    order: np.ndarray,
-    keep: np.ndarray | None,
-    slices: list[SourceSlice],
-    fs: AbstractFileSystem,
-    part_dir: str,
-    index: int,
-    kinds: list[str],
-    schema: pa.Schema,
-    *tables: pa.Table,
-) -> tuple[int, int]:
-    """Assemble one output block from the chunks it needs (`tables`, in `slices` order, put in `schema`), drop
-    duplicates (`keep`), and write its parts; returns the rows written, which the plan checks, and their Arrow
-    bytes, which size the shards of a dataset folder."""
-    table = _block(order, keep, slices, schema, tables)
-    sinks.write_parts(table, fs, part_dir, index, kinds)
-    return table.num_rows, table.nbytes
-
-
-def block_results(
-    order: np.ndarray,
-    keep: np.ndarray | None,
-    slices: list[SourceSlice],
-    kinds: list[str],
-    schema: pa.Schema,
-    *tables: pa.Table,
-) -> tuple[Any, ...]:
-    """`write_block` for an object-store run: the block's serialised forms are returned (one result each, in
+def block_results(run: Run, kinds: list[str], *given: pa.Table) -> tuple[Any, ...]:
+    """The one block of `run` for an object-store run: its serialised forms are returned (one result each, in
     `kinds` order) instead of stored as files, so later tasks upload them once. First result: (rows, Arrow
     bytes, JSON-lines bytes or 0), small enough for the driver to group blocks into upload parts."""
-    table = _block(order, keep, slices, schema, tables)
+    ((_, table),) = gather(run, given)
     out: list[Any] = []
     for kind in kinds:
         out.append(sinks.jsonl_bytes(table) if kind == "jsonl" else table)

@@ -16,7 +16,7 @@ from raymerge.errors import InvalidInput
 from raymerge.text import sources
 from raymerge.text.raydata import TextDatasource
 from raymerge.text.samples import make_samples
-from raymerge.text.tasks import ScanSpec
+from raymerge.text.scan import ScanSpec
 from tests.data.conftest import leftovers
 
 

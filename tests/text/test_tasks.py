@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raymerge import storage
+from raymerge.text.scan import ScanSpec, scan_chunk
 from raymerge.text.sources import Chunk
-from raymerge.text.tasks import ScanSpec, scan_chunk
 
 
 def test_scan_counts_drops_and_hashes_pairs(tmp_path):
