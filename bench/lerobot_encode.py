@@ -5,9 +5,12 @@ raymerge on every core against the same encodes one episode after another in one
     python bench/lerobot_encode.py                   # 300 episodes of 20 frames, 96x128
     python bench/lerobot_encode.py --episodes 200 --frames 30 --size 192 256   # heavier encodes
     python bench/lerobot_encode.py --episodes 60     # a quick run
+    python bench/lerobot_encode.py --version v3.0    # one data file: pieces of `encode.frames_per_task` frames
 
 The input is a v2.1 dataset whose camera is stored as PNG images in the data files (one encode task per
-episode). raymerge runs in a fresh driver attached to a running Ray (a new job; the job's worker start-up is
+episode), or with `--version v3.0` one whose episodes share a data file (one encode task per piece of
+`--frames-per-task` frames of whole episodes, joined by packet copy; the loop encodes each file whole, as
+LeRobot does). raymerge runs in a fresh driver attached to a running Ray (a new job; the job's worker start-up is
 timed apart) and writes a whole dataset (data files without the images, metadata, stats); the loop only
 decodes and encodes the videos, with the same encoder settings. Both are flushed with `sync`. Prints medians
 of the repeats, the speed-up and the speed-up per core, and the load average (the machine may be shared).
@@ -98,6 +101,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--frames", type=int, default=20, help="frames per episode")
     parser.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--version", choices=("v2.1", "v3.0"), default="v2.1")
+    parser.add_argument("--frames-per-task", type=int, default=1000, help="v3.0: frames per encode task")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("bench-data/lerobot-encode"))
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
@@ -108,12 +113,12 @@ def main() -> None:
 
     fps = 30
     height, width = args.size
-    src = root / f"images-{args.episodes}x{args.frames}-{height}x{width}"
+    src = root / f"images-{args.version}-{args.episodes}x{args.frames}-{height}x{width}"
     if not src.exists():
         samples.make(
             None,
             str(src),
-            version="v2.1",
+            version=args.version,
             lengths=(args.frames,) * args.episodes,
             cameras=0,
             fps=fps,
@@ -132,6 +137,7 @@ def main() -> None:
             ("convert_image_to_video", CONVERT, sequential_convert, src),
             ("reencode_videos", REENCODE, sequential_reencode, videos),
         ):
+            encode = encode | {"frames_per_task": args.frames_per_task}
             runs, loops = [], []
             for _ in range(args.repeats):
                 loops.append(loop(source, root / "loop", fps))
@@ -141,7 +147,7 @@ def main() -> None:
             wall, one = statistics.median(r["wall"] for r in runs), statistics.median(loops)
             workers = statistics.median(r["workers"] for r in runs)
             print(
-                f"{operation}: {args.episodes} episodes x {args.frames} frames of {height}x{width} ({encode['codec']}): one process, "
+                f"{operation} ({args.version}): {args.episodes} episodes x {args.frames} frames of {height}x{width} ({encode['codec']}): one process, "
                 f"episode after episode {one:.2f}s; raymerge on {cores} cores {wall:.2f}s (job worker start-up "
                 f"{workers:.2f}s apart): {one / wall:.2f}x faster, {one / wall / cores:.2f}x per core; "
                 f"load average {os.getloadavg()[0]:.1f}  [loop {fmt(loops)}; raymerge {fmt([r['wall'] for r in runs])}]",
