@@ -166,6 +166,8 @@ def _check_edits(cfg: Config, src: Source, selected: SelectedEpisodes) -> None:
     """`modify_tasks` and relative-action stats apply to the selected episodes of the one input."""
     from raymerge.lerobot import tasks_edit
 
+    if cfg.tasks is None and cfg.relative_action is None:
+        return  # a merge's selection spans its inputs: `src` is only the first of them
     episodes = src.episodes.index[selected.row].tolist()
     if cfg.tasks is not None:
         tasks_edit.check_tasks(cfg.tasks, src, episodes)

@@ -227,3 +227,13 @@ def test_episodes_metadata_written_a_chunk_at_a_time_equals_one_chunk(
             chunk, file = int(path.parent.name.split("-")[1]), int(path.stem.split("-")[1])
             assert set(named["meta/episodes/chunk_index"].to_pylist()) == {chunk}
             assert set(named["meta/episodes/file_index"].to_pylist()) == {file}
+
+
+def test_a_later_input_may_have_more_episodes_than_the_first(ray_address, sources, tmp_path):
+    a, b = sources
+    first = tmp_path / "short"
+    merge([{"path": str(b), "episodes": [1]}], first)  # one episode: fewer than b's three
+    out = tmp_path / "out"
+    merge([{"path": str(first)}, {"path": str(b)}], out)
+    assert [r["length"] for r in util.episodes(out)] == [11, 8, 11, 7]
+    util.check_merged(out, [(first, [0]), (b, [0, 1, 2])])
