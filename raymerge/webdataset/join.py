@@ -15,9 +15,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raymerge.webdataset import keytable
+from raymerge.webdataset import inline, keytable
 
-MEMBER_COLUMNS = ("names", "srcs", "offsets", "sizes")
+MEMBER_COLUMNS = ("names", "srcs", "offsets", "sizes", "data")  # "data" last (`_take`)
 MISSING_EXAMPLES = 10
 
 
@@ -72,9 +72,10 @@ def join_bucket(
 
 
 def _take(table: pl.DataFrame, rows: np.ndarray) -> pa.Table:
-    """The rows of `table` at `rows` (-1: a null row, no members)."""
-    arrow = table.select(*MEMBER_COLUMNS, "nbytes").to_arrow()
-    return arrow.take(pa.array(np.maximum(rows, 0), mask=rows < 0))
+    """The rows of `table` at `rows` (-1: a null row, no members); the carried payloads by `inline.take`."""
+    arrow = table.select(*MEMBER_COLUMNS[:-1], "nbytes").to_arrow()
+    taken = arrow.take(pa.array(np.maximum(rows, 0), mask=rows < 0))
+    return taken.append_column("data", inline.take(table["data"].to_arrow(), rows))
 
 
 def concat_lists(columns: Sequence[Sequence[pa.Array]]) -> list[pa.Array]:
@@ -99,6 +100,8 @@ def concat_lists(columns: Sequence[Sequence[pa.Array]]) -> list[pa.Array]:
     offsets = pa.array(out_offsets.astype(np.int64))
     out = []
     for arrays in columns:
-        values = pa.concat_arrays([pc.list_flatten(a) for a in arrays]).take(take)
+        values = pa.concat_arrays([pc.list_flatten(a) for a in arrays])
+        nested = pa.types.is_large_list(values.type) or pa.types.is_list(values.type)
+        values = inline.take(values, order) if nested else values.take(take)  # carried payloads: lists of bytes
         out.append(pa.LargeListArray.from_arrays(offsets, values))
     return out

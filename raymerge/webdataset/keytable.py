@@ -1,8 +1,9 @@
 """Small per-sample tables (key, order, member locations) and the hash/range partitioning of them.
 
 One row per sample: `key`, `order` (int64 that sorts rows into output order), and per member the
-output extension `names`, source shard id `srcs`, data `offsets` and `sizes`, plus `nbytes`.
-Rows never hold payload, so these tables stay small and travel between Ray tasks cheaply.
+output extension `names`, source shard id `srcs`, data `offsets` and `sizes`, the payload of tiny
+members in `data` (`inline`: null for the others), plus `nbytes`. Rows hold no payload beyond those
+bounded few bytes, so these tables stay small and travel between Ray tasks cheaply.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raymerge.webdataset import inline
+
 ORDINAL_BITS = 32
 # MurmurHash3's 64-bit finaliser: spreads CRC-32's linear bits over every bucket number.
 _MIX_SHIFT = np.uint64(33)
@@ -29,6 +32,7 @@ SCHEMA = pl.Schema(
         "srcs": pl.List(pl.Int32()),
         "offsets": pl.List(pl.Int64()),
         "sizes": pl.List(pl.Int64()),
+        "data": pl.List(pl.List(pl.UInt8())),  # per member its payload where carried (`inline`), else null
         "nbytes": pl.Int64(),
     }
 )
@@ -96,10 +100,17 @@ def frame(
             "srcs": per_member(pa.array(np.repeat(shard, members).astype(np.int32))),
             "offsets": per_member(flat("offsets")),
             "sizes": per_member(flat("sizes")),
+            "data": per_member(pa.concat_arrays([_carried(t) for t in scanned])),
             "nbytes": flat("nbytes"),
         }
     )
     return pl.DataFrame(table).cast(SCHEMA)
+
+
+def _carried(scanned: dict[str, Any]) -> pa.Array:
+    """A scanned shard's carried payloads (`inline`), or nulls when it carries none."""
+    data = scanned.get("data")
+    return inline.none_carried(len(scanned["sizes"])) if data is None else data
 
 
 def _prefixed(prefix: str, strings: pa.Array) -> pa.Array:

@@ -21,7 +21,7 @@ from raymerge.errors import InvalidInput
 from raymerge.executor import Executor
 from raymerge.plan import Plan
 from raymerge.report import InputReport, Report
-from raymerge.webdataset import config, layout, sourceindex, tasks
+from raymerge.webdataset import config, inline, layout, sourceindex, tasks
 from raymerge.webdataset.config import Config
 from raymerge.webdataset.sourceindex import ShardIndex
 from raymerge.webdataset.sources import Listing, Shard, list_inputs
@@ -33,6 +33,7 @@ MEMBER_BYTES_MIN = 1024  # a member takes at least a header and a data block: ta
 GZ_RATIO = 4  # assumed expansion of a compressed shard, for the same estimate
 SCAN_TASKS_PER_CPU = 8  # enough scan tasks to balance uneven shards over the cores
 MAX_SCAN_TASKS = 1024  # beyond this many, scan tasks take more shards each (10^5 shards: ~100 each)
+INLINE_TASK_BYTES = inline.TASK_BYTES  # tiny members' payload a scan task carries (0: none; `inline`)
 
 
 @dataclass
@@ -98,6 +99,7 @@ def plan(cfg: Config, executor: Executor) -> WebDatasetPlan:
             shuffle_seed=shuffle,
             buckets=buckets,
             keep_whole=not ordered_by_range,
+            inline_bytes=INLINE_TASK_BYTES,
         )
         for i, inp in enumerate(cfg.inputs)
     ]
@@ -126,12 +128,14 @@ def plan(cfg: Config, executor: Executor) -> WebDatasetPlan:
         results, range_parts = _check_buckets(
             executor, op, scanned, len(cfg.inputs), bucket_tables, buckets, nonmatch, check_dups, boundaries
         )
+        bucket_tables.clear()  # the bucket tasks hold what they still need: the object store can free the rest
         groups = [f"input {n}" for n in names] if op == "join" else ["inputs " + ", ".join(names)]
         _raise_duplicates(results, groups, shards, names)
     if op == "join":
         _join_report(cfg, names, results, report)
     if boundaries is not None:
         counts, chunks = _sort_ranges(executor, range_parts, len(boundaries))
+        range_parts.clear()  # likewise, once the sort tasks have them
     elif op == "blend":
         counts, chunks = _blend(executor, cfg, scanned, report)
     else:

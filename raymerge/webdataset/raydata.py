@@ -37,11 +37,12 @@ from raymerge.data import StagedOutput, ray_executor
 from raymerge.errors import InvalidInput
 from raymerge.executor import Executor
 from raymerge.report import Report
-from raymerge.webdataset import keytable, layout, tarindex, tasks
+from raymerge.webdataset import inline, keytable, layout, tarindex, tasks
 from raymerge.webdataset import plan as planning
 from raymerge.webdataset.config import Config
 from raymerge.webdataset.config import check as check_config
 from raymerge.webdataset.execute import execute
+from raymerge.webdataset.inline import Carried
 from raymerge.webdataset.plan import WebDatasetPlan
 from raymerge.webdataset.sources import Shard
 from raymerge.webdataset.writer import RangeReader, shard_members
@@ -165,7 +166,8 @@ def _read_joined(
 
 def _samples_table(rows: pl.DataFrame, reader: RangeReader, names: list[str]) -> pa.Table:
     members = shard_members(rows)
-    data = reader.member_bytes(members["srcs"].to_numpy(), members["offsets"].to_numpy(), members["sizes"].to_numpy())
+    src, offset, size = (members[c].to_numpy() for c in ("srcs", "offsets", "sizes"))
+    data = Carried(members["data"]).payloads(reader, np.arange(len(size)), src, offset, size)
     columns: dict[str, list[bytes | None]] = {n: [None] * rows.height for n in names}
     for sample, name, value in zip(members["sample"].to_list(), members["names"].to_list(), data, strict=True):
         columns[name][sample] = bytes(value)
@@ -384,6 +386,7 @@ def _spool_block(table: pa.Table, at: int, task: int, first_row: int) -> tuple[p
                 "srcs": pa.ListArray.from_arrays(starts, pa.array(np.zeros(len(sample), np.int32))),
                 "offsets": pa.ListArray.from_arrays(starts, pa.array(offsets.astype(np.int64))),
                 "sizes": pa.ListArray.from_arrays(starts, pa.array(sizes.astype(np.int64))),
+                "data": pa.ListArray.from_arrays(starts, inline.none_carried(len(sample))),
                 "nbytes": pa.array(np.bincount(sample, weights=sizes, minlength=n).astype(np.int64)),
             }
         )

@@ -19,7 +19,7 @@ from fsspec import AbstractFileSystem
 
 from raymerge import directio, storage
 from raymerge.errors import RunFailed
-from raymerge.webdataset import energon, keytable, layout, sourceindex, tarindex
+from raymerge.webdataset import energon, inline, keytable, layout, sourceindex, tarindex
 from raymerge.webdataset.join import JoinStats, join_bucket
 from raymerge.webdataset.layout import OutputShard
 from raymerge.webdataset.sourceindex import ShardIndex
@@ -36,6 +36,7 @@ class ScanOptions:
     shuffle_seed: int | None = None
     buckets: int = 0
     keep_whole: bool = True  # also return the whole key table (for orders that need no range sort)
+    inline_bytes: int = 0  # tiny members' payload the task carries in its key table, at most (`inline`)
 
 
 @dataclass
@@ -55,6 +56,9 @@ def scan_shards(
 ) -> tuple[Any, ...]:
     """Per-shard summaries, the shards' whole key table (or None) and its `opts.buckets` hash buckets.
 
+    Local plain shards carry their tiny members' payload in the table (`inline`), up to
+    `opts.inline_bytes` for the task, so that the writers need not read those members again.
+
     A shard with an entry in `indexed` is read from its input's index, or scanned when the index does
     not fit it (its summary's `index` says which). Bad input raises here, naming the shard and member.
     """
@@ -62,7 +66,16 @@ def scan_shards(
     for i, shard in enumerate(shards):
         where = indexed[i] if i < len(indexed) else None
         members, why = sourceindex.members(fs, shard, where) if where is not None else (None, None)
-        tables.append(scan(fs, shard) if members is None else tarindex.table(members, shard.name, shard.size))
+        if members is None:
+            table = scan(fs, shard)
+            if opts.inline_bytes:
+                most = inline.budget(shard.size, opts.inline_bytes, len(shards))
+                table["data"] = inline.shard_payloads(
+                    fs, shard.path, shard.compressed, table["offsets"], table["sizes"], most
+                )
+        else:
+            table = tarindex.table(members, shard.name, shard.size)
+        tables.append(table)
         notes.append(None if where is None else (why or "used"))
     df = keytable.frame(
         tables, first_id, key_prefix=opts.key_prefix, ext_prefix=opts.ext_prefix, shuffle_seed=opts.shuffle_seed

@@ -21,6 +21,7 @@ from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.directio import Sink
+from raymerge.webdataset.inline import Carried
 from raymerge.webdataset.sources import Shard
 
 REMOTE_GAP = 64 * 1024  # object storage: the largest gap read across rather than issuing another request
@@ -148,8 +149,8 @@ def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
 def shard_members(rows: pl.DataFrame) -> pl.DataFrame:
     """Every member of the rows' samples in tar order: by sample, then by extension inside a sample."""
     return (
-        rows.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("sample"), "names", "srcs", "offsets", "sizes")
-        .explode("names", "srcs", "offsets", "sizes")
+        rows.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("sample"), "names", "srcs", "offsets", "sizes", "data")
+        .explode("names", "srcs", "offsets", "sizes", "data")
         .filter(pl.col("names").is_not_null())
         .sort("sample", "names", maintain_order=True)
     )
@@ -324,12 +325,14 @@ def write_shard(
     """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
 
     Members go in batches: headers are built for a whole batch with array arithmetic, payload comes
-    as slices of mapped shards (or coalesced reads), and the batch goes to the sink in one call. A
-    batch of small members (labels, captions, token ids) is laid out in one reused buffer, headers
-    written in place (`fill_ustar`) and one slice copy per member: handing the sink three pieces per
-    member would cost more than the copy.
+    from the key table where carried (`inline`), else as slices of mapped shards (or coalesced reads),
+    and the batch goes to the sink in one call. A batch of small members (labels, captions, token ids)
+    is laid out in one reused buffer, headers written in place (`fill_ustar`), carried payloads copied
+    in at once and the others one slice copy each: handing the sink three pieces per member would cost
+    more than the copy.
     """
     members = shard_members(rows)
+    carried = Carried(members["data"])
     sample = members["sample"].to_numpy()
     src, offset = members["srcs"].to_numpy(), members["offsets"].to_numpy()
     size = members["sizes"].to_numpy()
@@ -350,13 +353,17 @@ def write_shard(
             buf = scratch[: at[-1]]
             buf.fill(0)
             fill_ustar(buf, at[:-1], batch, fits, size[b:e], mtime)
-            reader.copy_into(buf.data, at[:-1] + tarfile.BLOCKSIZE, src[b:e], offset[b:e], size[b:e])
+            dest, have = at[:-1] + tarfile.BLOCKSIZE, carried.present[b:e]
+            here, rest = np.flatnonzero(have), np.flatnonzero(~have)
+            carried.copy_into(buf, dest[here], here + b, size[b:e][here])
+            if len(rest):
+                reader.copy_into(buf.data, dest[rest], src[b:e][rest], offset[b:e][rest], size[b:e][rest])
             header_lens[b:e] = tarfile.BLOCKSIZE
             out.write_pieces([buf.data])
         else:
             headers, bounds = member_headers(batch, size[b:e], mtime)
             header_lens[b:e] = np.diff(bounds)
-            data = reader.member_bytes(src[b:e], offset[b:e], size[b:e])
+            data = carried.payloads(reader, np.arange(b, e), src, offset, size)
             out.write_pieces(_interleave(headers, bounds, data, pads[b:e]))
         b = e
     ends = np.cumsum(header_lens + size + pads)

@@ -1,0 +1,156 @@
+"""Tiny members' payload carried in the key tables, so the writers need not read the inputs a second time.
+
+The header scan of a shard of small members (labels, captions, token ids) touches every page of it
+anyway; taking those members' bytes along then costs one gather, while reading them again in the
+writers costs a random access per member (a page fault, or an object-storage request) into inputs that
+may no longer be in the page cache. Per shard, members up to a threshold chosen from the shard's own
+sizes are carried: the largest size at most `MEMBER_MAX` for which the carried bytes stay within the
+shard's budget (`budget`). Larger members are still read by range. The bytes written are the same either way.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from fsspec import AbstractFileSystem
+
+from raymerge import storage
+
+if TYPE_CHECKING:
+    from raymerge.webdataset.writer import RangeReader
+
+MEMBER_MAX = 4096  # no member above this is carried: it costs the writers one slice copy, not a request
+SHARD_SHARE = 1 / 8  # carried bytes per shard, at most this share of its tar bytes
+TASK_BYTES = 64 * 1024 * 1024  # carried bytes per scan task, at most (split evenly over its shards)
+PAYLOAD = pa.large_list(pa.uint8())  # one member's carried bytes
+
+
+def budget(shard_size: int, task_bytes: int, shards: int) -> int:
+    """Payload bytes one shard of a scan task of `shards` shards may carry."""
+    return int(min(shard_size * SHARD_SHARE, task_bytes // max(1, shards)))
+
+
+def threshold(sizes: np.ndarray, most: int) -> int:
+    """The largest member size s <= `MEMBER_MAX` such that every member of size <= s together holds at most
+    `most` bytes; -1 when not even the smallest fits. Members of exactly that size are carried."""
+    values, counts = np.unique(sizes[sizes <= MEMBER_MAX], return_counts=True)
+    fits = np.flatnonzero(np.cumsum(values * counts) <= most)
+    return int(values[fits[-1]]) if len(fits) else -1
+
+
+def gather(data: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, carried: np.ndarray) -> pa.LargeListArray:
+    """Member payloads taken from `data` (a shard's bytes) where `carried`, null elsewhere: one array gather.
+
+    Lists of bytes (`PAYLOAD`), not binary strings: polars keeps binary strings as views into shared
+    buffers, and a slice of such a column (one writer's rows) would carry every buffer it points into.
+    """
+    z = np.where(carried, sizes, 0)
+    bounds = np.concatenate([[0], np.cumsum(z)])
+    at = np.repeat(offsets - bounds[:-1], z) + np.arange(bounds[-1])
+    values = data[at] if len(at) else np.zeros(0, dtype=np.uint8)
+    return pa.LargeListArray.from_arrays(pa.array(bounds), pa.array(values), mask=pa.array(~carried))
+
+
+def shard_payloads(
+    fs: AbstractFileSystem, path: str, compressed: bool, offsets: np.ndarray, sizes: np.ndarray, most: int
+) -> pa.LargeListArray | None:
+    """The carried payloads of a scanned local plain shard (its pages were just read by the scan), or None
+    when it carries none: compressed and remote shards, or no member under the threshold."""
+    limit = threshold(sizes, most) if len(sizes) else -1
+    if compressed or limit < 0 or not storage.is_local(fs):
+        return None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = np.frombuffer(mapped, dtype=np.uint8)
+        try:
+            return gather(view, offsets, sizes, sizes <= limit)
+        finally:
+            del view  # the mapping closes only when no array refers to it
+
+
+def take(lists: pa.Array, rows: np.ndarray) -> pa.LargeListArray:
+    """Rows `rows` of a `PAYLOAD` array, or of lists of them (-1: a null row). The bytes move as Arrow binary
+    strings (the same buffers): Arrow's take copies lists of bytes element by element, and index arithmetic
+    per byte costs more memory than the payload."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    if lists.type == PAYLOAD:
+        return _as_payload(_as_binary(lists).take(pa.array(np.maximum(rows, 0), mask=rows < 0)))
+    offsets = lists.offsets.to_numpy()
+    at = np.maximum(rows, 0)
+    null = (rows < 0) | ~lists.is_valid().to_numpy(zero_copy_only=False)[at]
+    lengths = np.where(null, 0, (offsets[1:] - offsets[:-1])[at])
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    inner = np.repeat(offsets[:-1][at] - bounds[:-1], lengths) + np.arange(bounds[-1])
+    return pa.LargeListArray.from_arrays(pa.array(bounds), take(lists.values, inner), mask=pa.array(null))
+
+
+def _as_binary(payloads: pa.LargeListArray) -> pa.LargeBinaryArray:
+    """The same validity, offsets and bytes seen as binary strings (no copy)."""
+    child = payloads.values
+    data = child.buffers()[1].slice(child.offset) if len(child) else pa.py_buffer(b"")
+    validity, offsets = payloads.buffers()[:2]
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(payloads), [validity, offsets, data], offset=payloads.offset
+    )
+
+
+def _as_payload(binary: pa.LargeBinaryArray) -> pa.LargeListArray:
+    """Binary strings seen as `PAYLOAD` lists (no copy)."""
+    validity, offsets, data = binary.buffers()
+    n = int(np.frombuffer(offsets, dtype=np.int64)[binary.offset + len(binary)]) if len(binary) else 0
+    child = pa.Array.from_buffers(pa.uint8(), n, [None, data or pa.py_buffer(b"")])
+    return pa.LargeListArray.from_buffers(
+        PAYLOAD, len(binary), [validity, offsets], offset=binary.offset, children=[child]
+    )
+
+
+def none_carried(n: int) -> pa.LargeListArray:
+    """Payloads of `n` members none of which is carried."""
+    return pa.nulls(n, PAYLOAD)
+
+
+class Carried:
+    """The carried payloads of a writer's members (a `data` column of `PAYLOAD`, null where not carried)."""
+
+    def __init__(self, column: pl.Series) -> None:
+        arrow = column.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(PAYLOAD)
+        arrow = arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
+        self.present = arrow.is_valid().to_numpy(zero_copy_only=False)
+        self.starts = arrow.offsets.to_numpy()[:-1]  # into `values`, the whole child array
+        self.values = arrow.values.to_numpy()
+
+    def copy_into(self, out: np.ndarray, dest: np.ndarray, members: np.ndarray, sizes: np.ndarray) -> None:
+        """The payloads of `members` (carried ones) copied into `out` at `dest`, all at once."""
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        within = np.arange(bounds[-1]) - np.repeat(bounds[:-1], sizes)
+        out[np.repeat(dest, sizes) + within] = self.values[np.repeat(self.starts[members], sizes) + within]
+
+    def payloads(
+        self, reader: RangeReader, which: np.ndarray, src: np.ndarray, offset: np.ndarray, size: np.ndarray
+    ) -> list[memoryview]:
+        """The payloads of members `which`, in that order: carried ones from here, the others read from the
+        input shards by range (`reader`)."""
+        have = self.present[which]
+        if have.all():
+            return self.views(which, size[which].tolist())
+        rest = which[~have]
+        data = reader.member_bytes(src[rest], offset[rest], size[rest])
+        if not have.any():
+            return data
+        out: list[memoryview] = [memoryview(b"")] * len(which)
+        for i, piece in zip(np.flatnonzero(~have).tolist(), data, strict=True):
+            out[i] = piece
+        here = np.flatnonzero(have)
+        for i, piece in zip(here.tolist(), self.views(which[here], size[which[here]].tolist()), strict=True):
+            out[i] = piece
+        return out
+
+    def views(self, members: np.ndarray, sizes: Sequence[int]) -> list[memoryview]:
+        """The payloads of `members` (carried ones) as slices of the column's buffer."""
+        view = memoryview(self.values)
+        return [view[s : s + z] for s, z in zip(self.starts[members].tolist(), sizes, strict=True)]
