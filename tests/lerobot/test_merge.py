@@ -230,7 +230,7 @@ def test_episodes_metadata_written_a_chunk_at_a_time_equals_one_chunk(
 
 
 def test_a_later_input_may_have_more_episodes_than_the_first(ray_address, sources, tmp_path):
-    a, b = sources
+    _, b = sources
     first = tmp_path / "short"
     merge([{"path": str(b), "episodes": [1]}], first)  # one episode: fewer than b's three
     out = tmp_path / "out"
