@@ -50,6 +50,7 @@ class DirectFile:
         self._view = memoryview(self._buffer) if self._buffer is not None else memoryview(b"")
         self._fill = 0
         self._offset = 0  # file offset of the buffer's first byte
+        self._spare = memoryview(b"")  # what `reserve` gave out when not direct
 
     def write(self, data: Piece) -> int:
         self.write_pieces([data])
@@ -78,6 +79,28 @@ class DirectFile:
                 fill += take
                 at += take
         self._fill = fill
+
+    def reserve(self, n: int) -> memoryview:
+        """`n` writable bytes after what is written so far, for the caller to fill and then `commit`: a batch
+        laid out in place, with no copy from another buffer. Valid until the next call on this file."""
+        if not self.direct:
+            self._spare = memoryview(bytearray(n))
+            return self._spare
+        if n > len(self._view) - self._fill:
+            self._drain()
+        if n > len(self._view) - self._fill:  # more than the buffer holds: a larger one, kept
+            grown = mmap.mmap(-1, -(-(self._fill + n) // ALIGN) * ALIGN)
+            grown[: self._fill] = self._view[: self._fill]
+            self._view, self._buffer = memoryview(grown), grown
+        return self._view[self._fill : self._fill + n]
+
+    def commit(self, n: int) -> None:
+        """The first `n` bytes of the last `reserve` are written."""
+        if not self.direct:
+            _write_all(self._fd, self._spare[:n])
+            self._spare = memoryview(b"")
+            return
+        self._fill += n
 
     def copy_from(self, fd: int, size: int) -> None:
         """`size` bytes of the file open as `fd`, from its start: read straight into the aligned buffer
@@ -147,12 +170,21 @@ class JoinedSink:
 
     def __init__(self, f: IO[bytes]) -> None:
         self._f = f
+        self._spare = memoryview(b"")  # what `reserve` gave out
 
     def write(self, data: Piece) -> int:
         return self._f.write(data)
 
     def write_pieces(self, pieces: Sequence[Piece]) -> None:
         self._f.write(b"".join(pieces))
+
+    def reserve(self, n: int) -> memoryview:
+        self._spare = memoryview(bytearray(n))
+        return self._spare
+
+    def commit(self, n: int) -> None:
+        self._f.write(self._spare[:n])
+        self._spare = memoryview(b"")
 
     def close(self) -> None:
         self._f.close()

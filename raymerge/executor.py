@@ -32,6 +32,7 @@ from typing import Any
 
 from raymerge import usage
 from raymerge.report import Progress, TaskCounter
+from raymerge.transport import pack, unpack
 
 MAX_RETRIES = 3
 # Below this many input bytes `ray.executor: auto` runs in this process: Ray's start-up (4-8 s on two cores)
@@ -169,7 +170,7 @@ class Executor:
             return Local(value)
         import ray
 
-        return ray.put(value)
+        return ray.put(pack(value))
 
     def get(self, handles: Any) -> Any:
         """The value of one handle, or the values of a list of handles, in order."""
@@ -180,7 +181,8 @@ class Executor:
             return handles.result()
         import ray
 
-        return ray.get(handles)
+        found = ray.get(handles)
+        return [unpack(v) for v in found] if isinstance(handles, list) else unpack(found)
 
     def as_completed(
         self, handles: Iterable[Any], label: str = "", sizes: Sequence[int] | None = None
@@ -203,7 +205,7 @@ class Executor:
             done, waiting = ray.wait(waiting, num_returns=1)
             for ref in done:
                 i = where[ref]
-                value = ray.get(ref)
+                value = unpack(ray.get(ref))
                 if counter:
                     counter.advance(sizes[i] if sizes else 0)
                 yield i, value
@@ -244,7 +246,7 @@ class Executor:
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
                 i = running.pop(ref)
-                value = ray.get(ref)
+                value = unpack(ray.get(ref))
                 if counter:
                     counter.advance()
                 if not ordered:
@@ -356,14 +358,15 @@ class Executor:
 
 
 def _metered(fn: Callable[..., Any], num_returns: int) -> Callable[..., Any]:
-    """`fn` as a Ray task: its values, then the storage usage of the call (one more return value)."""
+    """`fn` as a Ray task: its values, then the storage usage of the call (one more return value); frames
+    in and out cross as Arrow tables (`transport`)."""
 
     @functools.wraps(fn)
     def task(*args: Any) -> Any:
         before = usage.snapshot()
-        value = fn(*args)
+        value = fn(*map(unpack, args))
         used = usage.since(before)
-        return (value, used) if num_returns == 1 else (*value, used)
+        return (pack(value), used) if num_returns == 1 else (*map(pack, value), used)
 
     return task
 
@@ -376,7 +379,7 @@ def _metered_records(fn: Callable[..., Iterator[dict[str, Any]]]) -> Callable[..
         import ray
 
         before = usage.snapshot()
-        for record in fn(*(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args)):
+        for record in fn(*(unpack(ray.get(a)) if isinstance(a, ray.ObjectRef) else a for a in args)):
             yield json.dumps(record)
         yield json.dumps({USAGE_RECORD: usage.since(before)})
 

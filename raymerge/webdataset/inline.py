@@ -11,9 +11,11 @@ shard's budget (`budget`). Larger members are still read by range. The bytes wri
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -51,25 +53,44 @@ def gather(data: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, carried: np
     """
     z = np.where(carried, sizes, 0)
     bounds = np.concatenate([[0], np.cumsum(z)])
-    at = np.repeat(offsets - bounds[:-1], z) + np.arange(bounds[-1])
-    values = data[at] if len(at) else np.zeros(0, dtype=np.uint8)
+    values = np.empty(int(bounds[-1]), dtype=np.uint8)
+    _copy_runs(values, bounds[:-1], data, offsets, z)
     return pa.LargeListArray.from_arrays(pa.array(bounds), pa.array(values), mask=pa.array(~carried))
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_runs(out: np.ndarray, dest: np.ndarray, data: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> None:
+    """`sizes[i]` bytes from `data` at `starts[i]` to `out` at `dest[i]`, for every i. Compiled: one short
+    copy per tiny member, tens of millions of them, where index arrays per byte cost more than the bytes."""
+    for i in range(len(dest)):
+        out[dest[i] : dest[i] + sizes[i]] = data[starts[i] : starts[i] + sizes[i]]
 
 
 def shard_payloads(
     fs: AbstractFileSystem, path: str, compressed: bool, offsets: np.ndarray, sizes: np.ndarray, most: int
 ) -> pa.LargeListArray | None:
     """The carried payloads of a scanned local plain shard (its pages were just read by the scan), or None
-    when it carries none: compressed and remote shards, or no member under the threshold."""
+    when it carries none: compressed and remote shards, or no member under the threshold.
+
+    When every member is carried, nothing in the run reads the shard again, so its pages are handed back
+    to the kernel (`POSIX_FADV_DONTNEED`): at scale the inputs would otherwise fill the page cache, and
+    every page the later steps allocate would first have to be reclaimed from it (on the reference
+    machine, a bucket join of 2M keys took 6.3 s with the cache full and 1.4 s with memory free).
+    """
     limit = threshold(sizes, most) if len(sizes) else -1
     if compressed or limit < 0 or not storage.is_local(fs):
         return None
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        view = np.frombuffer(mapped, dtype=np.uint8)
-        try:
-            return gather(view, offsets, sizes, sizes <= limit)
-        finally:
-            del view  # the mapping closes only when no array refers to it
+    carried = sizes <= limit
+    with open(path, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = np.frombuffer(mapped, dtype=np.uint8)
+            try:
+                found = gather(view, offsets, sizes, carried)
+            finally:
+                del view  # the mapping closes only when no array refers to it
+        if carried.all() and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return found
 
 
 def take(lists: pa.Array, rows: np.ndarray) -> pa.LargeListArray:
@@ -126,9 +147,7 @@ class Carried:
 
     def copy_into(self, out: np.ndarray, dest: np.ndarray, members: np.ndarray, sizes: np.ndarray) -> None:
         """The payloads of `members` (carried ones) copied into `out` at `dest`, all at once."""
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        within = np.arange(bounds[-1]) - np.repeat(bounds[:-1], sizes)
-        out[np.repeat(dest, sizes) + within] = self.values[np.repeat(self.starts[members], sizes) + within]
+        _copy_runs(out, dest, self.values, self.starts[members], sizes)
 
     def payloads(
         self, reader: RangeReader, which: np.ndarray, src: np.ndarray, offset: np.ndarray, size: np.ndarray

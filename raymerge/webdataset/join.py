@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from raymerge.webdataset import inline, keytable
 
@@ -59,49 +59,69 @@ def join_bucket(
     kept = np.flatnonzero(keep)
     picked = [row[kept] for row in matches]
     stats.used = [int((row >= 0).sum()) for row in picked]
-    base = primary[kept] if len(kept) < primary.height else primary
-    tables = [base.to_arrow()] + [_take(sec, row) for sec, row in zip(secondaries, picked, strict=True)]
-    lists = concat_lists([[t.column(c).combine_chunks() for t in tables] for c in MEMBER_COLUMNS])
-    nbytes = np.sum([pc.fill_null(t.column("nbytes"), 0).to_numpy() for t in tables], axis=0)
-    out = base.with_columns(
-        *(pl.Series(c, values) for c, values in zip(MEMBER_COLUMNS, lists, strict=True)),
-        pl.Series("nbytes", nbytes, dtype=pl.Int64),
-    ).cast(keytable.SCHEMA)
+    inputs, taken = [primary, *secondaries], [kept, *picked]
+    members = gather_members([t.select(*MEMBER_COLUMNS).to_arrow() for t in inputs], taken)
+    nbytes = np.zeros(len(kept), dtype=np.int64)
+    for table, at in zip(inputs, taken, strict=True):
+        nbytes += np.where(at >= 0, table["nbytes"].to_numpy()[np.maximum(at, 0)], 0)
+    keys = primary.select("key", "order")
+    out = (
+        (keys[kept] if len(kept) < primary.height else keys)
+        .with_columns(
+            *(pl.Series(c, values) for c, values in zip(MEMBER_COLUMNS, members, strict=True)),
+            pl.Series("nbytes", nbytes, dtype=pl.Int64),
+        )
+        .cast(keytable.SCHEMA)
+    )
     stats.rows_out = out.height
     return out, stats
 
 
-def _take(table: pl.DataFrame, rows: np.ndarray) -> pa.Table:
-    """The rows of `table` at `rows` (-1: a null row, no members); the carried payloads by `inline.take`."""
-    arrow = table.select(*MEMBER_COLUMNS[:-1], "nbytes").to_arrow()
-    taken = arrow.take(pa.array(np.maximum(rows, 0), mask=rows < 0))
-    return taken.append_column("data", inline.take(table["data"].to_arrow(), rows))
-
-
-def concat_lists(columns: Sequence[Sequence[pa.Array]]) -> list[pa.Array]:
-    """Row-wise concatenation of list arrays: for each column, row i of the result is row i of every
-    array in turn (a null row counts as empty). All columns share their row lengths (member lists of
-    one table), so one permutation of the flat values serves every column."""
-    first = columns[0]
-    lengths = [pc.fill_null(pc.list_value_length(a), 0).to_numpy().astype(np.int64) for a in first]
-    n = len(lengths[0])
-    total = np.sum(lengths, axis=0) if lengths else np.zeros(n, dtype=np.int64)
-    out_offsets = np.concatenate([[0], np.cumsum(total)])
-    before = np.zeros(n, dtype=np.int64)  # members of earlier arrays in the same row
-    dest = []
-    for length in lengths:
-        row = np.repeat(np.arange(n), length)
-        within = np.arange(len(row)) - np.repeat(np.cumsum(length) - length, length)
-        dest.append(out_offsets[:-1][row] + before[row] + within)
-        before += length
-    order = np.empty(int(out_offsets[-1]), dtype=np.int64)
-    order[np.concatenate(dest)] = np.arange(len(order))
-    take = pa.array(order)
-    offsets = pa.array(out_offsets.astype(np.int64))
+def gather_members(tables: Sequence[pa.Table], rows: Sequence[np.ndarray]) -> list[pa.Array]:
+    """Per member column, row i of the result holds the members of row `rows[t][i]` of every table t in
+    turn (-1: none from that table). One permutation of all the tables' flat member values serves every
+    column (they share their list lengths), taken once per column: no intermediate table per secondary,
+    and no row-wise list concatenation (polars' own costs more than the join)."""
+    lists = [[t.column(c).combine_chunks() for t in tables] for c in MEMBER_COLUMNS]
+    offsets = [a.offsets.to_numpy().astype(np.int64) for a in lists[0]]
+    offsets = [off - off[0] for off in offsets]  # into each table's flattened values (`flatten`: its slice only)
+    starts = np.cumsum([0] + [off[-1] for off in offsets[:-1]])  # each table's values in the concatenation
+    out_offsets, order = _member_order(np.stack(rows), offsets, starts.astype(np.int64))
+    bounds = pa.array(out_offsets.astype(np.int64))
     out = []
-    for arrays in columns:
-        values = pa.concat_arrays([pc.list_flatten(a) for a in arrays])
+    for arrays in lists:
+        values = pa.concat_arrays([a.flatten() for a in arrays])
         nested = pa.types.is_large_list(values.type) or pa.types.is_list(values.type)
-        values = inline.take(values, order) if nested else values.take(take)  # carried payloads: lists of bytes
-        out.append(pa.LargeListArray.from_arrays(offsets, values))
+        taken = inline.take(values, order) if nested else values.take(pa.array(order))  # carried: lists of bytes
+        out.append(pa.LargeListArray.from_arrays(bounds, taken))
     return out
+
+
+def _member_order(rows: np.ndarray, offsets: Sequence[np.ndarray], starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """List offsets of the joined rows and, for each of their members, its position in the concatenated flat
+    values of every table (`starts[t]`: where table t's begin)."""
+    lengths = np.zeros(rows.shape[1], dtype=np.int64)
+    for t, off in enumerate(offsets):
+        lengths += np.where(rows[t] >= 0, np.diff(off)[np.maximum(rows[t], 0)], 0)
+    out_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    order = np.empty(int(out_offsets[-1]), dtype=np.int64)
+    filled = out_offsets[:-1].copy()  # where each row's next member goes
+    for t, off in enumerate(offsets):
+        _place(order, filled, rows[t], off, int(starts[t]))
+    return out_offsets, order
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(order: np.ndarray, filled: np.ndarray, rows: np.ndarray, offsets: np.ndarray, start: int) -> None:
+    """Append one table's members to each output row's list in `order` (called table by table, in input
+    order; `filled` is where each row's next member goes): compiled, one short run per row, millions of
+    rows per bucket."""
+    for i in range(len(rows)):
+        r = rows[i]
+        if r < 0:
+            continue
+        at = filled[i]
+        for m in range(offsets[r], offsets[r + 1]):
+            order[at] = start + m
+            at += 1
+        filled[i] = at

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -137,7 +138,13 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 
 def split_by(df: pl.DataFrame, part: np.ndarray, n: int) -> list[pl.DataFrame]:
-    """Rows of `df` in `n` parts by the part number of each row (row order kept inside a part)."""
+    """Rows of `df` in `n` parts by the part number of each row (row order kept inside a part).
+
+    Rows already in part order (a bucket's rows in the primary's order, cut into ranges of that order)
+    are cut into slices, with no copy; otherwise grouped."""
+    if not len(part) or bool((part[1:] >= part[:-1]).all()):
+        bounds = np.searchsorted(part, np.arange(n + 1), side="left")
+        return [df[int(a) : int(b)] for a, b in pairwise(bounds.tolist())]
     tagged = df.with_columns(pl.Series("_part", part, dtype=pl.Int64))
     groups = {k[0]: g.drop("_part") for k, g in tagged.group_by("_part", maintain_order=True)}
     return [groups.get(i, df.clear()) for i in range(n)]
@@ -150,6 +157,8 @@ def range_parts(order: np.ndarray, boundaries: Sequence[int]) -> np.ndarray:
 
 def duplicates(df: pl.DataFrame, limit: int = 10) -> tuple[int, list[tuple[str, list[int]]]]:
     """How many keys occur more than once, and up to `limit` of them with the shards they occur in."""
+    if not df["key"].is_duplicated().any():
+        return 0, []
     dup = (
         df.select("key", pl.col("srcs").list.first().alias("shard"))
         .group_by("key")

@@ -37,6 +37,7 @@ from raymerge.data import StagedOutput, ray_executor
 from raymerge.errors import InvalidInput
 from raymerge.executor import Executor
 from raymerge.report import Report
+from raymerge.transport import unpack
 from raymerge.webdataset import inline, keytable, layout, tarindex, tasks
 from raymerge.webdataset import plan as planning
 from raymerge.webdataset.config import Config
@@ -151,7 +152,7 @@ def _read_joined(
     pieces: list[Any], shards: list[Shard], filesystems: list[AbstractFileSystem], names: list[str]
 ) -> Iterable[pa.Table]:
     """Joined samples of some key-table rows, a block at a time, payload by range reads."""
-    rows = pl.concat(ray.get(pieces))
+    rows = pl.concat([unpack(p) for p in ray.get(pieces)])
     reader = RangeReader(shards, filesystems)
     try:
         cum = np.concatenate([[0], np.cumsum(rows["nbytes"].to_numpy())])

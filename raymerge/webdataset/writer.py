@@ -13,13 +13,14 @@ import tarfile
 from collections.abc import Sequence
 from itertools import chain, pairwise
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from fsspec import AbstractFileSystem
 
-from raymerge import storage
+from raymerge import directio, storage
 from raymerge.directio import Sink
 from raymerge.webdataset.inline import Carried
 from raymerge.webdataset.sources import Shard
@@ -27,7 +28,7 @@ from raymerge.webdataset.sources import Shard
 REMOTE_GAP = 64 * 1024  # object storage: the largest gap read across rather than issuing another request
 GAP_SHARE = 1 / 8  # ... and at most this share of the bytes of the two members it lies between
 LOCAL_GAP = 4 * 1024  # local: enough to read a run of members across their headers and padding in one go
-BATCH_BYTES = 16 * 1024 * 1024  # payload gathered and written per batch of samples
+BATCH_BYTES = directio.BUFFER_BYTES // 2  # tar bytes per batch: laid out in place, it fits beside what is buffered
 BATCH_MEMBERS = 65_536  # bounds a batch of tiny members (its per-member arrays), not its bytes
 ASSEMBLE_BELOW = 4096  # mean member bytes below which a batch is assembled in one buffer (see write_shard)
 SPAN_MAX = 32 * 1024 * 1024  # bound on the bytes one read holds in memory
@@ -56,20 +57,18 @@ _USTAR_TEMPLATE = bytes(
 )
 _PADS = [tarfile.NUL * n for n in range(tarfile.BLOCKSIZE)]
 _OCTAL_LIMIT = 8**11  # what an 11-digit size or mtime field holds; beyond it tarfile writes PAX
-_SIZE_SHIFTS = 3 * np.arange(10, -1, -1, dtype=np.int64)  # the 11 digits of "%011o", most significant first
-_CHECKSUM_SHIFTS = 3 * np.arange(5, -1, -1, dtype=np.int64)  # "%06o"
 
 
 def member_headers(names: pa.LargeStringArray, sizes: np.ndarray, mtime: int) -> tuple[bytes, np.ndarray]:
     """The tar headers of members, concatenated, and where each begins (n + 1 bounds).
 
-    Names that fit a ustar header (ASCII, at most 100 bytes) get one built for all members at once
-    with array arithmetic, byte for byte what tarfile writes; the rest (long or non-ASCII names,
-    huge sizes) go through tarfile, which adds a PAX header.
+    Names that fit a ustar header (ASCII, at most 100 bytes) get one built by `fill_ustar`, byte for byte
+    what tarfile writes; the rest (long or non-ASCII names, huge sizes) go through tarfile, which adds a
+    PAX header.
     """
     fits = ustar_fits(names, sizes, mtime)
     rows = np.empty(len(sizes) * tarfile.BLOCKSIZE, dtype=np.uint8)
-    fill_ustar(rows, np.arange(len(sizes), dtype=np.int64) * tarfile.BLOCKSIZE, names, fits, sizes, mtime)
+    fill_ustar(rows, np.arange(len(sizes), dtype=np.int64) * tarfile.BLOCKSIZE, names, sizes, mtime, pad=False)
     if fits.all():
         return rows.tobytes(), np.arange(len(sizes) + 1, dtype=np.int64) * tarfile.BLOCKSIZE
     blocks = rows.reshape(-1, tarfile.BLOCKSIZE)
@@ -93,43 +92,54 @@ def _bounds(names: pa.LargeStringArray) -> np.ndarray:
 
 
 def fill_ustar(
-    out: np.ndarray, starts: np.ndarray, names: pa.LargeStringArray, fits: np.ndarray, sizes: np.ndarray, mtime: int
+    out: np.ndarray, starts: np.ndarray, names: pa.LargeStringArray, sizes: np.ndarray, mtime: int, *, pad: bool
 ) -> None:
-    """One 512-byte ustar header per member, written into `out` (flat bytes) at `starts` (block-aligned):
-    straight into a shard's batch buffer, with no header rows built first and copied. Headers where
-    `fits` is False are not valid (PAX goes elsewhere).
-
-    The checksum is the template's byte sum (mtime filled in, checksum field as spaces) plus the
-    bytes of each name and size field.
-    """
-    n = len(sizes)
-    template = _template(mtime)
-    blocks = out.reshape(-1, tarfile.BLOCKSIZE)
-    at = starts // tarfile.BLOCKSIZE
-    blocks[at] = template
+    """One 512-byte ustar header per member, written into `out` (flat bytes) at `starts`: straight into a
+    shard's output buffer. With `pad`, also the zeros after each member's data up to its next block (the
+    data itself is the caller's). Headers of members that do not fit (`ustar_fits`) are not valid: PAX goes
+    elsewhere."""
     bounds = _bounds(names)
-    lengths = np.diff(bounds)
-    data = np.frombuffer(names.buffers()[2], dtype=np.uint8) if bounds[-1] else np.empty(0, np.uint8)
-    # each name's bytes go to the start of its header: position = byte + its header's start - its bound
-    target = np.arange(bounds[0], bounds[-1]) + np.repeat(starts - bounds[:-1], lengths)
-    source = data[bounds[0] : bounds[-1]]
-    if not fits.all():
-        keep = np.repeat(fits, lengths)
-        target, source = target[keep], source[keep]
-    out[target] = source
-    digits = (48 + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)).astype(np.uint8)
-    blocks[at, 124:135] = digits
-    name_sums = np.concatenate([[0], np.cumsum(source if fits.all() else data[bounds[0] : bounds[-1]], dtype=np.int64)])
-    checksum = (
-        int(template.sum(dtype=np.int64))
-        + name_sums[bounds[1:] - bounds[0]]
-        - name_sums[bounds[:-1] - bounds[0]]
-        + digits.sum(axis=1, dtype=np.int64)
-    )
-    field = np.zeros((n, 8), dtype=np.uint8)
-    field[:, :6] = 48 + ((checksum[:, None] >> _CHECKSUM_SHIFTS) & 7)
-    field[:, 7] = 32
-    blocks[at, 148:156] = field
+    data = np.frombuffer(names.buffers()[2], dtype=np.uint8) if bounds[-1] else np.zeros(1, np.uint8)
+    template = _template(mtime)
+    _fill_headers(out, starts, data, bounds, sizes, template, int(template.sum(dtype=np.int64)), pad)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_headers(
+    out: np.ndarray,
+    starts: np.ndarray,
+    name_data: np.ndarray,
+    name_bounds: np.ndarray,
+    sizes: np.ndarray,
+    template: np.ndarray,
+    template_sum: int,
+    pad: bool,
+) -> None:
+    """Compiled: at tens of millions of tiny members, building headers with array arithmetic costs more than
+    copying their payload. The checksum is the template's byte sum (mtime set, checksum field as spaces)
+    plus the bytes of the name and size fields, written as tarfile does ("%06o" NUL space)."""
+    block = 512
+    for i in range(len(starts)):
+        p = starts[i]
+        out[p : p + block] = template
+        total = template_sum
+        a = name_bounds[i]
+        for j in range(min(name_bounds[i + 1] - a, 100)):  # longer names do not fit: never used
+            c = name_data[a + j]
+            out[p + j] = c
+            total += c
+        size = sizes[i]
+        for k in range(11):
+            digit = 48 + ((size >> (3 * (10 - k))) & 7)
+            out[p + 124 + k] = digit
+            total += digit
+        for k in range(6):
+            out[p + 148 + k] = 48 + ((total >> (3 * (5 - k))) & 7)
+        out[p + 154] = 0
+        out[p + 155] = 32
+        if pad:
+            end = p + block + size
+            out[end : end + (-size) % block] = 0
 
 
 def _template(mtime: int) -> np.ndarray:
@@ -324,12 +334,12 @@ def write_shard(
 ) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
     """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
 
-    Members go in batches: headers are built for a whole batch with array arithmetic, payload comes
-    from the key table where carried (`inline`), else as slices of mapped shards (or coalesced reads),
-    and the batch goes to the sink in one call. A batch of small members (labels, captions, token ids)
-    is laid out in one reused buffer, headers written in place (`fill_ustar`), carried payloads copied
-    in at once and the others one slice copy each: handing the sink three pieces per member would cost
-    more than the copy.
+    Members go in batches of about `BATCH_BYTES` of tar: payload comes from the key table where carried
+    (`inline`), else as slices of mapped shards (or coalesced reads). A batch of small members (labels,
+    captions, token ids) is laid out in place in the sink's own buffer (`reserve`): headers and padding
+    written there (`fill_ustar`), carried payloads copied in at once, the others one slice copy each;
+    handing the sink three pieces per member would cost more than the copy. Other batches go to the
+    sink as pieces: headers (PAX where a name needs it), payload slices, padding.
     """
     members = shard_members(rows)
     carried = Carried(members["data"])
@@ -339,27 +349,26 @@ def write_shard(
     pads = -size % tarfile.BLOCKSIZE
     names = member_names(keys, members)
     header_lens = np.empty(len(size), dtype=np.int64)
-    cum = np.concatenate([[0], np.cumsum(size)])
+    cum = np.concatenate([[0], np.cumsum(tarfile.BLOCKSIZE + size + pads)])  # tar bytes with plain headers
+    payload = np.concatenate([[0], np.cumsum(size)])
     b = 0
-    scratch = np.empty(0, dtype=np.uint8)
     while b < len(size):
         e = min(b + BATCH_MEMBERS, max(b + 1, int(np.searchsorted(cum, cum[b] + BATCH_BYTES, side="right")) - 1))
         batch = names.slice(b, e - b)
         fits = ustar_fits(batch, size[b:e], mtime)
-        if fits.all() and cum[e] - cum[b] < ASSEMBLE_BELOW * (e - b):
-            at = np.concatenate([[0], np.cumsum(tarfile.BLOCKSIZE + size[b:e] + pads[b:e])])
-            if len(scratch) < at[-1]:
-                scratch = np.empty(int(at[-1]), dtype=np.uint8)
-            buf = scratch[: at[-1]]
-            buf.fill(0)
-            fill_ustar(buf, at[:-1], batch, fits, size[b:e], mtime)
+        if fits.all() and payload[e] - payload[b] < ASSEMBLE_BELOW * (e - b):
+            at = cum[b : e + 1] - cum[b]
+            region = out.reserve(int(at[-1]))
+            buf = np.frombuffer(region, dtype=np.uint8)
+            fill_ustar(buf, at[:-1], batch, size[b:e], mtime, pad=True)
             dest, have = at[:-1] + tarfile.BLOCKSIZE, carried.present[b:e]
             here, rest = np.flatnonzero(have), np.flatnonzero(~have)
             carried.copy_into(buf, dest[here], here + b, size[b:e][here])
             if len(rest):
-                reader.copy_into(buf.data, dest[rest], src[b:e][rest], offset[b:e][rest], size[b:e][rest])
+                reader.copy_into(region, dest[rest], src[b:e][rest], offset[b:e][rest], size[b:e][rest])
+            del buf
             header_lens[b:e] = tarfile.BLOCKSIZE
-            out.write_pieces([buf.data])
+            out.commit(int(at[-1]))
         else:
             headers, bounds = member_headers(batch, size[b:e], mtime)
             header_lens[b:e] = np.diff(bounds)
