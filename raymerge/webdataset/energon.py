@@ -12,7 +12,6 @@ import os
 import sqlite3
 import tempfile
 import uuid
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -20,11 +19,12 @@ import polars as pl
 import yaml
 from fsspec import AbstractFileSystem
 
-from raymerge import storage
+from raymerge import sqliteimage, storage
 
 META = ".nv-meta"
 ENERGON_FORMAT_VERSION = "7.4.1"
 IDX_SUFFIX = ".idx"  # energon: tar_path.with_suffix(".tar.idx")
+INDEX_CACHE_KIB = 256 * 1024  # SQLite page cache of the index.sqlite builder
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS samples (
@@ -44,20 +44,6 @@ _SCHEMA = (
 )
 _SAMPLE_COLUMNS = "tar_file_id, sample_key, sample_index, byte_offset, byte_size"
 _PART_COLUMNS = "tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size"
-# Every statement is text fixed at import: values only ever go in as parameters.
-_SHARD_TABLES = (
-    "CREATE TABLE samples (" + _SAMPLE_COLUMNS + ")",
-    "CREATE TABLE sample_parts (" + _PART_COLUMNS + ")",
-)
-_ROWS_PER_INSERT = 50
-_WIDTH = {"samples": 5, "sample_parts": 5}
-
-
-def _insert_statement(table: str, rows: int) -> str:
-    return "INSERT INTO " + table + " VALUES " + ",".join(["(" + ",".join("?" * _WIDTH[table]) + ")"] * rows)
-
-
-_INSERTS = {(t, n): _insert_statement(t, n) for t in _WIDTH for n in (1, _ROWS_PER_INSERT)}
 _APPEND_SHARD = (
     "INSERT INTO main.samples (" + _SAMPLE_COLUMNS + ") SELECT * FROM shard.samples ORDER BY rowid",
     "INSERT INTO main.sample_parts (" + _PART_COLUMNS + ") SELECT * FROM shard.sample_parts ORDER BY rowid",
@@ -124,33 +110,30 @@ def write_meta(
 
 def index_rows(tar_id: int, samples: pl.DataFrame, parts: pl.DataFrame) -> bytes:
     """One shard's `samples` and `sample_parts` rows as a small SQLite database image (tables without
-    indexes), built by the shard's writer: binding rows one by one is the costly part of filling
-    `index.sqlite`, and each writer does it for its own shard, in parallel with the others."""
-    db = sqlite3.connect(":memory:")
-    try:
-        for statement in _SHARD_TABLES:
-            db.execute(statement)
-        n, m = samples.height, parts.height
-        keys, offsets, sizes = (samples[c].to_list() for c in ("sample_key", "byte_offset", "byte_size"))
-        _insert(db, "samples", [list(repeat(tar_id, n)), keys, list(range(n)), offsets, sizes])
-        _insert(db, "sample_parts", [list(repeat(tar_id, m)), *(parts[c].to_list() for c in parts.columns)])
-        db.commit()
-        return db.serialize()
-    finally:
-        db.close()
-
-
-def _insert(db: sqlite3.Connection, table: str, columns: list[list[Any]]) -> None:
-    """Rows (given as columns) into `table`, `_ROWS_PER_INSERT` rows to a statement: the same rows in the same
-    order as one insert each, at about half the cost of binding them one statement at a time."""
-    per, n = _ROWS_PER_INSERT, len(columns[0])
-    width = _WIDTH[table]
-    flat = [value for row in zip(*columns, strict=True) for value in row]
-    whole = n // per * per
-    step = width * per
-    db.executemany(_INSERTS[table, per], (flat[i : i + step] for i in range(0, whole * width, step)))
-    if whole < n:
-        db.executemany(_INSERTS[table, 1], zip(*(c[whole:] for c in columns), strict=True))
+    indexes, columns without types), built by the shard's writer in the file format itself
+    (`sqliteimage`): binding rows one by one through sqlite3 cost ~0.5 us a row, and each writer builds
+    its own shard's image, in parallel with the others."""
+    n, m = samples.height, parts.height
+    sample_columns: list[sqliteimage.Column] = [
+        np.full(n, tar_id, dtype=np.int64),
+        sqliteimage.text_from_arrow(samples["sample_key"].to_arrow()),
+        np.arange(n, dtype=np.int64),
+        samples["byte_offset"].to_numpy(),
+        samples["byte_size"].to_numpy(),
+    ]
+    part_columns: list[sqliteimage.Column] = [
+        np.full(m, tar_id, dtype=np.int64),
+        parts["sample_index"].to_numpy(),
+        sqliteimage.text_from_arrow(parts["part_name"].to_arrow()),
+        parts["content_byte_offset"].to_numpy(),
+        parts["content_byte_size"].to_numpy(),
+    ]
+    return sqliteimage.database_image(
+        {
+            "samples": dict(zip(_SAMPLE_COLUMNS.split(", "), sample_columns, strict=True)),
+            "sample_parts": dict(zip(_PART_COLUMNS.split(", "), part_columns, strict=True)),
+        }
+    )
 
 
 class IndexBuilder:
@@ -173,6 +156,10 @@ class IndexBuilder:
         # for the output's own dirty pages); the file's bytes are the same
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
+        # room for the indexes' working set: keys in no particular order (shuffled outputs, hashed names)
+        # land all over the key index, which outgrows SQLite's default 2 MB cache early (2M shuffled keys:
+        # 3.95 s with it, 2.94 s with this); the cache changes no byte of the file
+        self._db.execute(f"PRAGMA cache_size=-{INDEX_CACHE_KIB}")
         for statement in (*_SCHEMA, *_INDEXES):
             self._db.execute(statement)
         self._db.execute("ATTACH ':memory:' AS shard")
