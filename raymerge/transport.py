@@ -9,10 +9,11 @@ and results (what the executor hands over) are converted.
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class ArrowFrame:
@@ -28,13 +29,17 @@ class ArrowFrame:
 
 
 def pack(value: Any) -> Any:
-    """A task's result or argument as it is stored: a DataFrame as its Arrow table, anything else as is."""
-    return ArrowFrame(value.to_arrow()) if isinstance(value, pl.DataFrame) else value
+    """A task's result or argument as it is stored: a DataFrame as its Arrow table, anything else as is.
+    (Without polars loaded, nothing is a DataFrame: a run that uses none does not import it.)"""
+    polars = sys.modules.get("polars")
+    return ArrowFrame(value.to_arrow()) if polars is not None and isinstance(value, polars.DataFrame) else value
 
 
 def unpack(value: Any) -> Any:
     """What `pack` stored, as the task or the caller uses it."""
     if isinstance(value, ArrowFrame):
+        import polars as pl
+
         frame = pl.from_arrow(value.table)
         assert isinstance(frame, pl.DataFrame)
         return frame

@@ -2,8 +2,9 @@
 
 Keys follow WebDataset/Energon: the member path up to the first dot of its last component
 (`a/b.seg.png` -> key `a/b`, extension `seg.png`). A sample is a run of adjacent members with one key.
-A shard's names are split and checked all at once (Arrow compute); only rare names (a dot in a
-folder name, newlines, `..`, `__`) take the regular expressions one by one.
+A shard's names are split and checked in one compiled pass over their bytes (`_marks`, `_cut`), its
+keys and samples then checked all at once (Arrow compute); only rare names (a dot in a folder name,
+newlines, `..`, `__`) take the regular expressions one by one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,11 +52,6 @@ def is_run_start(values: np.ndarray) -> np.ndarray:
     return np.r_[True, values[1:] != values[:-1]] if len(values) else np.zeros(0, dtype=bool)
 
 
-def is_run_end(values: np.ndarray) -> np.ndarray:
-    """True where a run of equal neighbours ends (the last of each run)."""
-    return np.r_[values[1:] != values[:-1], True] if len(values) else np.zeros(0, dtype=bool)
-
-
 def scan_tar(
     fileobj: IO[bytes] | HeaderSource, shard: str, *, compressed: bool = False, size: int | None = None
 ) -> dict[str, Any]:
@@ -89,88 +86,115 @@ class NotPlainUstar(Exception):
     `tarfile` must read it as a file."""
 
 
-class _Bytes:
-    """The UTF-8 bytes of many names in one buffer, to find a character in all of them at once."""
+_ABSOLUTE, _DOTS, _UNDERSCORES, _ODD = 1, 2, 4, 8  # `_marks`: starts with "/", holds "..", "__", needs the expression
 
-    def __init__(self, names: pa.LargeStringArray) -> None:
-        self.n = len(names)
-        self.bounds = np.frombuffer(names.buffers()[1], dtype=np.int64)[names.offset : names.offset + self.n + 1]
-        data = names.buffers()[2]
-        self.data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
 
-    def hits(self, byte: bytes) -> np.ndarray:
-        """Positions (in the buffer) of the byte inside any name."""
-        start = int(self.bounds[0]) if self.n else 0
-        return np.flatnonzero(self.data[start : int(self.bounds[-1]) if self.n else 0] == byte[0]) + start
+def _buffers(names: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds (n + 1, into the data) and UTF-8 bytes of many names, as numpy views of their buffers."""
+    bounds = np.frombuffer(names.buffers()[1], dtype=np.int64)[names.offset : names.offset + len(names) + 1]
+    data = names.buffers()[2]
+    return bounds, np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
 
-    def rows(self, positions: np.ndarray) -> np.ndarray:
-        """The name each buffer position belongs to."""
-        return np.searchsorted(self.bounds, positions, side="right") - 1
 
-    def first(self, byte: bytes) -> np.ndarray:
-        """Position of the byte's first occurrence in each name, or -1."""
-        return self._pick(self.hits(byte), is_run_start)
+@numba.njit(cache=True, nogil=True)
+def _marks(bounds: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per name: the length of its key where it splits the common way (its first dot lies in its last
+    component, with text before it, and it has no newline: where Energon's expression splits it too), else
+    -1; and its marks (`_ABSOLUTE`, `_DOTS`, `_UNDERSCORES`, `_ODD`: a dot or newline, not the common
+    way). Compiled: one pass over every name's bytes, tens of thousands of names per shard."""
+    n = len(bounds) - 1
+    key_lengths = np.full(n, -1, dtype=np.int64)
+    marks = np.zeros(n, dtype=np.uint8)
+    for i in range(n):
+        start, end = bounds[i], bounds[i + 1]
+        dot, slash, newline, mark, previous = -1, -1, False, 0, 0
+        for j in range(start, end):
+            c = data[j]
+            if c == 46:  # "."
+                dot = j if dot < 0 else dot
+                mark |= _DOTS if previous == 46 else 0
+            elif c == 47:  # "/"
+                slash = j
+                mark |= _ABSOLUTE if j == start else 0
+            elif c == 95:  # "_"
+                mark |= _UNDERSCORES if previous == 95 else 0
+            elif c == 10:
+                newline = True
+            previous = c
+        if dot > slash + 1 and dot > start and not newline:
+            key_lengths[i] = dot - start
+        elif dot >= 0 or newline:
+            mark |= _ODD
+        marks[i] = mark
+    return key_lengths, marks
 
-    def last(self, byte: bytes) -> np.ndarray:
-        """Position of the byte's last occurrence in each name, or -1."""
-        return self._pick(self.hits(byte), is_run_end)
 
-    def with_pair(self, byte: bytes) -> np.ndarray:
-        """Names that hold the byte twice in a row (`..`, `__`)."""
-        pos = self.hits(byte)
-        pairs = pos[:-1][(pos[1:] == pos[:-1] + 1)]
-        pairs = pairs[self.rows(pairs) == self.rows(pairs + 1)]
-        out = np.zeros(self.n, dtype=bool)
-        out[self.rows(pairs)] = True
-        return out
-
-    def _pick(self, pos: np.ndarray, choose: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """One of each name's hits (`choose` marks it among the hits of one name), or -1 where it has none."""
-        out = np.full(self.n, -1, dtype=np.int64)
-        if len(pos):
-            rows = self.rows(pos)
-            chosen = choose(rows)
-            out[rows[chosen]] = pos[chosen]
-        return out
+@numba.njit(cache=True, nogil=True)
+def _cut(
+    bounds: np.ndarray, data: np.ndarray, rows: np.ndarray, key_lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bounds and bytes of the keys and of the extensions of names `rows` (empty where `key_lengths` is -1).
+    Compiled: a short copy per name, where Arrow would split every name into a list first."""
+    key_bounds = np.zeros(len(rows) + 1, dtype=np.int64)
+    ext_bounds = np.zeros(len(rows) + 1, dtype=np.int64)
+    for i in range(len(rows)):
+        r = rows[i]
+        key = key_lengths[r]
+        key_bounds[i + 1] = key_bounds[i] + max(key, 0)
+        ext_bounds[i + 1] = ext_bounds[i] + (bounds[r + 1] - bounds[r] - key - 1 if key >= 0 else 0)
+    key_bytes = np.empty(key_bounds[-1], dtype=np.uint8)
+    ext_bytes = np.empty(ext_bounds[-1], dtype=np.uint8)
+    for i in range(len(rows)):
+        r = rows[i]
+        if key_lengths[r] >= 0:
+            start = bounds[r]
+            for j in range(key_bounds[i + 1] - key_bounds[i]):
+                key_bytes[key_bounds[i] + j] = data[start + j]
+            start += key_lengths[r] + 1
+            for j in range(ext_bounds[i + 1] - ext_bounds[i]):
+                ext_bytes[ext_bounds[i] + j] = data[start + j]
+    return key_bounds, key_bytes, ext_bounds, ext_bytes
 
 
 def split_names(names: pa.LargeStringArray) -> tuple[pa.LargeStringArray, pa.LargeStringArray]:
-    """Keys and extensions of member names (null where a name carries no key), as `split_name` gives them.
+    """Keys and extensions of member names (null where a name carries no key), as `split_name` gives them."""
+    bounds, data = _buffers(names)
+    key_lengths, marks = _marks(bounds, data)
+    return _split(names, bounds, data, key_lengths, marks, np.arange(len(names), dtype=np.int64))
 
-    The common name (its first dot in the last component, with text before it, no newline) splits
-    at that dot, which is what Energon's expression picks; other names with a dot go through the
-    expression itself, one by one.
-    """
-    b = _Bytes(names)
-    dot, slash = b.first(b"."), b.last(b"/")
-    newline = np.zeros(len(names), dtype=bool)
-    newline[b.rows(b.hits(b"\n"))] = True
-    plain = (dot - 1 > np.maximum(slash, b.bounds[:-1] - 1)) & ~newline
-    parts = pc.split_pattern(names, ".", max_splits=1)
-    first = parts.offsets.to_numpy()[:-1]
-    values = parts.flatten()
-    keys = values.take(pa.array(first, mask=~plain))
-    exts = values.take(pa.array(first + 1, mask=~plain))
-    odd = np.flatnonzero(((dot >= 0) | newline) & ~plain)
+
+def _split(
+    names: pa.LargeStringArray,
+    bounds: np.ndarray,
+    data: np.ndarray,
+    key_lengths: np.ndarray,
+    marks: np.ndarray,
+    rows: np.ndarray,
+) -> tuple[pa.LargeStringArray, pa.LargeStringArray]:
+    """Keys and extensions of names `rows` (`_marks` of all names given). The common name splits at its
+    first dot, which is what Energon's expression picks; other names with a dot or newline go through
+    the expression itself, one by one."""
+    key_bounds, key_bytes, ext_bounds, ext_bytes = _cut(bounds, data, rows, key_lengths)
+    valid = pa.py_buffer(np.packbits(key_lengths[rows] >= 0, bitorder="little"))
+    key_array = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(key_bounds), pa.py_buffer(key_bytes), valid)
+    ext_array = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(ext_bounds), pa.py_buffer(ext_bytes), valid)
+    odd = np.flatnonzero(marks[rows] & _ODD)
     if not len(odd):
-        return keys, exts
-    key_list, ext_list = keys.to_pylist(), exts.to_pylist()
-    for i, name in zip(odd.tolist(), names.take(odd).to_pylist(), strict=True):
+        return key_array, ext_array
+    key_list, ext_list = key_array.to_pylist(), ext_array.to_pylist()
+    for i, name in zip(odd.tolist(), names.take(rows[odd]).to_pylist(), strict=True):
         key_list[i], ext_list[i] = split_name(name) or (None, None)
     return pa.array(key_list, pa.large_string()), pa.array(ext_list, pa.large_string())
 
 
-def _name_flags(names: pa.LargeStringArray) -> dict[str, np.ndarray]:
-    """Per member: absolute name, `..` component, meta member; the regular expressions only for names
-    that contain `..` or `__` at all."""
-    b = _Bytes(names)
-    flags = {"absolute": b.first(b"/") == b.bounds[:-1]}
-    for flag, pair, check in (("traversal", b".", lambda s: unsafe_name(s) is not None), ("meta", b"_", is_meta)):
-        found = b.with_pair(pair)
-        rows = np.flatnonzero(found)
-        found[rows] = [check(name) for name in names.take(rows).to_pylist()]
-        flags[flag] = found
-    return flags
+def _checked_marks(
+    names: pa.LargeStringArray, marks: np.ndarray, mark: int, check: Callable[[str], bool]
+) -> np.ndarray:
+    """Names with the mark for which `check` holds: the regular expressions only for names that carry it."""
+    found = (marks & mark) > 0
+    rows = np.flatnonzero(found)
+    found[rows] = [check(name) for name in names.take(rows).to_pylist()]
+    return found
 
 
 def table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
@@ -179,9 +203,11 @@ def table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
     Directories and meta members (`__...__`) are skipped; the rest must carry a key, lie inside
     the file, and form runs of one key each (no key again later, no extension twice in a run).
     """
-    flags = _name_flags(members.names)
-    kept = np.flatnonzero(~(members.is_dir | flags["meta"]))
-    keys, exts = split_names(members.names.take(kept))
+    bounds, data = _buffers(members.names)
+    key_lengths, marks = _marks(bounds, data)
+    meta = _checked_marks(members.names, marks, _UNDERSCORES, is_meta)
+    kept = np.flatnonzero(~(members.is_dir | meta))
+    keys, exts = _split(members.names, bounds, data, key_lengths, marks, kept)
     offsets, sizes = members.offsets[kept], members.sizes[kept]
     key_code = _codes(keys)
     first = is_run_start(key_code)
@@ -189,8 +215,8 @@ def table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
     again = np.zeros(len(kept), dtype=bool)  # codes count up by one per new key; a key seen before breaks the count
     again[starts] = key_code[starts] != np.arange(len(starts))
     checks = {
-        "absolute": flags["absolute"],
-        "traversal": flags["traversal"],
+        "absolute": (marks & _ABSOLUTE) > 0,
+        "traversal": _checked_marks(members.names, marks, _DOTS, lambda name: unsafe_name(name) is not None),
         "no_key": key_code < 0,
         "truncated": offsets + sizes > size if size is not None else np.zeros(len(kept), dtype=bool),
         "again": again,

@@ -1,8 +1,8 @@
 """Every member of a tar from its headers alone: name, is a directory, data offset, data size.
 
 Plain ustar archives (what WebDataset writers produce) are read by following the header chain and
-parsing all headers together; anything else (PAX or GNU long names, links, damage, gzip) goes
-through `tarfile`, which also words the errors. Payload is never read.
+checking each header in compiled code; anything else (PAX or GNU long names, links, damage, gzip)
+goes through `tarfile`, which also words the errors. Payload is never read.
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO
 
+import numba
 import numpy as np
 import pyarrow as pa
 
 from raymerge.errors import InvalidInput
 
 HEADER_WINDOW = 4096  # one page per read where the file cannot be mapped: small members' headers come together
-PROBE_HEADERS = 64  # headers followed one by one before choosing how to find the rest of a mapped file
-DENSE_STRIDE = 8 * 1024  # bytes per member below which every block of a mapped file is looked at at once
-_OCTAL_WEIGHTS = 8 ** np.arange(10, -1, -1, dtype=np.int64)
-_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
-_REGTYPE, _AREGTYPE, _DIRTYPE = tarfile.REGTYPE[0], tarfile.AREGTYPE[0], tarfile.DIRTYPE[0]
-_MAGIC = np.frombuffer(b"ustar", dtype=np.uint8)
+_BLOCK = tarfile.BLOCKSIZE
+_ZERO_BLOCK = bytes(_BLOCK)
+_NAME_MAX = 155 + 1 + 100  # bytes of a name: prefix field, slash, name field
 
 
 @dataclass(frozen=True)
@@ -53,136 +51,221 @@ def open_tar(fileobj: IO[bytes], compressed: bool) -> tarfile.TarFile:
 def ustar_members(fileobj: IO[bytes] | HeaderSource) -> Members | None:
     """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
 
-    Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, name, prefix and
-    directory rules), so both paths give the same members; payload is skipped, never read. Finding
-    the headers is the only step that goes member by member (`header_chain`); the fields of all
-    headers are checked and parsed together.
+    Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, size, name, prefix
+    and directory rules), so both paths give the same members; payload is skipped, never read. A
+    local file is mapped and its header chain followed and checked in compiled code (`_chain`: a page
+    fault per header, no read call); other files are followed by `header_chain`, a read per header or
+    window, and their headers checked by `_headers`, the same checks.
     """
-    chain = header_chain(_blocks(fileobj))
-    if chain is None:
-        return None
-    raw, starts, size = chain
-    kind = raw[:, 156]
-    plain = (kind == _REGTYPE) | (kind == _AREGTYPE) | (kind == _DIRTYPE)
-    if not (plain.all() and (raw[:, 257:262] == _MAGIC).all() and _checksums_ok(raw)):
-        return None
-    names = _strings(raw[:, :100])
-    if names is None:
-        return None  # not UTF-8: tarfile's surrogate escapes
-    is_dir = kind == _DIRTYPE
-    if (kind == _AREGTYPE).any():  # old-style regular files, directories by a trailing slash
-        is_dir |= (kind == _AREGTYPE) & np.array([n.endswith("/") for n in names.to_pylist()], dtype=bool)
-    if (size[is_dir] != 0).any():
-        return None
-    if is_dir.any() or raw[:, 345].any():
-        prefixes = _strings(raw[:, 345:500])
-        if prefixes is None:
+    source = _blocks(fileobj)
+    if isinstance(source, mmap.mmap):
+        with source:
+            view = np.frombuffer(source, dtype=np.uint8)
+            try:
+                ok, found, text = _chain(view)
+            finally:
+                del view  # the mapping closes only when no array refers to it
+        starts, sizes = found[0], found[1]
+    else:
+        chain = header_chain(source)
+        if chain is None:
             return None
-        names = _full_names(names.to_pylist(), prefixes.to_pylist(), is_dir.tolist())
-    return Members(names, is_dir, starts + tarfile.BLOCKSIZE, size)
+        raw, starts, sizes = chain
+        ok, found, text = _headers(raw, np.arange(len(starts), dtype=np.int64) * _BLOCK, sizes)
+    names = _names(found[3], text) if ok else None
+    return None if names is None else Members(names, found[2].astype(bool), starts + _BLOCK, sizes)
 
 
-def header_chain(data: mmap.mmap | HeaderSource | _Window) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Header blocks (n x 512), their positions and member sizes, up to the end-of-archive block; None on
-    anything odd (a cut or damaged archive, a size that is not a plain octal number).
-
-    A mapped file takes the fast way where members are small (`_dense_chain`: every block at once) and
-    follows sizes from header to header elsewhere, touching only the headers' pages.
-    """
-    if isinstance(data, mmap.mmap):
-        return _mapped_chain(data)
-    found = _follow(data, 0, None)
-    if found is None:
-        return None
-    blocks, starts, sizes = found
-    raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
-    return raw, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
-
-
-def _follow(
-    data: mmap.mmap | HeaderSource | _Window, pos: int, most: int | None
-) -> tuple[list[bytes], list[int], list[int]] | None:
-    """Header blocks, positions and sizes from `pos` to the end-of-archive block (or `most` headers, the
-    last position then being where to go on); None on anything odd. The general path, one member a turn."""
+def header_chain(data: HeaderSource | _Window) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Header blocks (one after the other), their positions and member sizes, up to the end-of-archive
+    block, as `_chain` finds them in a mapped file; None on anything odd (a cut or empty archive, a size
+    that is not a plain number). For files that are read, not mapped: object storage reads by range."""
     blocks: list[bytes] = []
     starts: list[int] = []
     sizes: list[int] = []
-    while most is None or len(starts) < most:
-        block = data[pos : pos + tarfile.BLOCKSIZE]
-        if block == _ZERO_BLOCK or len(block) != tarfile.BLOCKSIZE:
-            return (blocks, starts, sizes) if pos and len(block) == tarfile.BLOCKSIZE else None
-        try:  # "%011o" + NUL or space, as tarfile writes it; anything else the general way
-            size = int(block[124:135], 8) if block[135] in (0, 32) else _size(block)
-        except ValueError:
-            size = _size(block)
-        if size is None or size < 0:
+    pos = 0
+    while True:
+        block = data[pos : pos + _BLOCK]
+        if len(block) != _BLOCK or (block == _ZERO_BLOCK and not pos):
+            return None
+        if block == _ZERO_BLOCK:
+            break
+        size = _octal(np.frombuffer(block, dtype=np.uint8, offset=124, count=12))
+        if size < 0:
             return None
         blocks.append(block)
         starts.append(pos)
         sizes.append(size)
-        pos += tarfile.BLOCKSIZE + ((size + tarfile.BLOCKSIZE - 1) & -tarfile.BLOCKSIZE)
-    starts.append(pos)  # where the next header is
-    return blocks, starts, sizes
+        pos += _BLOCK + ((size + _BLOCK - 1) & -_BLOCK)
+    raw = np.frombuffer(b"".join(blocks), dtype=np.uint8)
+    return raw, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
 
 
-def _mapped_chain(mapped: mmap.mmap) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """`header_chain` of a mapped file: the first headers one by one; where they show small members (a
-    header every few blocks), the rest of the file all at once (`_dense_chain`), else one by one."""
-    found = _follow(mapped, 0, PROBE_HEADERS)
-    if found is None:
+def _names(ends: np.ndarray, text: np.ndarray) -> pa.LargeStringArray | None:
+    """Names (their ends in `text`, one after the other), or None if one is not UTF-8 (tarfile escapes
+    such bytes; keys must be text)."""
+    bounds = np.zeros(len(ends) + 1, dtype=np.int64)
+    bounds[1:] = ends
+    names = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(bounds), pa.py_buffer(text))
+    try:
+        names.validate(full=True)
+    except pa.ArrowInvalid:
         return None
-    blocks, starts, sizes = found
-    parts = []
-    if len(starts) > len(sizes):  # stopped after PROBE_HEADERS: the last start is where the next header is
-        pos = starts.pop()
-        rest = _dense_chain(mapped, pos) if pos <= DENSE_STRIDE * len(sizes) else None
-        if rest is None:
-            more = _follow(mapped, pos, None)
-            if more is None:
-                return None
-            blocks, sizes = blocks + more[0], sizes + more[2]
-            starts += more[1]
+    return names
+
+
+@numba.njit(cache=True, nogil=True)
+def _chain(data: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
+    """The headers of a mapped tar, followed up to the end-of-archive block as `header_chain` follows them,
+    each checked and its name taken as it is reached (`_header`): per header (columns) its position,
+    member size, is a directory and where its name ends in the names' bytes (the second array). False
+    on anything odd (a cut or empty archive, a size that is not a plain number, a header that is not
+    plain ustar). Compiled: one step per member, each header read once, and a shard holds tens of
+    thousands of tiny members."""
+    found = np.empty((4, 1024), dtype=np.int64)  # grown as needed, like the names' bytes
+    text = np.empty(1024 * _NAME_MAX, dtype=np.uint8)
+    n, pos, end, ok = 0, 0, 0, False
+    while pos + _BLOCK <= len(data):
+        block = data[pos : pos + _BLOCK]
+        zero = True
+        for j in range(_BLOCK):
+            if block[j]:
+                zero = False
+                break
+        if zero:
+            ok = pos > 0
+            break
+        if n == found.shape[1]:
+            more, longer = np.empty((4, 2 * n), dtype=np.int64), np.empty(2 * len(text), dtype=np.uint8)
+            more[:, :n], longer[:end] = found, text[:end]
+            found, text = more, longer
+        size = _octal(block[124:136])
+        end, is_dir = _header(block, size, text, end)
+        if size < 0 or end < 0:
+            break
+        found[0, n], found[1, n], found[2, n], found[3, n] = pos, size, is_dir, end
+        n += 1
+        pos += _BLOCK + ((size + _BLOCK - 1) & -_BLOCK)
+    n = n if ok else 0
+    return ok, found[:, :n].copy(), text[: found[3, n - 1] if n else 0].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _headers(data: np.ndarray, at: np.ndarray, sizes: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
+    """`_chain`'s answer for headers whose positions (`at`, in `data`) and sizes are known: those read,
+    not mapped (`header_chain`). Compiled as `_chain` is: one implementation of the checks."""
+    found = np.empty((4, len(at)), dtype=np.int64)
+    text = np.empty(len(at) * _NAME_MAX, dtype=np.uint8)
+    end = 0
+    for i in range(len(at)):
+        end, is_dir = _header(data[at[i] : at[i] + _BLOCK], sizes[i], text, end)
+        if end < 0:
+            return False, found[:, :0].copy(), text[:0].copy()
+        found[0, i], found[1, i], found[2, i], found[3, i] = at[i], sizes[i], is_dir, end
+    return True, found, text[:end].copy()
+
+
+@numba.njit(cache=True, nogil=True, inline="always")  # once per header, in the loops above
+def _header(block: np.ndarray, size: int, text: np.ndarray, end: int) -> tuple[int, bool]:
+    """Checks a header and writes its name into `text` at `end` (at most `_NAME_MAX` bytes) as
+    `tarfile.TarInfo.frombuf` reads it: the prefix field and a slash where there is a prefix, then the
+    name field (each up to its first NUL; a directory's without trailing slashes, old-style directories
+    known by such a slash). The name's end and whether it is a directory; an end of -1 where the header
+    is not plain ustar: the ustar magic, a regular file or a directory (of size 0), tarfile's unsigned
+    checksum."""
+    total = 8 * 32  # the checksum field counts as spaces
+    for j in range(148):
+        total += block[j]
+    for j in range(156, _BLOCK):
+        total += block[j]
+    kind = block[156]
+    magic = block[257] == 117 and block[258] == 115 and block[259] == 116  # "ust"
+    magic = magic and block[260] == 97 and block[261] == 114  # "ar"
+    if not (magic and (kind == 48 or kind == 0 or kind == 53) and _octal(block[148:156]) == total):
+        return -1, False
+    name = _field_length(block[:100])
+    is_dir = kind == 53 or (kind == 0 and name > 0 and block[name - 1] == 47)  # 47: "/"
+    if is_dir:
+        if size:
+            return -1, False
+        while name > 0 and block[name - 1] == 47:
+            name -= 1
+    prefix = _field_length(block[345:500])
+    for j in range(prefix):  # loops: shorter than slice assignment, which checks for overlap
+        text[end + j] = block[345 + j]
+    if prefix:
+        text[end + prefix] = 47
+        end += prefix + 1
+    for j in range(name):
+        text[end + j] = block[j]
+    return end + name, is_dir
+
+
+@numba.njit(cache=True, nogil=True)
+def _field_length(field: np.ndarray) -> int:
+    """Bytes of a NUL-terminated field before its first NUL."""
+    for j in range(len(field)):
+        if field[j] == 0:
+            return j
+    return len(field)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")  # the common form costs less than a call
+def _octal(field: np.ndarray) -> int:
+    """A number field as `tarfile` reads it, or -1 where `_int` says so. Digits up to a NUL, as tarfile
+    and most writers write them ("%011o\\0"), are read here; any other form by `_int`. Compiled: every
+    header has two, read as the chain is followed."""
+    value = 0
+    for j in range(len(field)):
+        digit = int(field[j]) - 48
+        if 0 <= digit <= 7:
+            value = value * 8 + digit
+        elif field[j] == 0 and j:
+            return value
         else:
-            parts.append(rest)
-    head = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), tarfile.BLOCKSIZE)
-    first = (head, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int64))
-    if not parts:
-        return first
-    return (
-        np.concatenate([first[0], parts[0][0]]),
-        np.concatenate([first[1], parts[0][1]]),
-        np.concatenate([first[2], parts[0][2]]),
-    )
+            return _int(field)
+    return value
 
 
-def _dense_chain(mapped: mmap.mmap, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The headers from `pos` to the end-of-archive block, found all at once: every block that carries the
-    ustar magic and a plain octal size is a candidate, and the candidates must chain (each header's size
-    leads to the next candidate) up to a zero block. Anything else (a payload that holds a header, other
-    size encodings, a cut file) returns None, and the headers are followed one by one instead, which
-    finds or words the problem as before."""
-    whole = np.frombuffer(mapped, dtype=np.uint8)
-    n = (len(whole) - pos) // tarfile.BLOCKSIZE
-    blocks = whole[pos : pos + n * tarfile.BLOCKSIZE].reshape(n, tarfile.BLOCKSIZE)
-    magic = blocks[:, 257] == _MAGIC[0]
-    for i in range(1, len(_MAGIC)):
-        magic[magic] = blocks[magic, 257 + i] == _MAGIC[i]
-    cand = np.flatnonzero(magic)
-    if not len(cand) or cand[0] != 0:
-        return None
-    raw = blocks[cand]
-    digits = raw[:, 124:135].astype(np.int64) - ord("0")
-    if not (((digits >= 0) & (digits < 8)).all() and np.isin(raw[:, 135], (0, 32)).all()):
-        return None
-    size = digits @ _OCTAL_WEIGHTS
-    following = cand + 1 + (size + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE  # in blocks
-    breaks = np.flatnonzero(following[:-1] != cand[1:])
-    last = int(breaks[0]) if len(breaks) else len(cand) - 1
-    end = int(following[last])
-    if end >= n or blocks[end].any():  # no end-of-archive block where the chain leaves the candidates
-        return None
-    keep = slice(0, last + 1)
-    return raw[keep], pos + cand[keep].astype(np.int64) * tarfile.BLOCKSIZE, size[keep]
+@numba.njit(cache=True, nogil=True)
+def _int(field: np.ndarray) -> int:
+    """A number field as `tarfile` reads it (up to its first NUL, ASCII white space stripped, octal as
+    Python's `int` takes it: a sign, a `0o` prefix, underscores between digits), or -1 where that
+    fails, is negative or the field is base-256 (those headers go to `tarfile`)."""
+    if field[0] == 0x80 or field[0] == 0xFF:
+        return -1
+    start, stop = 0, _field_length(field)
+    while start < stop and _is_space(field[start]):
+        start += 1
+    while stop > start and _is_space(field[stop - 1]):
+        stop -= 1
+    if start == stop:
+        return 0
+    negative = field[start] == 45  # "-"
+    if negative or field[start] == 43:  # "+"
+        start += 1
+    if stop - start > 1 and field[start] == 48 and (field[start + 1] == 111 or field[start + 1] == 79):  # "0o"
+        start += 2
+        if start < stop and field[start] == 95:  # "_" may follow the prefix
+            start += 1
+    value, digits, underscore = 0, 0, False
+    for j in range(start, stop):
+        c = field[j]
+        if c == 95 and digits and not underscore:
+            underscore = True
+        elif 48 <= c <= 55:
+            value, digits, underscore = value * 8 + c - 48, digits + 1, False
+        else:
+            return -1
+    if underscore or not digits or (negative and value):
+        return -1
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _is_space(c: int) -> bool:
+    """What Python strips from bytes: space, tab, newline, carriage return, vertical tab, form feed."""
+    return c == 32 or 9 <= c <= 13
 
 
 def _blocks(fileobj: IO[bytes] | HeaderSource) -> mmap.mmap | HeaderSource | _Window:
@@ -216,60 +299,6 @@ class _Window:
             self.fileobj.seek(part.start)
             self.window, self.start = self.fileobj.read(max(HEADER_WINDOW, part.stop - part.start)), part.start
         return self.window[part.start - self.start : part.stop - self.start]
-
-
-def _size(block: bytes) -> int | None:
-    """The member size field as tarfile reads it, or None if it is not a number."""
-    try:
-        return _octal(block[124:136])
-    except ValueError:
-        return None
-
-
-def _checksums_ok(raw: np.ndarray) -> bool:
-    """tarfile's (unsigned) header checksum: the byte sum with the checksum field counted as spaces."""
-    field = raw[:, 148:156]
-    digits = field[:, :6].astype(np.int64) - ord("0")
-    common = ((digits >= 0) & (digits < 8)).all(axis=1) & (field[:, 6] == 0)  # "%06o\0 " (or "\0\0")
-    stored = digits @ (8 ** np.arange(5, -1, -1, dtype=np.int64))
-    try:
-        for i in np.flatnonzero(~common).tolist():
-            stored[i] = _octal(field[i].tobytes())
-    except ValueError:
-        return False
-    sums = raw.sum(axis=1, dtype=np.uint32).astype(np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * 32
-    return bool(np.array_equal(sums, stored))
-
-
-def _octal(field: bytes) -> int:
-    if field[:1] in (b"\x80", b"\xff"):
-        raise ValueError("base-256 number")
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-
-
-def _strings(fields: np.ndarray) -> pa.LargeStringArray | None:
-    """NUL-terminated fixed-width fields (one per row) as strings, or None if one is not UTF-8."""
-    is_nul = fields == 0
-    lengths = np.where(is_nul.any(axis=1), is_nul.argmax(axis=1), fields.shape[1])
-    bounds = np.zeros(len(fields) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=bounds[1:])
-    width = int(lengths.max()) if len(lengths) else 0
-    data = fields[:, :width][np.arange(width) < lengths[:, None]]
-    strings = pa.LargeStringArray.from_buffers(len(fields), pa.py_buffer(bounds), pa.py_buffer(data))
-    try:
-        strings.validate(full=True)
-    except pa.ArrowInvalid:
-        return None
-    return strings
-
-
-def _full_names(names: list[str], prefixes: list[str], is_dir: list[bool]) -> pa.LargeStringArray:
-    """Directory names without trailing slashes, each behind its ustar prefix field where one is set."""
-    full = []
-    for name, prefix, d in zip(names, prefixes, is_dir, strict=True):
-        name = name.rstrip("/") if d else name
-        full.append(f"{prefix}/{name}" if prefix else name)
-    return pa.array(full, pa.large_string())
 
 
 def tarfile_members(fileobj: IO[bytes], shard: str, compressed: bool) -> tuple[Members, Exception | None]:
