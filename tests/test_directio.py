@@ -126,3 +126,29 @@ def test_a_device_that_refuses_direct_writes_gets_buffered_ones(tmp_path, monkey
     with DirectFile(str(path), buffer_bytes=3 * ALIGN) as out:
         out.write_pieces(parts)
     assert path.read_bytes() == b"".join(bytes(p) for p in parts)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_batches_laid_out_in_place_mix_with_pieces(tmp_path, direct):
+    """`reserve` hands out room after what is written, `commit` writes it; a batch larger than the buffer
+    gets a larger one."""
+    path = tmp_path / "out.bin"
+    expected = []
+    with DirectFile(str(path), direct=direct, buffer_bytes=2 * ALIGN) as out:
+        for i, n in enumerate([10, ALIGN - 3, 5 * ALIGN + 7, 1, 0, 3 * ALIGN]):
+            out.write_pieces([b"p" * i])
+            room = out.reserve(n + 4)
+            room[: n + 4] = bytes([i % 251 + 1]) * (n + 4)
+            out.commit(n)  # the last 4 bytes reserved are not written
+            expected += [b"p" * i, bytes([i % 251 + 1]) * n]
+    assert path.read_bytes() == b"".join(expected)
+
+
+def test_joined_sink_writes_what_was_reserved_and_committed():
+    buf = io.BytesIO()
+    sink = JoinedSink(buf)
+    sink.write_pieces([b"ab"])
+    room = sink.reserve(4)
+    room[:] = b"cdef"
+    sink.commit(3)
+    assert buf.getvalue() == b"abcde"

@@ -66,6 +66,31 @@ def test_scan_carries_members_up_to_the_threshold_and_a_member_exactly_at_it(tmp
     assert off == [[None, None], [None, None]]
 
 
+def test_a_shard_whose_members_are_all_carried_gives_its_pages_back(tmp_path, monkeypatch):
+    """Nothing reads such a shard again in the run, so the kernel is told its cached pages are not needed;
+    a shard with a member left to read by range keeps them for the writer."""
+    released: list[str] = []
+    real = inline.os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == inline.os.POSIX_FADV_DONTNEED:
+            released.append(Path(f"/proc/self/fd/{fd}").resolve().name)
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(inline.os, "posix_fadvise", spy)
+    small = tmp_path / "small.tar"
+    small.write_bytes(
+        tar_bytes([("a.cls", tarfile.REGTYPE, b"7"), ("b.cls", tarfile.REGTYPE, b"3")], tarfile.USTAR_FORMAT)
+    )
+    mixed = tmp_path / "mixed.tar"
+    mixed.write_bytes(
+        tar_bytes([("a.cls", tarfile.REGTYPE, b"7"), ("a.jpg", tarfile.REGTYPE, b"j" * 5000)], tarfile.USTAR_FORMAT)
+    )
+    found = scan_shards([_shard(small), _shard(mixed)], LocalFileSystem(), 0, ScanOptions(inline_bytes=10**9))
+    assert _bytes(found[1]["data"].to_list()) == [[b"7"], [b"3"], [b"7", None]]
+    assert released == ["small.tar"]
+
+
 def _long_name_inputs(root: Path) -> dict:
     """A primary with PAX long names, a secondary with GNU long names (both over 100 bytes), small members."""
     keys = [f"{'deep/' * 22}k{i:03d}" for i in range(12)]
