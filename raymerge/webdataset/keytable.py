@@ -9,11 +9,11 @@ bounded few bytes, so these tables stay small and travel between Ray tasks cheap
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
+import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -123,11 +123,42 @@ def hash_buckets(keys: pl.Series, n: int) -> np.ndarray:
     """Which of `n` hash buckets each key belongs to, so that equal keys of every input meet in one bucket.
 
     The bucket must be the same on every node and with any library version (polars' own hash may
-    change between releases): CRC-32 of the key's UTF-8 bytes (a fixed standard, in the standard
-    library) through MurmurHash3's 64-bit finaliser. One C call per key; 1M keys take ~90 ms.
+    change between releases): CRC-32 of the key's UTF-8 bytes (the fixed standard `zlib.crc32`
+    computes) through MurmurHash3's 64-bit finaliser. The CRC runs compiled over the keys' bytes in
+    Arrow's buffer (`_crc32`): no Python bytes object per key (10^7 keys: ~0.2 s, against ~3 s).
     """
-    crc = np.fromiter(map(zlib.crc32, keys.cast(pl.Binary).to_list()), dtype=np.uint64, count=len(keys))
-    return (_mix(crc) % np.uint64(n)).astype(np.int64)
+    arrow = keys.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.large_binary())
+    arrow = arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
+    if len(arrow):
+        bounds = np.frombuffer(arrow.buffers()[1], dtype=np.int64)[arrow.offset : arrow.offset + len(arrow) + 1]
+        data = np.frombuffer(arrow.buffers()[2], dtype=np.uint8) if bounds[-1] else np.zeros(1, np.uint8)
+    else:
+        bounds, data = np.zeros(1, np.int64), np.zeros(1, np.uint8)
+    return (_mix(_crc32(data, bounds, _CRC_TABLE)) % np.uint64(n)).astype(np.int64)
+
+
+def _crc_table() -> np.ndarray:
+    """The byte table of the reflected CRC-32 polynomial 0xEDB88320 (zlib's, PNG's, Ethernet's)."""
+    table = np.arange(256, dtype=np.uint64)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> np.uint64(1)) ^ np.uint64(0xEDB88320), table >> np.uint64(1))
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+@numba.njit(cache=True, nogil=True)
+def _crc32(data: np.ndarray, bounds: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """`zlib.crc32` of every string `data[bounds[i]:bounds[i + 1]]`, as uint64. Compiled: millions of short
+    keys per task, where a call per key costs more than its bytes."""
+    out = np.empty(len(bounds) - 1, dtype=np.uint64)
+    for i in range(len(bounds) - 1):
+        crc = np.uint64(0xFFFFFFFF)
+        for j in range(bounds[i], bounds[i + 1]):
+            crc = table[(crc ^ data[j]) & np.uint64(0xFF)] ^ (crc >> np.uint64(8))
+        out[i] = crc ^ np.uint64(0xFFFFFFFF)
+    return out
 
 
 def _mix(h: np.ndarray) -> np.ndarray:

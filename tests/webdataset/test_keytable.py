@@ -29,9 +29,11 @@ def test_bucket_of_a_key_is_fixed():
 
 
 def test_buckets_are_the_finalised_crc32_of_the_utf8_key():
-    keys = [*S.keys(2000), *KEYS, ""]
+    keys = [*S.keys(2000), *KEYS, "", "ключ/000001", "鍵/é\u0301", "x" * 5000]
     want = [murmur_fmix64(zlib.crc32(k.encode())) % 13 for k in keys]
     assert hash_buckets(pl.Series(keys), 13).tolist() == want
+    assert hash_buckets(pl.Series(keys)[7:2003], 13).tolist() == want[7:2003]  # a slice of a longer column
+    assert hash_buckets(pl.concat([pl.Series(keys[:9]), pl.Series(keys[9:])], rechunk=False), 13).tolist() == want
 
 
 def test_buckets_are_balanced():
