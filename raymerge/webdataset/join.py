@@ -38,8 +38,7 @@ def join_bucket(
     """Left-join each secondary onto the primary by exact key; members appended in input order.
 
     Only the keys go through the join (each primary row learns its row in each secondary); the member
-    lists of the kept rows are then put together once, with array arithmetic over all of them
-    (`concat_lists`): polars' own row-wise list concatenation costs more than the join itself.
+    lists of the kept rows are then put together once for all inputs (`gather_members`).
     """
     stats = JoinStats()
     keep = np.ones(primary.height, dtype=bool)
