@@ -5,15 +5,25 @@ it, every time a key table moves from one task to the next), while an Arrow tabl
 object store as they are and are mapped, not copied, by the task that reads them. The conversion both
 ways shares the buffers. Values inside containers are left as they are: only a task's own arguments
 and results (what the executor hands over) are converted.
+
+Row ranges of one frame (`slices`) are cut from its Arrow table, not from the frame: polars converts a
+slice's list-of-text columns from their whole buffers (~20 ms a slice of a 1M-row key table, the same
+again for every slice), and an Arrow slice is pickled with its whole buffers too, so a slice is stored
+as a compact Arrow stream of its own rows.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import polars as pl
     import pyarrow as pa
+
+SPARE_BYTES = 1 << 20  # buffers beyond what the rows use, up to which a table is stored as it is
 
 
 class ArrowFrame:
@@ -25,7 +35,37 @@ class ArrowFrame:
         self.table = table
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ArrowFrame, (self.table,))
+        if not self.is_sparse():
+            return (ArrowFrame, (self.table,))
+        table = self.table
+        return (_from_stream, (pickle.PickleBuffer(_stream(table)),))
+
+    def is_sparse(self) -> bool:
+        """Whether the table's buffers hold much more than its rows (a slice of a larger table)."""
+        return self.table.get_total_buffer_size() > 2 * self.table.nbytes + SPARE_BYTES
+
+
+def _stream(table: pa.Table) -> pa.Buffer:
+    """The table as an Arrow stream: only its own rows' bytes, whatever buffers it shares."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    return sink.getvalue()
+
+
+def _from_stream(data: Any) -> ArrowFrame:
+    """A stored slice (`ArrowFrame.__reduce__`), read in place from the buffer it was stored in."""
+    import pyarrow as pa
+
+    return ArrowFrame(pa.ipc.open_stream(pa.py_buffer(data)).read_all())
+
+
+def slices(frame: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> list[ArrowFrame]:
+    """The (first row, end row) ranges of `frame`, each as its own table (`unpack` makes it a frame)."""
+    table = frame.to_arrow()
+    return [ArrowFrame(table.slice(a, b - a)) for a, b in bounds]
 
 
 def pack(value: Any) -> Any:
@@ -36,10 +76,12 @@ def pack(value: Any) -> Any:
 
 
 def unpack(value: Any) -> Any:
-    """What `pack` stored, as the task or the caller uses it."""
+    """What `pack` (or `slices`) made, as the task or the caller uses it."""
     if isinstance(value, ArrowFrame):
         import polars as pl
 
+        if value.is_sparse():  # a slice that never left this process: polars would convert whole buffers
+            value = _from_stream(_stream(value.table))
         frame = pl.from_arrow(value.table)
         assert isinstance(frame, pl.DataFrame)
         return frame

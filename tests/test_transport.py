@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from raymerge.transport import ArrowFrame, pack, unpack
+from raymerge.transport import ArrowFrame, pack, slices, unpack
 
 FRAMES = {
     "lists and nulls": pl.DataFrame({"a": [1, None], "s": ["x", None], "l": [[["a"]], None], "b": [[b"x"], []]}),
@@ -43,3 +43,23 @@ def test_other_values_pass_as_they_are():
     table = pa.table({"a": [1]})
     for value in (1, "x", None, [pl.DataFrame({"a": [1]})], table):
         assert pack(value) is value and unpack(value) is value
+
+
+def test_slices_are_stored_with_their_own_rows_only_and_come_back_equal():
+    n = 200_000
+    df = pl.DataFrame(
+        {
+            "key": [f"k/{i:09d}" for i in range(n)],
+            "names": [["ids", "txt"]] * n,
+            "data": [[[1, 2], None]] * n,
+        }
+    )
+    bounds = [(0, 10), (10, 90_000), (199_990, n), (5, 5)]
+    parts = slices(df, bounds)
+    whole = len(pickle.dumps(pack(df), protocol=5))
+    for (a, b), part in zip(bounds, parts, strict=True):
+        assert part.is_sparse() == (b - a < n // 2)
+        stored = pickle.dumps(part, protocol=5)
+        assert len(stored) < whole * (b - a) / n + 64 * 1024  # not the whole frame's buffers
+        for back in (unpack(pickle.loads(stored)), unpack(part)):  # through storage, or in this process
+            assert back.schema == df.schema and back.equals(df[a:b])

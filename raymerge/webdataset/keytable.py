@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raymerge import transport
 from raymerge.webdataset import inline
 
 ORDINAL_BITS = 32
@@ -168,14 +169,15 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> _MIX_SHIFT)
 
 
-def split_by(df: pl.DataFrame, part: np.ndarray, n: int) -> list[pl.DataFrame]:
-    """Rows of `df` in `n` parts by the part number of each row (row order kept inside a part).
+def split_by(df: pl.DataFrame, part: np.ndarray, n: int) -> list[pl.DataFrame] | list[transport.ArrowFrame]:
+    """Rows of `df` in `n` parts by the part number of each row (row order kept inside a part); a task's
+    results, to be taken with `transport.unpack`.
 
     Rows already in part order (a bucket's rows in the primary's order, cut into ranges of that order)
-    are cut into slices, with no copy; otherwise grouped."""
+    are cut into slices (`transport.slices`), with no copy; otherwise grouped."""
     if not len(part) or bool((part[1:] >= part[:-1]).all()):
-        bounds = np.searchsorted(part, np.arange(n + 1), side="left")
-        return [df[int(a) : int(b)] for a, b in pairwise(bounds.tolist())]
+        bounds = np.searchsorted(part, np.arange(n + 1), side="left").tolist()
+        return transport.slices(df, list(pairwise(bounds)))
     tagged = df.with_columns(pl.Series("_part", part, dtype=pl.Int64))
     groups = {k[0]: g.drop("_part") for k, g in tagged.group_by("_part", maintain_order=True)}
     return [groups.get(i, df.clear()) for i in range(n)]

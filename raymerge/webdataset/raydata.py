@@ -459,6 +459,6 @@ def _check_unique(ex: Executor, chunks: list[Any]) -> None:
         )
 
 
-def _buckets(df: pl.DataFrame, n: int) -> pl.DataFrame | list[pl.DataFrame]:
+def _buckets(df: pl.DataFrame, n: int) -> Any:
     parts = keytable.split_by(df, keytable.hash_buckets(df["key"], n), n)
     return parts[0] if n == 1 else parts

@@ -17,8 +17,9 @@ import numpy as np
 import polars as pl
 from fsspec import AbstractFileSystem
 
-from raymerge import directio, storage
+from raymerge import directio, storage, transport
 from raymerge.errors import RunFailed
+from raymerge.transport import ArrowFrame, unpack
 from raymerge.webdataset import energon, inline, keytable, layout, sourceindex, tarindex
 from raymerge.webdataset.join import JoinStats, join_bucket
 from raymerge.webdataset.layout import OutputShard
@@ -93,16 +94,17 @@ def check_and_join(
     nonmatch: Sequence[str],
     check_duplicates: bool,
     boundaries: Sequence[int] | None,
-    *pieces: pl.DataFrame,
+    *pieces: pl.DataFrame | ArrowFrame,
 ) -> tuple[Any, ...]:
     """One hash bucket: duplicate keys (per input for a join, across inputs otherwise) and the join; with
     `boundaries`, the bucket's rows split into those ranges of the output order.
 
     `pieces` are the bucket's tables from every scan task, grouped by input (`group_sizes` of them each).
     """
+    frames = [unpack(p) for p in pieces]
     groups, i = [], 0
     for n in group_sizes:
-        groups.append(pl.concat(pieces[i : i + n]) if n else keytable.empty())
+        groups.append(pl.concat(frames[i : i + n]) if n else keytable.empty())
         i += n
     result = BucketResult()
     if operation == "join":
@@ -117,9 +119,9 @@ def check_and_join(
     return (result, *parts)
 
 
-def sort_range(*parts: pl.DataFrame) -> tuple[int, pl.DataFrame]:
+def sort_range(*parts: pl.DataFrame | ArrowFrame) -> tuple[int, pl.DataFrame]:
     """One range of the output order, from its part of every bucket, sorted: (samples, rows)."""
-    df = pl.concat(parts).sort("order")
+    df = pl.concat([unpack(p) for p in parts]).sort("order")
     return df.height, df
 
 
@@ -154,9 +156,9 @@ def pack_chunk(
     return layout.pack_chunk(chunk, df["nbytes"].to_numpy(), state, maxcount, maxsize)
 
 
-def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> pl.DataFrame | tuple[pl.DataFrame, ...]:
-    """The (first row, end row) pieces of an ordered chunk, one return value each."""
-    parts = tuple(df[a:b] for a, b in bounds)
+def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> ArrowFrame | tuple[ArrowFrame, ...]:
+    """The (first row, end row) pieces of an ordered chunk (`transport.slices`), one return value each."""
+    parts = tuple(transport.slices(df, bounds))
     return parts[0] if len(parts) == 1 else parts
 
 
@@ -169,13 +171,13 @@ def write_output_shard(
     mtime: int,
     renumber_width: int | None,
     index: bool,
-    *pieces: pl.DataFrame,
+    *pieces: pl.DataFrame | ArrowFrame,
 ) -> tuple[dict[str, Any], bytes | None]:
     """One output tar and its .tar.idx: (summary, its Energon index rows for index.sqlite, `energon.index_rows`).
 
     `pieces` are the rows of `spec.pieces`, in order; payload is read from the input shards by range.
     """
-    rows = pl.concat(pieces)
+    rows = pl.concat([unpack(p) for p in pieces])
     keys = output_keys(rows, spec.start, renumber_width)
     path = storage.join(root, spec.name)
     out_fs.makedirs(storage.parent(path), exist_ok=True)

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import polars as pl
 
+from raymerge.transport import unpack
 from raymerge.webdataset import samples as S
 from raymerge.webdataset.keytable import hash_buckets, range_parts, shuffled_order, split_by
 
@@ -48,14 +49,14 @@ def test_shuffled_order_is_fixed():
 
 def test_split_by_part_keeps_row_order_and_empty_parts():
     df = pl.DataFrame({"key": list("abcdef"), "order": [5, 1, 9, 3, 7, 2]})
-    parts = split_by(df, range_parts(df["order"].to_numpy(), [0, 4, 8, 100]), 4)
+    parts = map(unpack, split_by(df, range_parts(df["order"].to_numpy(), [0, 4, 8, 100]), 4))
     assert [p["key"].to_list() for p in parts] == [["b", "d", "f"], ["a", "e"], ["c"], []]
 
 
 def test_split_by_rows_already_in_part_order_cuts_slices_like_grouping():
     df = pl.DataFrame({"key": [f"k{i}" for i in range(9)], "order": [1, 2, 2, 5, 7, 7, 8, 20, 30]})
     part = range_parts(df["order"].to_numpy(), [0, 2, 6, 8, 25, 40])  # in order: cut as slices
-    sliced = split_by(df, part, 5)
-    grouped = split_by(df, part[::-1].copy(), 5)  # the same parts out of order: grouped
+    sliced = [unpack(p) for p in split_by(df, part, 5)]
+    grouped = [unpack(p) for p in split_by(df, part[::-1].copy(), 5)]  # the same parts out of order: grouped
     assert [p["key"].to_list() for p in sliced] == [["k0"], ["k1", "k2", "k3"], ["k4", "k5"], ["k6", "k7"], ["k8"]]
     assert [p["key"].to_list() for p in grouped] == [["k8"], ["k5", "k6", "k7"], ["k3", "k4"], ["k1", "k2"], ["k0"]]
