@@ -166,3 +166,87 @@ def test_wide_rows_have_a_two_byte_record_header():
     db = opened(database_image({"wide": columns}))
     texts = [[chr(65 + i % 26) * 60, "é" * 30] for i in range(100)]
     assert rows(db, "wide", list(columns)) == expected(*texts, [2**40, -7])
+
+
+def streamed(path, page_size: int, rows: list[tuple[int, str]], batch_sizes: list[int]) -> sqlite3.Connection:
+    """Table t (a, k) and index i on (k, a), appended in batches of the given sizes."""
+    db = sqliteimage.DatabaseFile(
+        str(path),
+        [("table", "t", "t", "CREATE TABLE t (a INTEGER, k TEXT)"), ("index", "i", "t", "CREATE INDEX i ON t (k, a)")],
+        page_size,
+    )
+    ordered = sorted(range(len(rows)), key=lambda r: (rows[r][1].encode(), rows[r][0], r))
+    at = 0
+    for size in batch_sizes:
+        part = range(at, min(len(rows), at + size))
+        db.append(
+            "t",
+            [np.array([rows[r][0] for r in part], np.int64), text_from_strings([rows[r][1] for r in part])],
+            np.array(part, np.int64) + 1,
+        )
+        entries = [ordered[r] for r in part]
+        db.append(
+            "i",
+            [
+                text_from_strings([rows[e][1] for e in entries]),
+                np.array([rows[e][0] for e in entries], np.int64),
+                np.array(entries, np.int64) + 1,
+            ],
+        )
+        at += size
+    db.close()
+    found = sqlite3.connect(path)
+    assert found.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    return found
+
+
+@pytest.mark.parametrize("page_size", [512, 4096])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 40, 3000])
+def test_streamed_tables_and_indexes_hold_their_rows_in_order(tmp_path, page_size, n):
+    rng = np.random.default_rng(n + page_size)
+    lengths = rng.choice([0, 1, 5, 30, 200, 600, 1500, 5000], size=n, p=[0.05, 0.1, 0.3, 0.3, 0.1, 0.06, 0.05, 0.04])
+    rows = [(int(rng.integers(-(2**40), 2**40)), TEXTS[i % len(TEXTS)] + "z" * int(z)) for i, z in enumerate(lengths)]
+    cuts = rng.integers(1, 700, size=n + 1).tolist()
+    db = streamed(tmp_path / "db.sqlite", page_size, rows, cuts)
+    assert db.execute("SELECT a, k FROM t ORDER BY rowid").fetchall() == rows
+    by_index = db.execute("SELECT k, a, rowid FROM t INDEXED BY i WHERE k >= '' ORDER BY k, a").fetchall()
+    assert by_index == sorted(
+        ((k, a, r + 1) for r, (a, k) in enumerate(rows)), key=lambda e: (e[0].encode(), e[1], e[2])
+    )
+    for a, k in rows[:: max(1, n // 20)]:
+        assert (a, k) in db.execute("SELECT a, k FROM t WHERE k = ?", (k,)).fetchall()
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    assert pages * page_size == (tmp_path / "db.sqlite").stat().st_size
+
+
+def test_streamed_rows_need_their_rowids_and_an_index_none(tmp_path):
+    db = sqliteimage.DatabaseFile(
+        str(tmp_path / "db.sqlite"),
+        [("table", "t", "t", "CREATE TABLE t (a)"), ("index", "i", "t", "CREATE INDEX i ON t (a)")],
+    )
+    with pytest.raises(ValueError, match="rowids go with the rows of a table"):
+        db.append("t", [np.arange(3)])
+    with pytest.raises(ValueError, match="rowids go with the rows of a table"):
+        db.append("i", [np.arange(3), np.arange(3)], np.arange(3))
+    with pytest.raises(ValueError, match="2 rowids for 3 rows"):
+        db.append("t", [np.arange(3)], np.arange(2))
+    db.abandon()
+
+
+def test_streamed_index_of_every_length_up_to_several_leaves(tmp_path):
+    """Every way the last leaf can end: room left, full, or full with one more entry waiting after it."""
+    path = tmp_path / "db.sqlite"
+    for n in range(1, 300):
+        db = sqliteimage.DatabaseFile(
+            str(path), [("table", "t", "t", "CREATE TABLE t (a)"), ("index", "i", "t", "CREATE INDEX i ON t (a)")], 512
+        )
+        values = np.arange(n, dtype=np.int64) * 1000003
+        db.append("t", [values], np.arange(1, n + 1))
+        db.append("i", [values, np.arange(1, n + 1)])
+        db.close()
+        found = sqlite3.connect(path)
+        assert found.execute("PRAGMA integrity_check").fetchall() == [("ok",)], n
+        assert found.execute("SELECT a FROM t INDEXED BY i WHERE a >= 0 ORDER BY a").fetchall() == [
+            (v,) for v in values.tolist()
+        ]
+        found.close()

@@ -20,7 +20,7 @@ def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Repor
     fs, root = staging.fs, staging.path
     specs = plan.output_shards
     executor.progress(f"writing {len(specs)} shard(s) of {plan.report.rows_out:,} samples")
-    index = executor.actor(energon.IndexBuilder) if out.energon else None
+    index = executor.actor(energon.IndexBuilder, fs, root) if out.energon else None
     pieces = _cut_chunks(executor, plan.chunks, [p for spec in specs for p in spec.pieces])
     shards, filesystems = executor.put(plan.shards), executor.put(plan.filesystems)  # once, not per task
     summaries, added = [], []
@@ -51,7 +51,7 @@ def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Repor
         split = layout.split_parts(names, out.split_ratio)
         files += energon.write_meta(fs, root, counts, split, out.sample_type, out.field_map)
         executor.get(added)  # a failed insert fails the run, never a short index
-        files += executor.get(executor.call(index, "finish", fs, root))
+        files += executor.get(executor.call(index, "finish"))
     report = plan.report
     report.status = "ok"
     report.files_written = files

@@ -172,7 +172,7 @@ def write_output_shard(
     renumber_width: int | None,
     index: bool,
     *pieces: pl.DataFrame | ArrowFrame,
-) -> tuple[dict[str, Any], bytes | None]:
+) -> tuple[dict[str, Any], energon.IndexRows | None]:
     """One output tar and its .tar.idx: (summary, its Energon index rows for index.sqlite, `energon.index_rows`).
 
     `pieces` are the rows of `spec.pieces`, in order; payload is read from the input shards by range.
@@ -192,4 +192,4 @@ def write_output_shard(
     with out_fs.open(path + energon.IDX_SUFFIX, "wb") as f:
         f.write(energon.tar_index_bytes(offsets))
     summary = {"name": spec.name, "samples": rows.height, "bytes": int(offsets[-1])}
-    return summary, energon.index_rows(spec.index, samples, parts) if index else None
+    return summary, energon.index_rows(samples, parts) if index else None

@@ -4,18 +4,21 @@ index files equal what `energon prepare` itself writes for the same tars."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import sqlite3
 from typing import ClassVar
 
 import numpy as np
 import polars as pl
+import pytest
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 from megatron.energon import Cooker, DefaultTaskEncoder, WorkerConfig, get_loader, get_val_dataset, stateless
 from megatron.energon.flavors.webdataset.prepare import WebdatasetPreparator
 
 from raymerge import api
+from raymerge.errors import InvalidInput
 from raymerge.webdataset import energon
 from tests.webdataset.util import read_samples
 
@@ -96,32 +99,39 @@ def test_index_files_equal_energon_prepare(ray_address, wds, out, tmp_path):
     assert len((out / ".nv-meta" / "index.uuid").read_text()) == 36
 
 
-def reference_index_rows(tar_id: int, samples: pl.DataFrame, parts: pl.DataFrame) -> bytes:
-    """The rows bound one by one through sqlite3, into the same tables: what the image must equal in rows."""
-    db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size)")
-    db.execute(
-        "CREATE TABLE sample_parts (tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size)"
-    )
-    n = samples.height
-    db.executemany(
-        "INSERT INTO samples VALUES (?, ?, ?, ?, ?)",
-        zip(
-            [tar_id] * n,
-            samples["sample_key"].to_list(),
-            range(n),
-            *(samples[c].to_list() for c in samples.columns[1:]),
-            strict=True,
-        ),
-    )
-    db.executemany(
-        "INSERT INTO sample_parts VALUES (?, ?, ?, ?, ?)",
-        ([tar_id, *row] for row in parts.iter_rows()),
-    )
+def reference_index(path, shards: list[tuple[pl.DataFrame, pl.DataFrame]]) -> None:
+    """`index.sqlite` as energon's own writer fills it: rows bound one by one through sqlite3 into its schema."""
+    db = sqlite3.connect(path)
+    for statement in (*energon._SCHEMA, *energon._INDEXES):
+        db.execute(statement)
+    for tar_id, (samples, parts) in enumerate(shards):
+        db.executemany(
+            "INSERT INTO samples (tar_file_id, sample_key, sample_index, byte_offset, byte_size) VALUES (?, ?, ?, ?, ?)",
+            ((tar_id, k, i, o, z) for i, (k, o, z) in enumerate(samples.iter_rows())),
+        )
+        db.executemany(
+            "INSERT INTO sample_parts (tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size) "
+            "VALUES (?, ?, ?, ?, ?)",
+            ((tar_id, *row) for row in parts.iter_rows()),
+        )
     db.commit()
-    image = db.serialize()
     db.close()
-    return image
+
+
+# every b-tree, walked in its own order: tables by rowid, each index through itself
+CONTENT = {
+    "samples": "SELECT rowid, *, typeof(sample_key), typeof(byte_size) FROM samples ORDER BY rowid",
+    "sample_parts": "SELECT rowid, *, typeof(part_name), typeof(content_byte_size) FROM sample_parts ORDER BY rowid",
+    "sqlite_autoindex_samples_1": "SELECT sample_key, rowid FROM samples INDEXED BY sqlite_autoindex_samples_1 "
+    "WHERE sample_key > '' OR sample_key = '' ORDER BY sample_key",
+    "idx_samples_by_tar_and_idx": "SELECT tar_file_id, sample_index, rowid FROM samples "
+    "INDEXED BY idx_samples_by_tar_and_idx WHERE tar_file_id >= 0 ORDER BY tar_file_id, sample_index",
+    "idx_sample_parts_seq": "SELECT tar_file_id, sample_index, content_byte_offset, rowid FROM sample_parts "
+    "INDEXED BY idx_sample_parts_seq WHERE tar_file_id >= 0 ORDER BY tar_file_id, sample_index, content_byte_offset",
+    "idx_sample_parts_full": "SELECT tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size, "
+    "rowid FROM sample_parts INDEXED BY idx_sample_parts_full WHERE tar_file_id >= 0 "
+    "ORDER BY tar_file_id, sample_index, part_name, content_byte_offset, content_byte_size",
+}
 
 
 def shard_rows(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -153,40 +163,38 @@ def shard_rows(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return samples, parts
 
 
-def test_index_sqlite_identical_to_rows_bound_through_sqlite3(tmp_path):
-    shards = [shard_rows(n, seed) for seed, n in enumerate([1, 0, 3000, 17])]
-    files = []
-    for name, build in (("reference", reference_index_rows), ("images", energon.index_rows)):
-        builder = energon.IndexBuilder()
-        for tar_id, (samples, parts) in enumerate(shards):
-            builder.add(tar_id, build(tar_id, samples, parts))
-        assert builder.finish(LocalFileSystem(), str(tmp_path / name)) == [
-            ".nv-meta/index.sqlite",
-            ".nv-meta/index.uuid",
-        ]
-        files.append((tmp_path / name / ".nv-meta" / "index.sqlite").read_bytes())
-    assert files[0] == files[1]
-    db = sqlite3.connect(tmp_path / "images" / ".nv-meta" / "index.sqlite")
-    assert db.execute("SELECT count(*), count(DISTINCT tar_file_id) FROM samples").fetchone() == (3018, 3)
-    assert db.execute("SELECT max(length(sample_key)) FROM samples").fetchone()[0] > 5000
-    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+def build_index(root, shards: list[tuple[pl.DataFrame, pl.DataFrame]]) -> sqlite3.Connection:
+    builder = energon.IndexBuilder(LocalFileSystem(), str(root))
+    for tar_id, (samples, parts) in enumerate(shards):
+        builder.add(tar_id, pickle.loads(pickle.dumps(energon.index_rows(samples, parts), protocol=5)))
+    assert builder.finish() == [".nv-meta/index.sqlite", ".nv-meta/index.uuid"]
+    return sqlite3.connect(root / ".nv-meta" / "index.sqlite")
 
 
-def test_shard_image_rows_equal_rows_bound_through_sqlite3():
-    samples, parts = shard_rows(500, 3)
-    typed = {}
-    for build in (reference_index_rows, energon.index_rows):
-        db = sqlite3.connect(":memory:")
-        db.deserialize(build(7, samples, parts))
-        typed[build] = [
-            db.execute(f"SELECT rowid, *, {', '.join(f'typeof({c})' for c in columns)} FROM {table}").fetchall()
-            for table, columns in (
-                ("samples", ["tar_file_id", "sample_key", "sample_index", "byte_offset", "byte_size"]),
-                (
-                    "sample_parts",
-                    ["tar_file_id", "sample_index", "part_name", "content_byte_offset", "content_byte_size"],
-                ),
-            )
-        ]
-    assert typed[reference_index_rows] == typed[energon.index_rows]
-    assert len(typed[energon.index_rows][0]) == 500 and len(typed[energon.index_rows][1]) == parts.height
+@pytest.mark.parametrize("sizes", [[1, 0, 3000, 17], [0], [], [2500] * 3])
+def test_index_sqlite_holds_what_energons_writer_would_and_sqlite_finds_it_sound(tmp_path, sizes):
+    shards = [shard_rows(n, seed) for seed, n in enumerate(sizes)]
+    reference_index(tmp_path / "reference.sqlite", shards)
+    ours, theirs = build_index(tmp_path / "out", shards), sqlite3.connect(tmp_path / "reference.sqlite")
+    assert ours.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    schema = "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid"
+    assert ours.execute(schema).fetchall() == theirs.execute(schema).fetchall()
+    for name, query in CONTENT.items():
+        assert ours.execute(query).fetchall() == theirs.execute(query).fetchall(), name
+        assert name in " ".join(str(r) for r in ours.execute("EXPLAIN QUERY PLAN " + query).fetchall())
+    keys = [r[0] for r in theirs.execute("SELECT sample_key FROM samples")]
+    assert len(keys) == sum(sizes)
+    lookup = "SELECT tar_file_id, sample_index, byte_offset, byte_size FROM samples WHERE sample_key = ?"
+    for key in keys[:: max(1, len(keys) // 50)]:
+        assert ours.execute(lookup, (key,)).fetchall() == theirs.execute(lookup, (key,)).fetchall()
+    if keys:
+        assert ours.execute("SELECT max(length(sample_key)) FROM samples").fetchone()[0] > 5000
+
+
+def test_index_sqlite_refuses_a_key_twice(tmp_path):
+    samples, parts = shard_rows(40, 1)
+    builder = energon.IndexBuilder(LocalFileSystem(), str(tmp_path))
+    builder.add(0, energon.index_rows(samples, parts))
+    builder.add(1, energon.index_rows(samples[7:9], parts.filter(pl.col("sample_index") < 2)))
+    with pytest.raises(InvalidInput, match=r"sample key 'part_1/00000[78]' occurs more than once"):
+        builder.finish()
