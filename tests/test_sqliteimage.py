@@ -1,27 +1,42 @@
-"""SQLite itself is the judge: it opens each image, returns exactly the rows (values and types) written, and
-finds nothing wrong with the file (`PRAGMA integrity_check`)."""
+"""SQLite itself is the judge: it opens each file, returns exactly the rows (values and types) written, and
+finds nothing wrong with it (`PRAGMA integrity_check`)."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from raymerge import sqliteimage
-from raymerge.sqliteimage import database_image, text_from_arrow, text_from_strings
+from raymerge.sqliteimage import Text, text_from_arrow
 
 INTS = [0, 1, -1, 2, 127, 128, -128, -129, 32767, -32768, 32768, 8388607, -8388608, 8388608, 2**31 - 1, -(2**31)]
 INTS += [2**31, 2**47 - 1, -(2**47), 2**47, 2**63 - 1, -(2**63), 1 << 40, -(1 << 40)]
 TEXTS = ["", "a", "é", "日本語のキー", "🙂 emoji", "tab\tand\nnewline", "nul\0inside", "x" * 127, "y" * 128]
 
 
-def opened(image: bytes) -> sqlite3.Connection:
-    db = sqlite3.connect(":memory:")
-    db.deserialize(image)
-    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    return db
+def text_from_strings(values: Sequence[str]) -> Text:
+    return text_from_arrow(pa.array(list(values), type=pa.large_string()))
+
+
+def built(path, tables: dict, page_size: int = sqliteimage.PAGE_SIZE) -> sqlite3.Connection:
+    """Rowid tables (name -> column name -> values) with rows 1..n, opened and checked by SQLite."""
+    schema = []
+    for table, columns in tables.items():
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        schema.append(("table", table, table, f'CREATE TABLE "{table}" ({quoted})'))
+    db = sqliteimage.DatabaseFile(str(path), schema, page_size)
+    for table, columns in tables.items():
+        values = list(columns.values())
+        db.append(table, values, np.arange(1, len(values[0]) + 1))
+    db.close()
+    found = sqlite3.connect(path)
+    assert found.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert found.execute("PRAGMA page_count").fetchone()[0] * page_size == path.stat().st_size
+    return found
 
 
 def rows(db: sqlite3.Connection, table: str, columns: list[str]) -> list[tuple]:
@@ -40,32 +55,27 @@ def expected(*columns: list) -> list[tuple]:
     return out
 
 
-def test_edge_values_read_back_with_their_types():
+def test_edge_values_read_back_with_their_types(tmp_path):
     n = len(INTS)
     keys = [TEXTS[i % len(TEXTS)] for i in range(n)]
-    image = database_image(
-        {"t": {"a": np.array(INTS, dtype=np.int64), "k": text_from_strings(keys), "b": np.arange(n, dtype=np.int32)}}
-    )
-    assert len(image) % sqliteimage.PAGE_SIZE == 0 and image[:16] == b"SQLite format 3\0"
-    db = opened(image)
+    tables = {
+        "t": {"a": np.array(INTS, dtype=np.int64), "k": text_from_strings(keys), "b": np.arange(n, dtype=np.int32)}
+    }
+    db = built(tmp_path / "db", tables)
     assert rows(db, "t", ["a", "k", "b"]) == expected(INTS, keys, list(range(n)))
     assert db.execute("SELECT sql FROM sqlite_schema").fetchall() == [('CREATE TABLE "t" ("a", "k", "b")',)]
 
 
 @pytest.mark.parametrize("page_size", [512, 4096, 65536])
-def test_no_rows_and_one_row_under_keyword_names(page_size):
-    image = database_image(
-        {
-            "empty": {"a": np.zeros(0, np.int64), "k": text_from_strings([])},
-            "order": {"select": text_from_strings(["only"]), "a": np.array([-5])},
-        },
-        page_size,
-    )
-    db = opened(image)
+def test_no_rows_and_one_row_under_keyword_names(tmp_path, page_size):
+    tables = {
+        "empty": {"a": np.zeros(0, np.int64), "k": text_from_strings([])},
+        "order": {"select": text_from_strings(["only"]), "a": np.array([-5])},
+    }
+    db = built(tmp_path / "db", tables, page_size)
     assert rows(db, "empty", ["a", "k"]) == []
     assert rows(db, "order", ["select", "a"]) == expected(["only"], [-5])
-    assert db.execute("SELECT name, rootpage FROM sqlite_schema").fetchall() == [("empty", 2), ("order", 3)]
-    assert len(image) == 3 * page_size
+    assert [name for (name,) in db.execute("SELECT name FROM sqlite_schema")] == ["empty", "order"]
 
 
 def page_depth(image: bytes, page_size: int, root: int) -> int:
@@ -78,74 +88,76 @@ def page_depth(image: bytes, page_size: int, root: int) -> int:
     return depth
 
 
-def test_many_rows_make_several_interior_levels():
+def test_many_rows_make_several_interior_levels(tmp_path):
     n, page_size = 20_000, 512
     keys = [f"{i:08d}" * 12 for i in range(n)]
     values = ((np.arange(n, dtype=np.int64) * 7919) % 100_003 - 50_000) * (1 << 20)
-    image = database_image({"t": {"k": text_from_strings(keys), "v": values}}, page_size)
-    assert page_depth(image, page_size, 2) >= 4
-    db = opened(image)
+    db = built(tmp_path / "db", {"t": {"k": text_from_strings(keys), "v": values}}, page_size)
+    root = db.execute("SELECT rootpage FROM sqlite_schema").fetchone()[0]
+    assert page_depth((tmp_path / "db").read_bytes(), page_size, root) >= 4
     assert rows(db, "t", ["k", "v"]) == expected(keys, values.tolist())
     assert db.execute("SELECT v FROM t WHERE rowid = 12345").fetchone() == (int(values[12344]),)
 
 
 @pytest.mark.parametrize("page_size", [512, 4096, 65536])
-def test_long_values_go_to_overflow_pages(page_size):
+def test_long_values_go_to_overflow_pages(tmp_path, page_size):
     # every length around the point where a record stops fitting, and some spanning several overflow pages
     lengths = [*range(0, 3 * page_size, max(1, page_size // 64)), *range(page_size - 60, page_size), 70_000]
     keys = ["ü" * (n // 2) + "k" * (n % 2) for n in lengths]
-    image = database_image({"t": {"i": np.arange(len(keys)), "k": text_from_strings(keys)}}, page_size)
-    db = opened(image)
+    db = built(tmp_path / "db", {"t": {"i": np.arange(len(keys)), "k": text_from_strings(keys)}}, page_size)
     assert rows(db, "t", ["i", "k"]) == expected(list(range(len(keys))), keys)
 
 
-def test_text_from_arrow_slices_views_and_chunks():
+def test_text_from_arrow_slices_views_and_chunks(tmp_path):
     values = ["a", "bé", "", "long" * 1000, "z"]
     sliced = pa.array(values, type=pa.string()).slice(1, 3)
     chunked = pa.chunked_array([pa.array(values[:2]), pa.array(values[2:], type=pa.string())])
     view = pa.array(values, type=pa.string_view())
     empty = pa.chunked_array([], type=pa.string())
-    image = database_image(
-        {
-            "s": {"k": text_from_arrow(sliced)},
-            "c": {"k": text_from_arrow(chunked)},
-            "v": {"k": text_from_arrow(view)},
-            "e": {"k": text_from_arrow(empty)},
-        }
-    )
-    db = opened(image)
+    tables = {
+        "s": {"k": text_from_arrow(sliced)},
+        "c": {"k": text_from_arrow(chunked)},
+        "v": {"k": text_from_arrow(view)},
+        "e": {"k": text_from_arrow(empty)},
+    }
+    db = built(tmp_path / "db", tables)
     assert rows(db, "s", ["k"]) == expected(values[1:4])
     assert rows(db, "c", ["k"]) == expected(values)
     assert rows(db, "v", ["k"]) == expected(values)
     assert rows(db, "e", ["k"]) == []
 
 
-def test_unsigned_and_narrow_integers_keep_their_values():
+def test_unsigned_and_narrow_integers_keep_their_values(tmp_path):
     big = np.array([0, 1, 2**63 - 1], dtype=np.uint64)
     small = np.array([-128, 0, 127], dtype=np.int8)
-    db = opened(database_image({"t": {"u": big, "s": small}}))
+    db = built(tmp_path / "db", {"t": {"u": big, "s": small}})
     assert rows(db, "t", ["u", "s"]) == expected([0, 1, 2**63 - 1], [-128, 0, 127])
 
 
 @pytest.mark.parametrize(
-    ("tables", "message"),
+    ("columns", "message"),
     [
-        ({"t": {}}, "table 't' has no columns"),
-        ({"t; DROP": {"a": np.arange(2)}}, "name 't; DROP': only letters"),
-        ({"t": {"a b": np.arange(2)}}, "name 'a b': only letters"),
-        ({"t": {"a": np.arange(2), "b": np.arange(3)}}, r"columns of different lengths: \[2, 3\]"),
-        ({"t": {"a": np.array([1.5])}}, "column of float64: only integer and text columns"),
-        ({"t": {"a": np.array([2**63], dtype=np.uint64)}}, "past the int64 range"),
-        ({f"t{i}": {"c" * 60: np.arange(1)} for i in range(60)}, "do not fit on the first page"),
-        ({"t": {"k": sqliteimage.Text(np.zeros(3, np.int64), np.array([0, 3]))}}, "text data of int64"),
-        ({"t": {"k": sqliteimage.Text(np.zeros(3, np.uint8), np.array([0, 4]))}}, "text offsets must rise"),
-        ({"t": {"k": sqliteimage.Text(np.zeros(3, np.uint8), np.array([2, 1, 3]))}}, "text offsets must rise"),
-        ({"t": {"k": sqliteimage.Text(np.zeros(3, np.uint8), np.array([-1, 3]))}}, "text offsets must rise"),
+        ([np.arange(2), np.arange(3)], r"columns of different lengths: \[2, 3\]"),
+        ([np.array([1.5])], "column of float64: only integer and text columns"),
+        ([np.array([2**63], dtype=np.uint64)], "past the int64 range"),
+        ([Text(np.zeros(3, np.int64), np.array([0, 3]))], "text data of int64"),
+        ([Text(np.zeros(3, np.uint8), np.array([0, 4]))], "text offsets must rise"),
+        ([Text(np.zeros(3, np.uint8), np.array([2, 1, 3]))], "text offsets must rise"),
+        ([Text(np.zeros(3, np.uint8), np.array([-1, 3]))], "text offsets must rise"),
     ],
 )
-def test_bad_input_is_refused(tables, message):
+def test_bad_columns_are_refused(tmp_path, columns, message):
+    db = sqliteimage.DatabaseFile(str(tmp_path / "db"), [("table", "t", "t", "CREATE TABLE t (a, b)")])
     with pytest.raises(ValueError, match=message):
-        database_image(tables)
+        db.append("t", columns, np.arange(1, len(columns[0]) + 1))
+    db.abandon()
+
+
+def test_a_schema_too_large_for_the_first_page_is_refused(tmp_path):
+    schema = [("table", f"t{i}", f"t{i}", f"CREATE TABLE t{i} ({'c' * 60})") for i in range(60)]
+    db = sqliteimage.DatabaseFile(str(tmp_path / "db"), schema)
+    with pytest.raises(ValueError, match="the schema does not fit on the first page"):
+        db.close()
 
 
 def test_text_with_nulls_is_refused():
@@ -154,16 +166,17 @@ def test_text_with_nulls_is_refused():
 
 
 @pytest.mark.parametrize("page_size", [256, 1000, 131072])
-def test_bad_page_size_is_refused(page_size):
+def test_bad_page_size_is_refused(tmp_path, page_size):
     with pytest.raises(ValueError, match=f"page size {page_size}: must be a power of two from 512 to 65536"):
-        database_image({"t": {"a": np.arange(1)}}, page_size)
+        sqliteimage.DatabaseFile(str(tmp_path / "db"), [], page_size)
+    assert not (tmp_path / "db").exists()
 
 
-def test_wide_rows_have_a_two_byte_record_header():
+def test_wide_rows_have_a_two_byte_record_header(tmp_path):
     # 100 columns of 60-byte text: each serial type takes two bytes, so the header size needs two as well
     columns = {f"c{i}": text_from_strings([chr(65 + i % 26) * 60, "é" * 30]) for i in range(100)}
     columns["n"] = np.array([2**40, -7])
-    db = opened(database_image({"wide": columns}))
+    db = built(tmp_path / "db", {"wide": columns})
     texts = [[chr(65 + i % 26) * 60, "é" * 30] for i in range(100)]
     assert rows(db, "wide", list(columns)) == expected(*texts, [2**40, -7])
 
