@@ -45,7 +45,9 @@ def text_from_arrow(values: pa.Array | pa.ChunkedArray) -> Text:
     n = len(array)
     offsets = np.frombuffer(offset_buffer, dtype=np.int64, count=array.offset + n + 1)[array.offset :]
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
-    return Text(data, offsets)
+    first, last = int(offsets[0]), int(offsets[-1])
+    # only the bytes of these values (a view): a slice of a large array would otherwise bring all of it along
+    return Text(data[first:last], offsets - first)
 
 
 Column = np.ndarray | Text

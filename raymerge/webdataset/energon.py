@@ -26,6 +26,7 @@ from raymerge.errors import InvalidInput
 META = ".nv-meta"
 ENERGON_FORMAT_VERSION = "7.4.1"
 IDX_SUFFIX = ".idx"  # energon: tar_path.with_suffix(".tar.idx")
+KEY_BATCH = 1 << 18  # sorted keys appended to the key index at a time
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS samples (
@@ -174,19 +175,15 @@ class IndexBuilder:
         db.append(
             "sample_parts", [part_tar, sample_index, sqliteimage.text_from_arrow(names), offset, size], part_rowids
         )
-        seq = np.lexsort((part_rowids, offset, sample_index))
-        db.append("idx_sample_parts_seq", [part_tar, sample_index[seq], offset[seq], part_rowids[seq]])
+        seq = _in_order(sample_index, offset)
+        db.append("idx_sample_parts_seq", [part_tar, *_take([sample_index, offset, part_rowids], seq)])
         full = parts["full"].to_numpy()
+        full = None if bool((full == np.arange(m)).all()) else full
+        ordered_names = names if full is None else names.take(full)
+        sample_index, offset, size, part_rowids = _take([sample_index, offset, size, part_rowids], full)
         db.append(
             "idx_sample_parts_full",
-            [
-                part_tar,
-                sample_index[full],
-                sqliteimage.text_from_arrow(names.take(full)),
-                offset[full],
-                size[full],
-                part_rowids[full],
-            ],
+            [part_tar, sample_index, sqliteimage.text_from_arrow(ordered_names), offset, size, part_rowids],
         )
 
     def finish(self) -> list[str]:
@@ -203,10 +200,11 @@ class IndexBuilder:
                 f"index.sqlite: sample key {ordered[int(np.argmax(same))]!r} occurs more than once "
                 "(Energon needs unique keys)"
             )
-        self._db.append(
-            "sqlite_autoindex_samples_1",
-            [sqliteimage.text_from_arrow(ordered.to_arrow()), order.astype(np.int64) + 1],
-        )
+        keys_in_order = ordered.to_arrow()
+        for a in range(0, len(order), KEY_BATCH):  # batches: the kernel's buffers stay small and are reused
+            part = keys_in_order.slice(a, KEY_BATCH)
+            rowids = order[a : a + KEY_BATCH].astype(np.int64) + 1
+            self._db.append("sqlite_autoindex_samples_1", [sqliteimage.text_from_arrow(part), rowids])
         self._db.close()
         if self._tmp is not None:
             fs.makedirs(storage.join(root, META), exist_ok=True)
@@ -214,6 +212,18 @@ class IndexBuilder:
             self._tmp.cleanup()
         write_text(fs, storage.join(root, META, "index.uuid"), str(uuid.uuid4()))
         return [f"{META}/index.sqlite", f"{META}/index.uuid"]
+
+
+def _in_order(sample_index: np.ndarray, offset: np.ndarray) -> np.ndarray | None:
+    """The rows' order by (sample, offset), or None when they are in it already (as a writer puts them)."""
+    same = sample_index[1:] == sample_index[:-1]
+    if bool(((sample_index[1:] > sample_index[:-1]) | (same & (offset[1:] > offset[:-1]))).all()):
+        return None
+    return np.lexsort((np.arange(len(offset)), offset, sample_index))
+
+
+def _take(columns: list[np.ndarray], order: np.ndarray | None) -> list[np.ndarray]:
+    return columns if order is None else [c[order] for c in columns]
 
 
 def _ints(table: pa.Table, *columns: int | str) -> list[np.ndarray]:

@@ -171,9 +171,12 @@ def build_index(root, shards: list[tuple[pl.DataFrame, pl.DataFrame]]) -> sqlite
     return sqlite3.connect(root / ".nv-meta" / "index.sqlite")
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
 @pytest.mark.parametrize("sizes", [[1, 0, 3000, 17], [0], [], [2500] * 3])
-def test_index_sqlite_holds_what_energons_writer_would_and_sqlite_finds_it_sound(tmp_path, sizes):
+def test_index_sqlite_holds_what_energons_writer_would_and_sqlite_finds_it_sound(tmp_path, sizes, shuffled):
     shards = [shard_rows(n, seed) for seed, n in enumerate(sizes)]
+    if shuffled:  # part rows out of (sample, offset) order: the indexes still sort them
+        shards = [(samples, parts.sample(fraction=1.0, shuffle=True, seed=5)) for samples, parts in shards]
     reference_index(tmp_path / "reference.sqlite", shards)
     ours, theirs = build_index(tmp_path / "out", shards), sqlite3.connect(tmp_path / "reference.sqlite")
     assert ours.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
