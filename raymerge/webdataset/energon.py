@@ -110,16 +110,26 @@ IndexRows = tuple[pa.Table, pa.Table]  # one shard's `samples` and `sample_parts
 def index_rows(samples: pl.DataFrame, parts: pl.DataFrame) -> IndexRows:
     """One shard's `samples` and `sample_parts` rows as Arrow tables, in their tables' order; the parts
     also in the order of the index over all their columns (`full`: row numbers), sorted here, by the
-    shard's writer, in parallel with the others."""
-    full = parts.with_row_index("full").sort(
-        ["sample_index", "part_name", "content_byte_offset", "content_byte_size"], maintain_order=True
-    )
+    shard's writer, in parallel with the others (a writer's parts are in that order already: by sample,
+    then extension)."""
+    columns = ["sample_index", "part_name", "content_byte_offset", "content_byte_size"]
+    if _sorted_by(parts, columns):
+        full: pl.Expr | pl.Series = pl.int_range(pl.len(), dtype=pl.Int64)
+    else:
+        full = parts.with_row_index("full").sort(columns, maintain_order=True)["full"].cast(pl.Int64)
     return (
         samples.select("sample_key", "byte_offset", "byte_size").to_arrow(),
-        parts.with_columns(
-            full=full["full"].cast(pl.Int64), content_byte_size=pl.col("content_byte_size").cast(pl.Int64)
-        ).to_arrow(),
+        parts.with_columns(full=full, content_byte_size=pl.col("content_byte_size").cast(pl.Int64)).to_arrow(),
     )
+
+
+def _sorted_by(df: pl.DataFrame, columns: list[str]) -> bool:
+    """Whether every row comes after the one before it by `columns` (ties all the way down allowed)."""
+    after = pl.lit(False)
+    for c in reversed(columns):  # row > previous row, column by column from the last
+        after = (pl.col(c) > pl.col(c).shift(1)) | ((pl.col(c) == pl.col(c).shift(1)) & after)
+    same = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in columns])
+    return bool(df.select((after | same).slice(1).all()).item()) if df.height > 1 else True
 
 
 def _schema() -> list[tuple[str, str, str, str | None]]:

@@ -309,18 +309,18 @@ class RangeReader:
         self._mapped[:] = _UNKNOWN
 
 
-def output_keys(rows: pl.DataFrame, start: int, renumber_width: int | None) -> list[str]:
-    """The keys rows get in the output: their own, or zero-padded positions in the output from `start`."""
+def output_keys(rows: pl.DataFrame, start: int, renumber_width: int | None) -> pl.Series:
+    """The keys rows get in the output: their own, or zero-padded positions in the output from `start`
+    (a column, no Python string per key)."""
     if renumber_width is None:
-        return rows["key"].to_list()
-    return [f"{i:0{renumber_width}d}" for i in range(start, start + rows.height)]
+        return rows["key"]
+    positions = pl.Series("key", np.arange(start, start + rows.height, dtype=np.int64))
+    return positions.cast(pl.String).str.zfill(renumber_width)
 
 
-def member_names(keys: Sequence[str], members: pl.DataFrame) -> pa.LargeStringArray:
+def member_names(keys: pl.Series, members: pl.DataFrame) -> pa.LargeStringArray:
     """`KEY.EXT` of every member as one Arrow array: no Python string per member."""
-    names = members.select(
-        pl.concat_str(pl.Series(keys, dtype=pl.String).gather(members["sample"]), pl.lit("."), pl.col("names"))
-    )
+    names = members.select(pl.concat_str(keys.gather(members["sample"]), pl.lit("."), pl.col("names")))
     return names.to_series().to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.large_string())
 
 
@@ -329,7 +329,7 @@ def write_shard(
     reader: RangeReader,
     out: Sink,
     *,
-    keys: Sequence[str],
+    keys: pl.Series,
     mtime: int,
 ) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
     """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
@@ -382,7 +382,7 @@ def write_shard(
     sample_offsets = np.append(starts[np.searchsorted(sample, np.arange(rows.height))], pos).astype("<u8")
     samples = pl.DataFrame(
         {
-            "sample_key": list(keys),
+            "sample_key": keys,
             "byte_offset": sample_offsets[:-1].astype(np.int64),
             "byte_size": np.diff(sample_offsets).astype(np.int64),
         }

@@ -94,7 +94,7 @@ def test_shard_is_byte_for_byte_what_tarfile_writes(tmp_path, inputs, to_file, u
     reader = RangeReader(shards, filesystems)
     memory = io.BytesIO()
     with DirectFile(str(tmp_path / "out.tar"), buffer_bytes=64 * 1024) if to_file else JoinedSink(memory) as out:
-        offsets, sample_rows, parts = write_shard(rows, reader, out, keys=keys, mtime=1_700_000_000)
+        offsets, sample_rows, parts = write_shard(rows, reader, out, keys=pl.Series(keys), mtime=1_700_000_000)
         in_memory = memory.getvalue()
     written = (tmp_path / "out.tar").read_bytes() if to_file else in_memory
     reader.close()
@@ -115,5 +115,5 @@ def test_input_changed_since_the_plan_is_reported(tmp_path, inputs):
     Path(shards[0].path).write_bytes(Path(shards[0].path).read_bytes()[:5000])
     reader = RangeReader(shards, filesystems)
     with pytest.raises(OSError, match=r"s0.tar: expected \d+ bytes at \d+, got \d+; did the input change\?"):
-        write_shard(rows, reader, JoinedSink(io.BytesIO()), keys=rows["key"].to_list(), mtime=0)
+        write_shard(rows, reader, JoinedSink(io.BytesIO()), keys=rows["key"], mtime=0)
     reader.close()
