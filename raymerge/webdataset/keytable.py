@@ -190,7 +190,7 @@ def range_parts(order: np.ndarray, boundaries: Sequence[int]) -> np.ndarray:
 
 def duplicates(df: pl.DataFrame, limit: int = 10) -> tuple[int, list[tuple[str, list[int]]]]:
     """How many keys occur more than once, and up to `limit` of them with the shards they occur in."""
-    if not df["key"].is_duplicated().any():
+    if df["key"].n_unique() == df.height:  # the common case, ~4x faster to tell than which keys repeat
         return 0, []
     dup = (
         df.select("key", pl.col("srcs").list.first().alias("shard"))
