@@ -3,7 +3,8 @@
 Primary: N keys with one ~20-byte member each (`ids`, token ids as bytes); a secondary with a ~20-byte `txt`
 for 90% of the keys, in shuffled order. The join runs twice, the secondary with `nonmatch: skip` and with
 `nonmatch: none`, each in a fresh driver attached to the running Ray; its wall time (plan + write + commit
-+ `sync` of the output) is compared with `cp -r` + `sync` of the same input bytes. Energon (`--energon`)
++ `sync` of the output) is compared with `cp -r` + `sync` of the same input bytes, measured before and
+again after the joins (a virtual disk's speed drifts). Energon (`--energon`)
 does what its users do for the same join (`webdataset_energon.py`): `energon prepare` of each input and of
 a metadataset that joins them, then iterating the joined dataset and writing the samples into new shards.
 
@@ -157,9 +158,15 @@ def main() -> None:
             else:
                 size = sum(p.stat().st_size for p in root.rglob("*.tar"))
             print(f"{keys:,} primary keys, {size / 1e9:.2f} GB of tars ({time.perf_counter() - t0:.0f}s to make)")
-            floor = cp_floor([root / "primary", root / "secondary"], base / "cp")
+            inputs = [root / "primary", root / "secondary"]
+            floor = cp_floor(inputs, base / "cp")
             print(f"  cp -r + sync of the same bytes: {floor:.2f}s", flush=True)
             results[keys] = {"bytes": size, "floor": floor, "raymerge": raymerge_runs(root, base, modes, floor)}
+            # a virtual disk's speed drifts over minutes: the floor again after the joins, each run against both
+            again = cp_floor(inputs, base / "cp")
+            results[keys]["floor_after"] = again
+            ratios = ", ".join(f"{r['mode']} {r['wall'] / again:.2f}x" for r in results[keys]["raymerge"])
+            print(f"  cp -r + sync again, after the joins: {again:.2f}s; against it: {ratios}", flush=True)
             if keys in args.energon:
                 results[keys]["energon"] = energon_runs(root, base, args.energon_modes.split(","))
             if not args.keep:
