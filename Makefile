@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# The runtime packages at the versions they were tested with (deploy/constraints.txt), as the image gets
+# them: a fresh machine does not pick up a release made since.
+$(STAMP): pyproject.toml deploy/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' -c deploy/constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
