@@ -206,11 +206,11 @@ Sink = DirectFile | JoinedSink
 
 
 def _take_buffer(size: int) -> mmap.mmap:
-    """An aligned buffer of at least `size` bytes: one a closed file left (`_SPARE`), whose pages are
-    already there, else a new one. Each page of a new mapping costs a fault when first written (on the
-    reference machine ~3 ms an 8 MiB buffer, once per output shard)."""
+    """An aligned buffer of `size` bytes: one a closed file left (`_SPARE`), whose pages are already
+    there, else a new one. Each page of a new mapping costs a fault when first written (on the reference
+    machine ~3 ms an 8 MiB buffer, once per output shard)."""
     for i, spare in enumerate(_SPARE):
-        if len(spare) >= size:
+        if len(spare) == size:
             return _SPARE.pop(i)
     return mmap.mmap(-1, size)
 

@@ -162,12 +162,14 @@ def test_the_next_file_reuses_a_closed_files_buffer_but_not_a_failed_ones(tmp_pa
     first.write(b"x" * (5 * ALIGN + 3))
     first.close()
     assert len(directio._SPARE) == 1 and directio._SPARE[0] is buffer
-    with DirectFile(str(tmp_path / "b"), buffer_bytes=2 * ALIGN) as second:  # smaller: the spare fits
-        assert second._buffer is buffer and not directio._SPARE
+    with DirectFile(str(tmp_path / "b"), buffer_bytes=2 * ALIGN) as other:  # another size: a new buffer
+        assert other._buffer is not buffer and len(directio._SPARE) == 1
+    with DirectFile(str(tmp_path / "b"), buffer_bytes=4 * ALIGN) as second:
+        assert second._buffer is buffer and len(directio._SPARE) == 1  # the other size's, kept too
         second.write(b"y" * 7)
     assert (tmp_path / "a").read_bytes() == b"x" * (5 * ALIGN + 3)
     assert (tmp_path / "b").read_bytes() == b"y" * 7  # nothing of the first file's bytes
     third = DirectFile(str(tmp_path / "c"), buffer_bytes=4 * ALIGN)
     assert third._buffer is buffer
     third.close(flush=False)  # a failed write: its buffer may still be referenced, and is not reused
-    assert directio._SPARE == []
+    assert all(spare is not buffer for spare in directio._SPARE)
