@@ -158,9 +158,10 @@ def _int_type(v: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _local_size(payload: int, page_size: int) -> int:
-    """Payload bytes kept in a table leaf cell; the rest goes to overflow pages (the file format's rule)."""
-    most = page_size - 35
+def _local_size(payload: int, page_size: int, index: bool) -> int:
+    """Payload bytes kept in a table leaf cell, or an index cell (leaf or interior); the rest goes to
+    overflow pages (the file format's rule)."""
+    most = (page_size - 12) * 64 // 255 - 23 if index else page_size - 35
     if payload <= most:
         return payload
     least = (page_size - 12) * 32 // 255 - 23
@@ -182,21 +183,8 @@ def _page_header(buf: np.ndarray, at: int, flag: int, cells: int, content: int) 
     _put_be(buf, at + 5, content if content < 65536 else 0, 2)
 
 
-# -- a database file streamed to disk: rowid tables and indexes, rows appended in b-tree order ---------------
-
 _INDEX_LEAF, _INDEX_INTERIOR = 0x0A, 0x02
 _CELLS, _CONTENT, _USED, _LAST_CELL, _PENDING, _LAST_ROWID = range(6)  # a tree's open-leaf state
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _index_local_size(payload: int, page_size: int) -> int:
-    """Payload bytes kept in an index cell (leaf or interior); the rest goes to overflow pages."""
-    most = (page_size - 12) * 64 // 255 - 23
-    if payload <= most:
-        return payload
-    least = (page_size - 12) * 32 // 255 - 23
-    k = least + (payload - least) % (page_size - 4)
-    return k if k <= most else least
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -269,7 +257,7 @@ def _bounds(
     for r in range(n):
         p = _shape(kinds, ints, text_offsets, r)[1]
         largest = max(largest, p)
-        local = _index_local_size(p, page_size) if index else _local_size(p, page_size)
+        local = _local_size(p, page_size, index)
         if local < p:
             overflow_pages += (p - local + page_size - 5) // (page_size - 4)
         cell_bytes += local + 24
@@ -318,7 +306,7 @@ def _leaves(
         size = _put_varint(cell, 0, p)
         if not index:
             size = _put_varint(cell, size, rowids[r])
-        local = _index_local_size(p, page_size) if index else _local_size(p, page_size)
+        local = _local_size(p, page_size, index)
         if local == p:
             _put_record(cell, size, kinds, ints, text_data, text_offsets, r, header, widths)
             size += p
