@@ -382,24 +382,11 @@ def _index_level(
     children: np.ndarray, dividers: np.ndarray, ends: np.ndarray, first_page: int, page_size: int
 ) -> tuple:
     """One interior level of an index b-tree above `children` (n pages, with n - 1 divider cells between
-    them, leaf format: interior cells are the same bytes after a child page number). Pages are filled in
-    order; the divider after a full page goes up a level. No page is left with no cell: when only one
-    child would remain for the last page, the full page gives up its last cell. Returns (image, the
-    level's pages, the dividers between them, their ends)."""
+    them, leaf format: interior cells are the same bytes after a child page number), pages as
+    `_split_level` cuts them; the divider after each page but the last goes up a level. Returns (image,
+    the level's pages, the dividers between them, their ends)."""
     n = len(children)
-    room = page_size - 12
-    firsts = np.empty(n, np.int64)  # each page's first child
-    pages, i = 0, 0
-    while i < n:
-        firsts[pages] = i
-        used, j = 0, i
-        while j < n - 1 and (j == i or used + 4 + ends[j + 1] - ends[j] + 2 <= room):
-            used += 4 + ends[j + 1] - ends[j] + 2
-            j += 1
-        if j == n - 2:  # only the last child would be left: this page stops one cell earlier
-            j -= 1
-        pages += 1
-        i = j + 1 if j < n - 1 else n
+    firsts, pages = _split_level(4 + ends[1:] - ends[:-1], page_size)
     image = np.zeros(pages * page_size, np.uint8)
     parents = np.empty(pages, np.int64)
     up_ends = np.zeros(pages, np.int64)
@@ -426,23 +413,37 @@ def _index_level(
 
 
 @numba.njit(cache=True, nogil=True)
-def _table_level(children: np.ndarray, keys: np.ndarray, first_page: int, page_size: int) -> tuple:
-    """One interior level of a table b-tree above `children`, each with the largest rowid below it: pages
-    filled in order, the last child of each page its right-most pointer. Returns (image, pages, keys)."""
-    n = len(children)
+def _split_level(cells: np.ndarray, page_size: int) -> tuple[np.ndarray, int]:
+    """Where each interior page of a level begins (its first child), for n children with the n - 1 cells
+    between them (`cells`: bytes of cell j, child j's): pages filled in order, the child after a full page's
+    cells its right-most pointer. No page is left with no cell: when only one child would remain for the
+    last page, the full page gives up its last cell. Returns (first child of each page, pages)."""
+    n = len(cells) + 1
     room = page_size - 12
     firsts = np.empty(n, np.int64)
     pages, i = 0, 0
     while i < n:
         firsts[pages] = i
         used, j = 0, i
-        while j < n - 1 and (j == i or used + 4 + _varint_len(keys[j]) + 2 <= room):
-            used += 4 + _varint_len(keys[j]) + 2
+        while j < n - 1 and (j == i or used + cells[j] + 2 <= room):
+            used += cells[j] + 2
             j += 1
-        if j == n - 2:  # one child left alone would make a page with no cell
+        if j == n - 2:
             j -= 1
         pages += 1
         i = j + 1 if j < n - 1 else n
+    return firsts, pages
+
+
+@numba.njit(cache=True, nogil=True)
+def _table_level(children: np.ndarray, keys: np.ndarray, first_page: int, page_size: int) -> tuple:
+    """One interior level of a table b-tree above `children`, each with the largest rowid below it, pages
+    as `_split_level` cuts them. Returns (image, pages, keys)."""
+    n = len(children)
+    cells = np.empty(n - 1, np.int64)
+    for j in range(n - 1):
+        cells[j] = 4 + _varint_len(keys[j])
+    firsts, pages = _split_level(cells, page_size)
     image = np.zeros(pages * page_size, np.uint8)
     parents = np.empty(pages, np.int64)
     parent_keys = np.empty(pages, np.int64)
