@@ -35,10 +35,9 @@ class ArrowFrame:
         self.table = table
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if not self.is_sparse():
-            return (ArrowFrame, (self.table,))
-        table = self.table
-        return (_from_stream, (pickle.PickleBuffer(_stream(table)),))
+        if self.is_sparse():  # a slice: its own rows only, stored out of band and read in place
+            return (_from_stream, (pickle.PickleBuffer(_stream(self.table)),))
+        return (ArrowFrame, (self.table,))
 
     def is_sparse(self) -> bool:
         """Whether the table's buffers hold much more than its rows (a slice of a larger table)."""
