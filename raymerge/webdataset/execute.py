@@ -11,10 +11,15 @@ from raymerge.storage import Staging
 from raymerge.webdataset import energon, layout, tasks
 from raymerge.webdataset.plan import WebDatasetPlan
 
-# A writer waits on its direct writes for about a third of its time: three writers per two cores keep both
-# the cores and the disk busy (10^7 tiny-member keys on 2 cores: the write phase 31.6 s -> 29.6 s; four
-# per two cores were slower than two).
-WRITER_CPUS = 2 / 3
+SHARDS_PER_CPU = 16  # from this many output shards per core, three writers run per two cores
+
+
+def writer_cpus(shards: int, cpus: int) -> float:
+    """Cores each writer task asks for. A writer waits on its direct writes about a third of its time, so
+    three writers per two cores keep both the cores and the disk busy (10^7 tiny-member keys on 2 cores:
+    the write phase 31.6 s -> 29.6 s; four per two cores were slower than two). Each extra writer is a
+    worker process to start, which only many shards pay back: fewer get one writer per core."""
+    return 2 / 3 if shards >= SHARDS_PER_CPU * cpus else 1
 
 
 def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Report:
@@ -29,6 +34,7 @@ def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Repor
     pieces = _cut_chunks(executor, plan.chunks, [p for spec in specs for p in spec.pieces])
     shards, filesystems = executor.put(plan.shards), executor.put(plan.filesystems)  # once, not per task
     summaries, added = [], []
+    cpus = writer_cpus(len(specs), executor.cpus())
     for spec in specs:
         own = [pieces.pop(p) for p in spec.pieces]
         summary, rows = executor.submit(
@@ -43,7 +49,7 @@ def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Repor
             index is not None,
             *own,
             num_returns=2,
-            num_cpus=WRITER_CPUS,
+            num_cpus=cpus,
         )
         summaries.append(summary)
         if index is not None:

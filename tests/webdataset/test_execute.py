@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raymerge import api
+from raymerge.webdataset.execute import writer_cpus
 from tests.helpers import tree_digest
 
 RUN_SPECIFIC = ("index.uuid", "raymerge.json")
@@ -42,3 +43,8 @@ def test_ray_and_in_process_write_identical_bytes(ray_address, wds, tmp_path, op
     assert digests["ray"] == digests["in-process"]
     assert reports["ray"] == reports["in-process"]
     assert ".nv-meta/index.sqlite" in digests["ray"]  # filled by an actor on Ray, in this process otherwise
+
+
+def test_many_shards_get_three_writers_per_two_cores_few_one_per_core():
+    assert writer_cpus(31, 2) == 1 and writer_cpus(32, 2) == 2 / 3
+    assert writer_cpus(1000, 2) == 2 / 3 and writer_cpus(1000, 64) == 1
