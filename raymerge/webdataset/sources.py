@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import braceexpand
+import numpy as np
 from fsspec import AbstractFileSystem
 
 from raymerge import storage
 from raymerge.errors import InvalidInput
-from raymerge.webdataset import sourceindex, tarindex
+from raymerge.webdataset import inline, sourceindex, tarindex, tarmembers
 from raymerge.webdataset.config import WdsInput
 from raymerge.webdataset.rangescan import RangeHeaders
 from raymerge.webdataset.sourceindex import IndexRef
@@ -135,15 +136,35 @@ def open_shard(fs: AbstractFileSystem, shard: Shard) -> IO[bytes] | RangeHeaders
     return RangeHeaders(lambda start, end: fs.cat_file(shard.path, start=start, end=end), shard.size)
 
 
-def scan(fs: AbstractFileSystem, shard: Shard) -> dict[str, Any]:
-    """The checked sample table of one shard (`tarindex.scan_tar`), from its headers only."""
+def scan(fs: AbstractFileSystem, shard: Shard, carry: int = 0) -> dict[str, Any]:
+    """The checked sample table of one shard (`tarindex.scan_tar`), from its headers only.
+
+    With `carry`, a local plain shard also carries its tiny members' payload, up to that many bytes
+    (`inline`), gathered from the mapping its headers were read from: its pages are touched once.
+    """
     f = open_shard(fs, shard)
-    size = None if shard.compressed else shard.size
     try:
-        return tarindex.scan_tar(f, shard.name, compressed=shard.compressed, size=size)
-    except tarindex.NotPlainUstar:
-        with fs.open(shard.path, "rb", size=shard.size) as whole:
-            return tarindex.scan_tar(whole, shard.name, compressed=shard.compressed, size=size)
+        if isinstance(f, RangeHeaders) or shard.compressed:
+            return _scan(fs, shard, f)
+        view = tarmembers.mapped(f)
+        table = _scan(fs, shard, f if view is None else view)
+        if carry:
+            table["data"] = (
+                None if view is None else inline.shard_payloads(view, table["offsets"], table["sizes"], carry)
+            )
+            del view  # unmapped here: the kernel keeps pages that are still mapped
+            inline.release(f.fileno(), table["data"])
+        return table
     finally:
         if not isinstance(f, RangeHeaders):
             f.close()
+
+
+def _scan(fs: AbstractFileSystem, shard: Shard, source: IO[bytes] | RangeHeaders | np.ndarray) -> dict[str, Any]:
+    """`tarindex.scan_tar` of the shard's bytes; one that its headers alone do not describe, read whole by tarfile."""
+    size = None if shard.compressed else shard.size
+    try:
+        return tarindex.scan_tar(source, shard.name, compressed=shard.compressed, size=size)
+    except tarindex.NotPlainUstar:
+        with fs.open(shard.path, "rb", size=shard.size) as whole:
+            return tarindex.scan_tar(whole, shard.name, compressed=shard.compressed, size=size)

@@ -53,7 +53,7 @@ def is_run_start(values: np.ndarray) -> np.ndarray:
 
 
 def scan_tar(
-    fileobj: IO[bytes] | HeaderSource, shard: str, *, compressed: bool = False, size: int | None = None
+    fileobj: IO[bytes] | HeaderSource | np.ndarray, shard: str, *, compressed: bool = False, size: int | None = None
 ) -> dict[str, Any]:
     """The sample table of one shard, checked: adjacent keys, keyed members, safe names, complete data.
 
@@ -67,7 +67,7 @@ def scan_tar(
         members = None if compressed else ustar_members(fileobj)
         if members is not None:
             return table(members, shard, size)
-        if isinstance(fileobj, HeaderSource):  # read by range: what is not plain ustar needs the whole file
+        if isinstance(fileobj, HeaderSource | np.ndarray):  # read by range or mapped: tarfile needs a file
             raise NotPlainUstar(shard)
         fileobj.seek(0)
         members, failure = tarfile_members(fileobj, shard, compressed)
@@ -82,8 +82,8 @@ def scan_tar(
 
 
 class NotPlainUstar(Exception):
-    """A shard read by range holds more than plain ustar headers (PAX or GNU long names, links, damage):
-    `tarfile` must read it as a file."""
+    """A shard read by range or given mapped holds more than plain ustar headers (PAX or GNU long names,
+    links, damage): `tarfile` must read it as a file."""
 
 
 _ABSOLUTE, _DOTS, _UNDERSCORES, _ODD = 1, 2, 4, 8  # `_marks`: starts with "/", holds "..", "__", needs the expression

@@ -48,23 +48,18 @@ def open_tar(fileobj: IO[bytes], compressed: bool) -> tarfile.TarFile:
     return tarfile.open(fileobj=fileobj, mode="r:gz" if compressed else "r:")
 
 
-def ustar_members(fileobj: IO[bytes] | HeaderSource) -> Members | None:
+def ustar_members(fileobj: IO[bytes] | HeaderSource | np.ndarray) -> Members | None:
     """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
 
     Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, size, name, prefix
     and directory rules), so both paths give the same members; payload is skipped, never read. A
-    local file is mapped and its header chain followed and checked in compiled code (`_chain`: a page
-    fault per header, no read call); other files are followed by `header_chain`, a read per header or
-    window, and their headers checked by `_headers`, the same checks.
+    local file is mapped (or comes mapped, `mapped`) and its header chain followed and checked in
+    compiled code (`_chain`: a page fault per header, no read call); other files are followed by
+    `header_chain`, a read per header or window, and their headers checked by `_headers`, the same checks.
     """
-    source = _blocks(fileobj)
-    if isinstance(source, mmap.mmap):
-        with source:
-            view = np.frombuffer(source, dtype=np.uint8)
-            try:
-                ok, found, text = _chain(view)
-            finally:
-                del view  # the mapping closes only when no array refers to it
+    source = fileobj if isinstance(fileobj, np.ndarray) else _blocks(fileobj)
+    if isinstance(source, np.ndarray):
+        ok, found, text = _chain(source)
         starts, sizes = found[0], found[1]
     else:
         chain = header_chain(source)
@@ -74,6 +69,16 @@ def ustar_members(fileobj: IO[bytes] | HeaderSource) -> Members | None:
         ok, found, text = _headers(raw, np.arange(len(starts), dtype=np.int64) * _BLOCK, sizes)
     names = _names(found[3], text) if ok else None
     return None if names is None else Members(names, found[2].astype(bool), starts + _BLOCK, sizes)
+
+
+def mapped(fileobj: IO[bytes]) -> np.ndarray | None:
+    """A local file's bytes, mapped read-only, or None for one that cannot be mapped (empty, special, in
+    memory). The mapping goes when the last array over it does: a caller that raises while holding it
+    loses nothing (closing a mapping that an array still refers to would fail)."""
+    try:
+        return np.frombuffer(mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def header_chain(data: HeaderSource | _Window) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -268,16 +273,14 @@ def _is_space(c: int) -> bool:
     return c == 32 or 9 <= c <= 13
 
 
-def _blocks(fileobj: IO[bytes] | HeaderSource) -> mmap.mmap | HeaderSource | _Window:
-    """The file's bytes by slice. A local file is mapped: a header costs a page fault, not a read call,
-    and the payload between headers is never touched. A `HeaderSource` (object storage) reads its own
-    ranges; other files are read a window at a time."""
+def _blocks(fileobj: IO[bytes] | HeaderSource) -> np.ndarray | HeaderSource | _Window:
+    """The file's bytes by slice. A local file is mapped (`mapped`): a header costs a page fault, not a
+    read call, and the payload between headers is never touched. A `HeaderSource` (object storage) reads
+    its own ranges; other files are read a window at a time."""
     if isinstance(fileobj, HeaderSource):
         return fileobj
-    try:
-        return mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
-    except (AttributeError, OSError, ValueError):  # no file descriptor, an empty or special file
-        return _Window(fileobj)
+    view = mapped(fileobj)
+    return _Window(fileobj) if view is None else view
 
 
 class HeaderSource:

@@ -68,12 +68,8 @@ def scan_shards(
         where = indexed[i] if i < len(indexed) else None
         members, why = sourceindex.members(fs, shard, where) if where is not None else (None, None)
         if members is None:
-            table = scan(fs, shard)
-            if opts.inline_bytes:
-                most = inline.budget(shard.size, opts.inline_bytes, len(shards))
-                table["data"] = inline.shard_payloads(
-                    fs, shard.path, shard.compressed, table["offsets"], table["sizes"], most
-                )
+            carry = inline.budget(shard.size, opts.inline_bytes, len(shards)) if opts.inline_bytes else 0
+            table = scan(fs, shard, carry)
         else:
             table = tarindex.table(members, shard.name, shard.size)
         tables.append(table)

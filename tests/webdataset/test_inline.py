@@ -11,7 +11,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from raymerge import api
-from raymerge.webdataset import inline, plan, writer
+from raymerge.webdataset import inline, plan, tarmembers, writer
 from raymerge.webdataset import samples as S
 from raymerge.webdataset.sources import Shard
 from raymerge.webdataset.tasks import ScanOptions, scan_shards
@@ -89,6 +89,29 @@ def test_a_shard_whose_members_are_all_carried_gives_its_pages_back(tmp_path, mo
     found = scan_shards([_shard(small), _shard(mixed)], LocalFileSystem(), 0, ScanOptions(inline_bytes=10**9))
     assert _bytes(found[1]["data"].to_list()) == [[b"7"], [b"3"], [b"7", None]]
     assert released == ["small.tar"]
+
+
+def test_a_plain_shard_is_mapped_once_for_its_headers_and_its_carried_payloads(tmp_path, monkeypatch):
+    """The scan and the gather share one mapping, so the shard's pages are touched once; a shard with PAX long
+    names (read by tarfile) still carries its payloads from its mapping."""
+    opened: list[str] = []
+    real = tarmembers.mapped
+
+    def spy(fileobj):
+        opened.append(Path(fileobj.name).name)
+        return real(fileobj)
+
+    monkeypatch.setattr(tarmembers, "mapped", spy)
+    plain, pax = tmp_path / "plain.tar", tmp_path / "pax.tar"
+    plain.write_bytes(
+        tar_bytes([("a.cls", tarfile.REGTYPE, b"7"), ("b.cls", tarfile.REGTYPE, b"3")], tarfile.USTAR_FORMAT)
+    )
+    long_key = "deep/" * 22 + "k"
+    pax.write_bytes(tar_bytes([(f"{long_key}.txt", tarfile.REGTYPE, b"long")], tarfile.PAX_FORMAT))
+    found = scan_shards([_shard(plain), _shard(pax)], LocalFileSystem(), 0, ScanOptions(inline_bytes=10**9))
+    assert found[1]["key"].to_list() == ["a", "b", long_key]
+    assert _bytes(found[1]["data"].to_list()) == [[b"7"], [b"3"], [b"long"]]
+    assert opened.count("plain.tar") == 1
 
 
 def _long_name_inputs(root: Path) -> dict:
