@@ -4,9 +4,11 @@ Primary: N keys with one ~20-byte member each (`ids`, token ids as bytes); a sec
 for 90% of the keys, in shuffled order. The join runs twice, the secondary with `nonmatch: skip` and with
 `nonmatch: none`, each in a fresh driver attached to the running Ray; its wall time (plan + write + commit
 + `sync` of the output) is compared with `cp -r` + `sync` of the same input bytes, measured before and
-again after the joins (a virtual disk's speed drifts). Energon (`--energon`)
-does what its users do for the same join (`webdataset_energon.py`): `energon prepare` of each input and of
-a metadataset that joins them, then iterating the joined dataset and writing the samples into new shards.
+again after the joins (a virtual disk's speed drifts), and with the join's own I/O timed apart
+(`floor.io_floor`: reading the inputs, then writing as many bytes); the busy core-seconds of each run
+say how much of the rest is computation. Energon (`--energon`) does what its users do for the same join
+(`webdataset_energon.py`): `energon prepare` of each input and of a metadataset that joins them, then
+iterating the joined dataset and writing the samples into new shards.
 
     python bench/webdataset_scale.py --keys 100000 1000000 --energon 1000000   # 10^5 and 10^6, Energon at 10^6
     python bench/webdataset_scale.py --keys 10000000                            # 10^7 (~19.5 GB of tars in)
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from floor import cp_floor, fresh_driver, start_ray
+from floor import cp_floor, fresh_driver, io_floor, start_ray
 
 PER_SHARD = 10_000
 MEMBER = 20  # bytes of each member's payload
@@ -94,7 +96,8 @@ def raymerge_runs(root: Path, base: Path, modes: list[str], floor: float) -> lis
         phases = {k: round(v, 2) for k, v in run["timings"].items() if k in ("check", "plan", "write", "commit")}
         print(
             f"  raymerge join, nonmatch {mode}: {run['wall']:.2f}s = {run['wall'] / floor:.2f}x the floor "
-            f"(phases {phases}); {run['rows_out']:,} samples out; driver peak RSS {run['rss_mb']:.0f} MB; "
+            f"(phases {phases}); {run['cpu_s']:.0f} busy core-seconds ({run['cpu_s'] / run['wall']:.2f} cores); "
+            f"{run['rows_out']:,} samples out; driver peak RSS {run['rss_mb']:.0f} MB; "
             f"attach {run['attach']:.2f}s and job worker start-up {run['workers']:.2f}s excluded; "
             f"load average {os.getloadavg()[0]:.1f}",
             flush=True,
@@ -167,6 +170,13 @@ def main() -> None:
             results[keys]["floor_after"] = again
             ratios = ", ".join(f"{r['mode']} {r['wall'] / again:.2f}x" for r in results[keys]["raymerge"])
             print(f"  cp -r + sync again, after the joins: {again:.2f}s; against it: {ratios}", flush=True)
+            read, write = io_floor(inputs, base / "io")
+            results[keys]["io"] = {"read": read, "write": write}
+            print(
+                f"  the join's own I/O apart: reading the inputs {read:.2f}s + writing as many bytes past the page "
+                f"cache {write:.2f}s = {read + write:.2f}s ({(read + write) / again:.2f}x the floor after)",
+                flush=True,
+            )
             if keys in args.energon:
                 results[keys]["energon"] = energon_runs(root, base, args.energon_modes.split(","))
             if not args.keep:
