@@ -1,5 +1,11 @@
 """Merge, join and split machine-learning datasets at any scale on Ray."""
 
+import os
+
+from raymerge.runtime import share_threads
+
+share_threads(os.environ)  # before anything loads polars (`runtime.share_threads`)
+
 from raymerge.api import inspect, plan, preview, run
 from raymerge.errors import InvalidInput, RaymergeError, RunFailed
 from raymerge.report import Report

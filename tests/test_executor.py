@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from raymerge.executor import IN_PROCESS_BELOW_BYTES, Executor, choose_mode
@@ -142,3 +144,42 @@ def test_polars_frames_cross_between_calls_unchanged(executor):
     assert isinstance(got, pl.DataFrame) and got.schema == {**df.schema, "b": pl.Int64}
     assert got.to_dicts() == [{"a": 2, "s": None, "l": [], "b": 4}, {"a": None, "s": "z", "l": None, "b": None}]
     assert executor.get([doubled])[0].equals(got)
+
+
+def polars_threads() -> tuple[str | None, int]:
+    import os
+
+    import polars as pl
+
+    return os.environ.get("OMP_NUM_THREADS"), pl.thread_pool_size()
+
+
+def test_polars_in_a_ray_task_uses_the_threads_ray_gives_the_task(ray_address):
+    """Ray tells each worker its share of the cores in OMP_NUM_THREADS; polars takes the same, not every core."""
+    with Executor("ray") as ex:
+        share, threads = ex.get(ex.submit(polars_threads))
+    assert share is not None
+    assert threads == int(share)
+
+
+@pytest.mark.parametrize(
+    ("environ", "threads"),
+    [({"OMP_NUM_THREADS": "1"}, "1"), ({"OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "2"}, "2"), ({}, None)],
+)
+def test_polars_threads_follow_the_process_share_unless_set(environ, threads):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "POLARS_MAX_THREADS")} | environ
+
+    def pool(code: str) -> list[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+
+    setting, size = pool(
+        "import os, raymerge, polars as pl; print(os.environ.get('POLARS_MAX_THREADS'), pl.thread_pool_size())"
+    )
+    (own,) = pool("import polars as pl; print(pl.thread_pool_size())")  # polars' own choice in the same environment
+    assert setting == str(threads)
+    assert int(size) == (int(threads) if threads else int(own))
