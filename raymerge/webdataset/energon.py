@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from fsspec import AbstractFileSystem
 
@@ -107,29 +108,31 @@ def write_meta(
 IndexRows = tuple[pa.Table, pa.Table]  # one shard's `samples` and `sample_parts` rows (`index_rows`)
 
 
-def index_rows(samples: pl.DataFrame, parts: pl.DataFrame) -> IndexRows:
-    """One shard's `samples` and `sample_parts` rows as Arrow tables, in their tables' order; the parts
-    also in the order of the index over all their columns (`full`: row numbers), sorted here, by the
-    shard's writer, in parallel with the others (a writer's parts are in that order already: by sample,
-    then extension)."""
+def index_rows(samples: pa.Table, parts: pa.Table) -> IndexRows:
+    """One shard's `samples` and `sample_parts` rows, in their tables' order; the parts also in the order of
+    the index over all their columns (`full`: row numbers), sorted here, by the shard's writer, in parallel
+    with the others (a writer's parts are in that order already: by sample, then extension)."""
     columns = ["sample_index", "part_name", "content_byte_offset", "content_byte_size"]
+    parts = parts.select(columns).set_column(3, columns[3], parts.column(columns[3]).cast(pa.int64()))
     if _sorted_by(parts, columns):
-        full: pl.Expr | pl.Series = pl.int_range(pl.len(), dtype=pl.Int64)
+        full = np.arange(parts.num_rows, dtype=np.int64)
     else:
-        full = parts.with_row_index("full").sort(columns, maintain_order=True)["full"].cast(pl.Int64)
-    return (
-        samples.select("sample_key", "byte_offset", "byte_size").to_arrow(),
-        parts.with_columns(full=full, content_byte_size=pl.col("content_byte_size").cast(pl.Int64)).to_arrow(),
-    )
+        full = pc.sort_indices(parts, sort_keys=[(c, "ascending") for c in columns]).to_numpy().astype(np.int64)
+    return samples.select(["sample_key", "byte_offset", "byte_size"]), parts.append_column("full", pa.array(full))
 
 
-def _sorted_by(df: pl.DataFrame, columns: list[str]) -> bool:
+def _sorted_by(table: pa.Table, columns: list[str]) -> bool:
     """Whether every row comes after the one before it by `columns` (ties all the way down allowed)."""
-    after = pl.lit(False)
-    for c in reversed(columns):  # row > previous row, column by column from the last
-        after = (pl.col(c) > pl.col(c).shift(1)) | ((pl.col(c) == pl.col(c).shift(1)) & after)
-    same = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in columns])
-    return bool(df.select((after | same).slice(1).all()).item()) if df.height > 1 else True
+    n = table.num_rows
+    if n < 2:
+        return True
+    after = np.ones(n - 1, dtype=bool)
+    for c in reversed(columns):  # row >= previous row, column by column from the last
+        column = table.column(c)
+        now, before = column.slice(1), column.slice(0, n - 1)
+        greater = pc.greater(now, before).to_numpy(zero_copy_only=False)
+        after = greater | (pc.equal(now, before).to_numpy(zero_copy_only=False) & after)
+    return bool(after.all())
 
 
 def _schema() -> list[tuple[str, str, str, str | None]]:

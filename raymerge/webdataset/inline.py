@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 if TYPE_CHECKING:
@@ -122,11 +121,9 @@ def none_carried(n: int) -> pa.LargeListArray:
 
 
 class Carried:
-    """The carried payloads of a writer's members (a `data` column of `PAYLOAD`, null where not carried)."""
+    """The carried payloads of a writer's members (`PAYLOAD`, null where not carried)."""
 
-    def __init__(self, column: pl.Series) -> None:
-        arrow = column.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(PAYLOAD)
-        arrow = arrow.combine_chunks() if isinstance(arrow, pa.ChunkedArray) else arrow
+    def __init__(self, arrow: pa.LargeListArray) -> None:
         self.present = arrow.is_valid().to_numpy(zero_copy_only=False)
         self.starts = arrow.offsets.to_numpy()[:-1]  # into `values`, the whole child array
         self.values = arrow.values.to_numpy()

@@ -167,10 +167,10 @@ def _read_joined(
 
 def _samples_table(rows: pl.DataFrame, reader: RangeReader, names: list[str]) -> pa.Table:
     members = shard_members(rows)
-    src, offset, size = (members[c].to_numpy() for c in ("srcs", "offsets", "sizes"))
-    data = Carried(members["data"]).payloads(reader, np.arange(len(size)), src, offset, size)
+    src, offset, size = members.srcs, members.offsets, members.sizes
+    data = Carried(members.data).payloads(reader, np.arange(len(size)), src, offset, size)
     columns: dict[str, list[bytes | None]] = {n: [None] * rows.height for n in names}
-    for sample, name, value in zip(members["sample"].to_list(), members["names"].to_list(), data, strict=True):
+    for sample, name, value in zip(members.sample.tolist(), members.exts.to_pylist(), data, strict=True):
         columns[name][sample] = bytes(value)
     arrays = [pa.array(rows["key"].to_list(), pa.string())] + [pa.array(columns[n], pa.binary()) for n in names]
     return pa.Table.from_arrays(arrays, names=[KEY, *names])

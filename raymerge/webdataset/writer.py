@@ -11,6 +11,7 @@ import mmap
 import os
 import tarfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain, pairwise
 
 import numba
@@ -22,6 +23,7 @@ from fsspec import AbstractFileSystem
 
 from raymerge import directio, storage
 from raymerge.directio import Sink
+from raymerge.webdataset import inline
 from raymerge.webdataset.inline import Carried
 from raymerge.webdataset.sources import Shard
 
@@ -156,14 +158,62 @@ def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def shard_members(rows: pl.DataFrame) -> pl.DataFrame:
-    """Every member of the rows' samples in tar order: by sample, then by extension inside a sample."""
-    return (
-        rows.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("sample"), "names", "srcs", "offsets", "sizes", "data")
-        .explode("names", "srcs", "offsets", "sizes", "data")
-        .filter(pl.col("names").is_not_null())
-        .sort("sample", "names", maintain_order=True)
+@dataclass(frozen=True)
+class ShardMembers:
+    """Every member of some rows' samples in tar order (by sample, then by extension inside a sample), as flat
+    columns: its sample (row number), extension, source shard, data offset and size, and carried payload
+    (`inline.PAYLOAD`, null where not carried)."""
+
+    sample: np.ndarray
+    exts: pa.LargeStringArray
+    srcs: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    data: pa.LargeListArray
+
+
+def shard_members(rows: pl.DataFrame) -> ShardMembers:
+    """The rows' members (`ShardMembers`), taken from the flat values of their list columns; reordered only
+    where a sample's extensions are not in order already (a join appends each input's members, and one
+    input's come in its tar order, so mostly they are)."""
+    table = rows.select(_MEMBER_LISTS).to_arrow(compat_level=pl.CompatLevel.oldest())
+    lists = [table.column(c).combine_chunks() for c in _MEMBER_LISTS]
+    sample = pc.list_parent_indices(lists[0]).to_numpy().astype(np.int64)
+    exts, srcs, offsets, sizes, data = (a.flatten() for a in lists)
+    order = _extension_order(sample, exts)
+    if order is not None:
+        at = pa.array(order)
+        sample, exts, srcs, offsets, sizes = (
+            sample[order],
+            exts.take(at),
+            srcs.take(at),
+            offsets.take(at),
+            sizes.take(at),
+        )
+        data = inline.take(data, order)
+    return ShardMembers(
+        sample,
+        exts.cast(pa.large_string()),
+        srcs.to_numpy().astype(np.int64),
+        offsets.to_numpy().astype(np.int64, copy=False),
+        sizes.to_numpy().astype(np.int64, copy=False),
+        data.cast(inline.PAYLOAD),
     )
+
+
+_MEMBER_LISTS = ["names", "srcs", "offsets", "sizes", "data"]
+
+
+def _extension_order(sample: np.ndarray, exts: pa.Array) -> np.ndarray | None:
+    """The members' order by (sample, extension), extensions compared by their UTF-8 bytes and ties kept in
+    tar order; None when they are in it already."""
+    if len(sample) < 2:
+        return None
+    codes = pc.dictionary_encode(exts)
+    rank = np.empty(len(codes.dictionary), dtype=np.int64)
+    rank[pc.sort_indices(codes.dictionary).to_numpy()] = np.arange(len(rank))
+    key = sample * len(rank) + rank[codes.indices.to_numpy()]
+    return None if bool((key[1:] >= key[:-1]).all()) else np.argsort(key, kind="stable")
 
 
 def spans(
@@ -318,10 +368,10 @@ def output_keys(rows: pl.DataFrame, start: int, renumber_width: int | None) -> p
     return positions.cast(pl.String).str.zfill(renumber_width)
 
 
-def member_names(keys: pl.Series, members: pl.DataFrame) -> pa.LargeStringArray:
+def member_names(keys: pl.Series, members: ShardMembers) -> pa.LargeStringArray:
     """`KEY.EXT` of every member as one Arrow array: no Python string per member."""
-    names = members.select(pl.concat_str(keys.gather(members["sample"]), pl.lit("."), pl.col("names")))
-    return names.to_series().to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.large_string())
+    taken = keys.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.large_string()).take(pa.array(members.sample))
+    return pc.binary_join_element_wise(taken, members.exts, pa.scalar(".", pa.large_string()))
 
 
 def write_shard(
@@ -331,8 +381,9 @@ def write_shard(
     *,
     keys: pl.Series,
     mtime: int,
-) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
-    """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows.
+) -> tuple[np.ndarray, pa.Table, pa.Table]:
+    """Stream the tar to `out`; return the Energon sample offsets (+ end), sample rows and part rows
+    (`energon.index_rows`).
 
     Members go in batches of about `BATCH_BYTES` of tar: payload comes from the key table where carried
     (`inline`), else as slices of mapped shards (or coalesced reads). A batch of small members (labels,
@@ -342,10 +393,8 @@ def write_shard(
     sink as pieces: headers (PAX where a name needs it), payload slices, padding.
     """
     members = shard_members(rows)
-    carried = Carried(members["data"])
-    sample = members["sample"].to_numpy()
-    src, offset = members["srcs"].to_numpy(), members["offsets"].to_numpy()
-    size = members["sizes"].to_numpy()
+    carried = Carried(members.data)
+    sample, src, offset, size = members.sample, members.srcs, members.offsets, members.sizes
     pads = -size % tarfile.BLOCKSIZE
     names = member_names(keys, members)
     header_lens = np.empty(len(size), dtype=np.int64)
@@ -380,17 +429,17 @@ def write_shard(
     starts = ends - header_lens - size - pads  # where each member's header begins
     out.write_pieces([END_OF_ARCHIVE, tarfile.NUL * (-(pos + len(END_OF_ARCHIVE)) % tarfile.RECORDSIZE)])
     sample_offsets = np.append(starts[np.searchsorted(sample, np.arange(rows.height))], pos).astype("<u8")
-    samples = pl.DataFrame(
+    samples = pa.table(
         {
-            "sample_key": keys,
+            "sample_key": keys.to_arrow(),
             "byte_offset": sample_offsets[:-1].astype(np.int64),
             "byte_size": np.diff(sample_offsets).astype(np.int64),
         }
     )
-    parts = pl.DataFrame(
+    parts = pa.table(
         {
             "sample_index": sample,
-            "part_name": members["names"],
+            "part_name": members.exts,
             "content_byte_offset": starts + header_lens,
             "content_byte_size": size,
         }

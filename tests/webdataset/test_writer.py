@@ -101,10 +101,10 @@ def test_shard_is_byte_for_byte_what_tarfile_writes(tmp_path, inputs, to_file, u
     assert written == expected_tar(members, 1_700_000_000)
     with tarfile.open(fileobj=io.BytesIO(written)) as tar:
         infos = tar.getmembers()
-    assert parts["content_byte_offset"].to_list() == [i.offset_data for i in infos]
-    assert parts["content_byte_size"].to_list() == [i.size for i in infos]
+    assert parts["content_byte_offset"].to_pylist() == [i.offset_data for i in infos]
+    assert parts["content_byte_size"].to_pylist() == [i.size for i in infos]
     firsts = [i.offset for i in infos[::3]]  # three members per sample
-    assert offsets[:-1].tolist() == sample_rows["byte_offset"].to_list() == firsts
+    assert offsets[:-1].tolist() == sample_rows["byte_offset"].to_pylist() == firsts
     assert offsets[-1] == infos[-1].offset_data + -(-infos[-1].size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
