@@ -17,7 +17,6 @@ import pyarrow as pa
 
 from raymerge.webdataset import inline, keytable
 
-MEMBER_COLUMNS = ("names", "srcs", "offsets", "sizes", "data")  # "data" last (`_take`)
 MISSING_EXAMPLES = 10
 
 
@@ -59,7 +58,7 @@ def join_bucket(
     picked = [row[kept] for row in matches]
     stats.used = [int((row >= 0).sum()) for row in picked]
     inputs, taken = [primary, *secondaries], [kept, *picked]
-    members = gather_members([t.select(*MEMBER_COLUMNS).to_arrow() for t in inputs], taken)
+    members = gather_members([t.select(*keytable.MEMBER_COLUMNS).to_arrow() for t in inputs], taken)
     nbytes = np.zeros(len(kept), dtype=np.int64)
     for table, at in zip(inputs, taken, strict=True):
         nbytes += np.where(at >= 0, table["nbytes"].to_numpy()[np.maximum(at, 0)], 0)
@@ -67,7 +66,7 @@ def join_bucket(
     out = (
         (keys[kept] if len(kept) < primary.height else keys)
         .with_columns(
-            *(pl.Series(c, values) for c, values in zip(MEMBER_COLUMNS, members, strict=True)),
+            *(pl.Series(c, values) for c, values in zip(keytable.MEMBER_COLUMNS, members, strict=True)),
             pl.Series("nbytes", nbytes, dtype=pl.Int64),
         )
         .cast(keytable.SCHEMA)
@@ -81,7 +80,7 @@ def gather_members(tables: Sequence[pa.Table], rows: Sequence[np.ndarray]) -> li
     turn (-1: none from that table). One permutation of all the tables' flat member values serves every
     column (they share their list lengths), taken once per column: no intermediate table per secondary,
     and no row-wise list concatenation (polars' own costs more than the join)."""
-    lists = [[t.column(c).combine_chunks() for t in tables] for c in MEMBER_COLUMNS]
+    lists = [[t.column(c).combine_chunks() for t in tables] for c in keytable.MEMBER_COLUMNS]
     offsets = [a.offsets.to_numpy().astype(np.int64) for a in lists[0]]
     offsets = [off - off[0] for off in offsets]  # into each table's flattened values (`flatten`: its slice only)
     starts = np.cumsum([0] + [off[-1] for off in offsets[:-1]])  # each table's values in the concatenation

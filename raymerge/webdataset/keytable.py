@@ -40,6 +40,9 @@ SCHEMA = pl.Schema(
 )
 
 
+MEMBER_COLUMNS = ("names", "srcs", "offsets", "sizes", "data")  # the columns with one list entry per member
+
+
 def empty() -> pl.DataFrame:
     """A key table with no rows: what a bucket or part with no samples holds."""
     return pl.DataFrame(schema=SCHEMA)

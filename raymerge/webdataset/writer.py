@@ -23,7 +23,7 @@ from fsspec import AbstractFileSystem
 
 from raymerge import directio, storage
 from raymerge.directio import Sink
-from raymerge.webdataset import inline
+from raymerge.webdataset import inline, keytable
 from raymerge.webdataset.inline import Carried
 from raymerge.webdataset.sources import Shard
 
@@ -176,8 +176,8 @@ def shard_members(rows: pl.DataFrame) -> ShardMembers:
     """The rows' members (`ShardMembers`), taken from the flat values of their list columns; reordered only
     where a sample's extensions are not in order already (a join appends each input's members, and one
     input's come in its tar order, so mostly they are)."""
-    table = rows.select(_MEMBER_LISTS).to_arrow(compat_level=pl.CompatLevel.oldest())
-    lists = [table.column(c).combine_chunks() for c in _MEMBER_LISTS]
+    table = rows.select(keytable.MEMBER_COLUMNS).to_arrow(compat_level=pl.CompatLevel.oldest())
+    lists = [table.column(c).combine_chunks() for c in keytable.MEMBER_COLUMNS]
     sample = pc.list_parent_indices(lists[0]).to_numpy().astype(np.int64)
     exts, srcs, offsets, sizes, data = (a.flatten() for a in lists)
     order = _extension_order(sample, exts)
@@ -199,9 +199,6 @@ def shard_members(rows: pl.DataFrame) -> ShardMembers:
         sizes.to_numpy().astype(np.int64, copy=False),
         data.cast(inline.PAYLOAD),
     )
-
-
-_MEMBER_LISTS = ["names", "srcs", "offsets", "sizes", "data"]
 
 
 def _extension_order(sample: np.ndarray, exts: pa.Array) -> np.ndarray | None:
