@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from raymerge import usage
+from raymerge import transport, usage
 from raymerge.report import Progress, TaskCounter
 from raymerge.transport import pack, unpack
 
@@ -219,36 +219,50 @@ class Executor:
         ordered: bool = True,
         max_in_flight: int | None = None,
         num_cpus: float = 1,
+        num_returns: int = 1,
+        submitted: Callable[[int, list[Any]], None] | None = None,
+        sizes: Sequence[int] | None = None,
     ) -> Iterator[Any]:
         """`fn(*args)` for every args tuple with at most `max_in_flight` running at once (default: twice the
-        cores), so a long list of calls never floods the cluster or the object store. Results in call order
-        (`ordered`), or as they complete as (position, value)."""
+        cores), so a long list of calls never floods the cluster or the object store, and calls run about
+        in the order given (Ray runs what is submitted in no set order). Results in call order (`ordered`),
+        or as they complete as (position, value).
+
+        With `num_returns` > 1 the first value is the result; `submitted(i, handles)` sees each call's
+        handles as it goes out (to hand the others to an actor). `sizes` weigh the progress lines."""
         calls = list(calls)
+        counter = TaskCounter(self.progress, label, len(calls), int(sum(sizes or ()))) if label else None
         if not self.is_ray:
-            counter = TaskCounter(self.progress, label, len(calls)) if label else None
             for i, args in enumerate(calls):
-                value = self._call(fn, args, 1).result()
+                handles = self._call(fn, args, num_returns)
+                handles = handles if num_returns > 1 else [handles]
+                if submitted:
+                    submitted(i, handles)
+                value = handles[0].result()
                 if counter:
-                    counter.advance()
+                    counter.advance(sizes[i] if sizes else 0)
                 yield value if ordered else (i, value)
             return
         import ray
 
         limit = max_in_flight or 2 * self.cpus()
-        counter = TaskCounter(self.progress, label, len(calls)) if label else None
         running: dict[Any, int] = {}
         results: dict[int, Any] = {}
         next_call, next_out = 0, 0
         while next_call < len(calls) or running:
             while next_call < len(calls) and len(running) < limit:
-                running[self.submit(fn, *calls[next_call], num_cpus=num_cpus)] = next_call
+                handles = self.submit(fn, *calls[next_call], num_cpus=num_cpus, num_returns=num_returns)
+                handles = handles if num_returns > 1 else [handles]
+                if submitted:
+                    submitted(next_call, handles)
+                running[handles[0]] = next_call
                 next_call += 1
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
                 i = running.pop(ref)
                 value = unpack(ray.get(ref))
                 if counter:
-                    counter.advance()
+                    counter.advance(sizes[i] if sizes else 0)
                 if not ordered:
                     yield i, value
                 else:
@@ -359,12 +373,13 @@ class Executor:
 
 def _metered(fn: Callable[..., Any], num_returns: int) -> Callable[..., Any]:
     """`fn` as a Ray task: its values, then the storage usage of the call (one more return value); frames
-    in and out cross as Arrow tables (`transport`)."""
+    in and out cross as Arrow tables (`transport`), and reach `fn` as frames unless it takes them as sent."""
+    arrive = (lambda value: value) if transport.wants_frames_as_sent(fn) else unpack
 
     @functools.wraps(fn)
     def task(*args: Any) -> Any:
         before = usage.snapshot()
-        value = fn(*map(unpack, args))
+        value = fn(*map(arrive, args))
         used = usage.since(before)
         return (pack(value), used) if num_returns == 1 else (*map(pack, value), used)
 

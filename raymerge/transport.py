@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -65,6 +65,26 @@ def slices(frame: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> list[Arrow
     """The (first row, end row) ranges of `frame`, each as its own table (`unpack` makes it a frame)."""
     table = frame.to_arrow()
     return [ArrowFrame(table.slice(a, b - a)) for a, b in bounds]
+
+
+def takes_frames_as_sent(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a task whose frame arguments arrive as they travel (an `ArrowFrame` on Ray, a DataFrame in this
+    process), for it to take only the rows it uses (`rows`): a writer's ten thousand rows of a
+    million-row chunk convert in well under a millisecond, the whole chunk in ~15 ms."""
+    fn.frames_as_sent = True  # type: ignore[attr-defined]
+    return fn
+
+
+def wants_frames_as_sent(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` was marked with `takes_frames_as_sent`."""
+    return bool(getattr(fn, "frames_as_sent", False))
+
+
+def rows(value: pl.DataFrame | ArrowFrame, start: int, end: int) -> pl.DataFrame:
+    """Rows [start, end) of a frame argument as sent (`takes_frames_as_sent`), as a frame of their own."""
+    if isinstance(value, ArrowFrame):
+        return unpack(ArrowFrame(value.table.slice(start, end - start)))
+    return value.slice(start, end - start)
 
 
 def pack(value: Any) -> Any:

@@ -59,6 +59,47 @@ def test_map_keeps_call_order_or_reports_positions(executor):
     assert unordered == {i: 2 * i for i in range(25)}
 
 
+def test_map_hands_the_other_returns_on_as_each_call_goes_out(executor):
+    lines: list[str] = []
+    executor.progress = Progress(enabled=True)
+    executor.progress.stream = _Lines(lines)
+    tally = executor.actor(Tally, 0)
+    added = []
+
+    def hand_on(i: int, handles: list) -> None:
+        assert len(handles) == 2
+        added.append(executor.call(tally, "add", handles[1]))
+
+    calls = [(10 * i + 3,) for i in range(12)]
+    tens = list(
+        executor.map(split, calls, max_in_flight=4, num_returns=2, submitted=hand_on, label="splitting", sizes=[5] * 12)
+    )
+    assert tens == list(range(12))
+    executor.get(added)
+    assert executor.get(executor.call(tally, "seen")) == [0] + [3] * 12  # every call's second value, once
+    assert any("splitting: 12/12 tasks" in line and "60 B of 60 B" in line for line in lines)
+
+
+def frame_kinds(*frames: object) -> list[str]:
+    return [type(f).__name__ for f in frames]
+
+
+def test_a_task_can_take_frames_as_sent(executor):
+    import polars as pl
+
+    from raymerge import transport
+
+    df = pl.DataFrame({"a": list(range(10))})
+    as_sent = transport.takes_frames_as_sent(lambda *frames: [transport.rows(f, 2, 5)["a"].to_list() for f in frames])
+    kinds = executor.get(executor.submit(frame_kinds, executor.put(df)))
+    assert kinds == ["DataFrame"]  # unmarked tasks get frames
+    got = executor.get(executor.submit(as_sent, executor.put(df)))
+    assert got == [[2, 3, 4]]
+    kinds_as_sent = transport.takes_frames_as_sent(lambda *frames: frame_kinds(*frames))
+    sent = executor.get(executor.submit(kinds_as_sent, executor.put(df)))
+    assert sent == (["ArrowFrame"] if executor.is_ray else ["DataFrame"])
+
+
 def test_as_completed_yields_every_position_with_progress(executor):
     lines: list[str] = []
     executor.progress = Progress(enabled=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from raymerge.executor import Executor
@@ -10,8 +9,12 @@ from raymerge.report import Report
 from raymerge.storage import Staging
 from raymerge.webdataset import energon, layout, tasks
 from raymerge.webdataset.plan import WebDatasetPlan
+from raymerge.webdataset.sources import ShardList
 
 SHARDS_PER_CPU = 16  # from this many output shards per core, three writers run per two cores
+WRITERS_AHEAD = 4  # writer tasks submitted per core at a time: enough to keep the cores fed; few enough
+# that shards are written about in order, as the index actor takes them (Ray keeps no submission order:
+# unbounded, the writers of one chunk ran last at 10^7 keys, and the actor took their backlog after them)
 
 
 def writer_cpus(shards: int, cpus: int) -> float:
@@ -23,38 +26,41 @@ def writer_cpus(shards: int, cpus: int) -> float:
 
 
 def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Report:
-    """One writer task per output shard (range reads from the inputs); `index.sqlite` filled by an actor that
-    takes each shard's index rows, in shard order, as soon as that shard is written (from the writer, not via
-    the driver), while the other writers run."""
+    """One writer task per output shard, given the ordered chunks its rows are in (on Ray, a writer goes where
+    its chunk is: mapped there, not copied); payload by range reads from the inputs. `index.sqlite` is
+    filled by an actor that takes each shard's index rows, in shard order, as soon as that shard is
+    written (from the writer, not via the driver), while the other writers run."""
     out = plan.config.output
     fs, root = staging.fs, staging.path
     specs = plan.output_shards
     executor.progress(f"writing {len(specs)} shard(s) of {plan.report.rows_out:,} samples")
     index = executor.actor(energon.IndexBuilder, fs, root) if out.energon else None
-    pieces = _cut_chunks(executor, plan.chunks, [p for spec in specs for p in spec.pieces])
-    shards, filesystems = executor.put(plan.shards), executor.put(plan.filesystems)  # once, not per task
-    summaries, added = [], []
+    shards, filesystems = executor.put(ShardList(plan.shards)), executor.put(plan.filesystems)  # once, not per task
+    added: list[Any] = []
+
+    def hand_to_index(i: int, handles: list[Any]) -> None:
+        if index is not None:  # actor calls run in submission order, each once its shard's rows exist
+            added.append(executor.call(index, "add", specs[i].index, handles[1]))
+
+    calls = [
+        (spec, shards, filesystems, fs, root, out.mtime, plan.renumber_width, index is not None, *chunks)
+        for spec in specs
+        for chunks in [[plan.chunks[c] for c in tasks.chunks_of(spec)]]
+    ]
     cpus = writer_cpus(len(specs), executor.cpus())
-    for spec in specs:
-        own = [pieces.pop(p) for p in spec.pieces]
-        summary, rows = executor.submit(
+    written = dict(
+        executor.map(
             tasks.write_output_shard,
-            spec,
-            shards,
-            filesystems,
-            fs,
-            root,
-            out.mtime,
-            plan.renumber_width,
-            index is not None,
-            *own,
-            num_returns=2,
+            calls,
+            label="writing shards",
+            ordered=False,
+            max_in_flight=WRITERS_AHEAD * executor.cpus(),
             num_cpus=cpus,
+            num_returns=2,
+            submitted=hand_to_index,
+            sizes=[s.nbytes for s in specs],
         )
-        summaries.append(summary)
-        if index is not None:
-            added.append(executor.call(index, "add", spec.index, rows))  # actor calls run in submission order
-    written = dict(executor.as_completed(summaries, label="writing shards", sizes=[s.nbytes for s in specs]))
+    )
     names = [s.name for s in specs]
     files = [f for n in names for f in (n, n + energon.IDX_SUFFIX)]
     if index is not None:
@@ -69,19 +75,3 @@ def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Repor
     report.files_written = files
     report.details["tar_bytes"] = sum(w["bytes"] for w in written.values())
     return report
-
-
-def _cut_chunks(
-    executor: Executor, chunks: Sequence[Any], wanted: Sequence[tuple[int, int, int]]
-) -> dict[tuple[int, int, int], Any]:
-    """Handles of the (chunk, first row, end row) pieces: each chunk is read once, and each writer gets
-    only its own rows rather than every chunk it overlaps."""
-    by_chunk: dict[int, list[tuple[int, int]]] = {}
-    for c, a, b in wanted:
-        by_chunk.setdefault(c, []).append((a, b))
-    out = {}
-    for c, bounds in by_chunk.items():
-        handles = executor.submit(tasks.cut_chunk, chunks[c], bounds, num_returns=len(bounds))
-        for (a, b), handle in zip(bounds, [handles] if len(bounds) == 1 else handles, strict=True):
-            out[(c, a, b)] = handle
-    return out

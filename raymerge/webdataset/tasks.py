@@ -2,9 +2,9 @@
 
 plan: `scan_shards` (one per run of shards) -> `check_and_join` (one per hash bucket) -> `sort_range`
 (one per range of the output order) or `gather_blend` (one per chunk of a blend) -> `pack_chunk` (a
-chain, one per ordered chunk). execute: `cut_chunk` (each ordered chunk into per-shard pieces) ->
-`write_output_shard` (one per output shard, which also builds its `index.sqlite` rows). Arguments and
-results are small key tables, index row images and plain values, never payload.
+chain, one per ordered chunk). execute: `write_output_shard` (one per output shard, taking its rows from
+the ordered chunks it overlaps, and building its `index.sqlite` rows). Arguments and results are small
+key tables, index row images and plain values, never payload.
 """
 
 from __future__ import annotations
@@ -153,27 +153,36 @@ def pack_chunk(
 
 
 def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> ArrowFrame | tuple[ArrowFrame, ...]:
-    """The (first row, end row) pieces of an ordered chunk (`transport.slices`), one return value each."""
+    """The (first row, end row) pieces of an ordered chunk (`transport.slices`), one return value each: what
+    tasks elsewhere in a cluster (Ray Data's read tasks) take instead of whole chunks."""
     parts = tuple(transport.slices(df, bounds))
     return parts[0] if len(parts) == 1 else parts
 
 
+def chunks_of(spec: OutputShard) -> list[int]:
+    """The ordered chunks an output shard's rows come from, in the order its writer takes them."""
+    return sorted({c for c, _, _ in spec.pieces})
+
+
+@transport.takes_frames_as_sent
 def write_output_shard(
     spec: OutputShard,
-    shards: list[Shard],
+    shards: Sequence[Shard],
     filesystems: list[AbstractFileSystem],
     out_fs: AbstractFileSystem,
     root: str,
     mtime: int,
     renumber_width: int | None,
     index: bool,
-    *pieces: pl.DataFrame | ArrowFrame,
+    *chunks: pl.DataFrame | ArrowFrame,
 ) -> tuple[dict[str, Any], energon.IndexRows | None]:
     """One output tar and its .tar.idx: (summary, its Energon index rows for index.sqlite, `energon.index_rows`).
 
-    `pieces` are the rows of `spec.pieces`, in order; payload is read from the input shards by range.
+    `chunks` are the ordered chunks `spec.pieces` name (`chunks_of`), as sent: the writer takes its own
+    rows of them, and no task cuts them for it. Payload is read from the input shards by range.
     """
-    rows = pl.concat([unpack(p) for p in pieces])
+    ids = chunks_of(spec)
+    rows = pl.concat([transport.rows(chunks[ids.index(c)], a, b) for c, a, b in spec.pieces])
     keys = output_keys(rows, spec.start, renumber_width)
     path = storage.join(root, spec.name)
     out_fs.makedirs(storage.parent(path), exist_ok=True)

@@ -256,7 +256,7 @@ class RangeReader:
     def __init__(self, shards: Sequence[Shard], filesystems: Sequence[AbstractFileSystem]) -> None:
         self.shards, self.filesystems = shards, filesystems
         self._local = [storage.is_local(fs) for fs in filesystems]
-        self._remote = np.array([not self._local[shard.input] for shard in shards], dtype=bool)  # per shard
+        self._remote: np.ndarray | None = None  # per shard, once a member is read by span
         self._gz: dict[int, gzip.GzipFile] = {}
         self._maps: dict[int, memoryview] = {}
         self._mapped = np.full(len(shards), _UNKNOWN, dtype=np.int64)  # mapped length, or why not mapped
@@ -293,6 +293,8 @@ class RangeReader:
             return [maps[s][o:e] for s, o, e in zip(src.tolist(), offset.tolist(), end.tolist(), strict=True)]
         data: list[memoryview] = [memoryview(b"")] * len(src)
         offsets, sizes = offset.tolist(), size.tolist()
+        if self._remote is None:
+            self._remote = np.array([not self._local[shard.input] for shard in self.shards], dtype=bool)
         for s, start, stop, covered in spans(src, offset, size, self._remote):
             buf = self.read(s, start, stop)
             for i in covered.tolist():
