@@ -169,8 +169,12 @@ class IndexBuilder:
         self._keys: list[pa.Array] = []
         self._samples = self._parts = 0
 
-    def add(self, tar_id: int, rows: IndexRows) -> None:
-        """One shard's rows (`index_rows`); shards must come in `tar_id` order."""
+    def add(self, first_tar_id: int, shards: list[IndexRows]) -> None:
+        """Consecutive shards' rows (`index_rows`), the first being `first_tar_id`; shards must come in order."""
+        for i, rows in enumerate(shards):
+            self._add(first_tar_id + i, rows)
+
+    def _add(self, tar_id: int, rows: IndexRows) -> None:
         samples, parts = rows
         n, m = samples.num_rows, parts.num_rows
         rowids = np.arange(self._samples + 1, self._samples + n + 1, dtype=np.int64)

@@ -2,8 +2,8 @@
 
 plan: `scan_shards` (one per run of shards) -> `check_and_join` (one per hash bucket) -> `sort_range`
 (one per range of the output order) or `gather_blend` (one per chunk of a blend) -> `pack_chunk` (a
-chain, one per ordered chunk). execute: `write_output_shard` (one per output shard, taking its rows from
-the ordered chunks it overlaps, and building its `index.sqlite` rows). Arguments and results are small
+chain, one per ordered chunk). execute: `write_output_shards` (one or a few consecutive output shards per
+task, taking their rows from the ordered chunks they overlap, and building their `index.sqlite` rows). Arguments and results are small
 key tables, index row images and plain values, never payload.
 """
 
@@ -159,14 +159,14 @@ def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> ArrowFrame
     return parts[0] if len(parts) == 1 else parts
 
 
-def chunks_of(spec: OutputShard) -> list[int]:
-    """The ordered chunks an output shard's rows come from, in the order its writer takes them."""
-    return sorted({c for c, _, _ in spec.pieces})
+def chunks_of(specs: Sequence[OutputShard]) -> list[int]:
+    """The ordered chunks some output shards' rows come from, in the order their writer takes them."""
+    return sorted({c for spec in specs for c, _, _ in spec.pieces})
 
 
 @transport.takes_frames_as_sent
-def write_output_shard(
-    spec: OutputShard,
+def write_output_shards(
+    specs: list[OutputShard],
     shards: Sequence[Shard],
     filesystems: list[AbstractFileSystem],
     out_fs: AbstractFileSystem,
@@ -175,25 +175,48 @@ def write_output_shard(
     renumber_width: int | None,
     index: bool,
     *chunks: pl.DataFrame | ArrowFrame,
-) -> tuple[dict[str, Any], energon.IndexRows | None]:
-    """One output tar and its .tar.idx: (summary, its Energon index rows for index.sqlite, `energon.index_rows`).
+) -> tuple[list[dict[str, Any]], list[energon.IndexRows] | None]:
+    """Consecutive output tars, each with its .tar.idx: (their summaries, their Energon index rows for
+    index.sqlite, `energon.index_rows`). A few shards per task when there are many: each task, its
+    arguments and its results cost milliseconds of Ray's time, as much as a small shard's own writing.
 
-    `chunks` are the ordered chunks `spec.pieces` name (`chunks_of`), as sent: the writer takes its own
-    rows of them, and no task cuts them for it. Payload is read from the input shards by range.
+    `chunks` are the ordered chunks the shards' pieces name (`chunks_of`), as sent: the writer takes its
+    own rows of them, and no task cuts them for it. Payload is read from the input shards by range.
     """
-    ids = chunks_of(spec)
-    rows = pl.concat([transport.rows(chunks[ids.index(c)], a, b) for c, a, b in spec.pieces])
+    by_id = dict(zip(chunks_of(specs), chunks, strict=True))
+    reader = RangeReader(shards, filesystems)
+    summaries: list[dict[str, Any]] = []
+    rows: list[Any] = []
+    try:
+        for spec in specs:
+            summary, found = _write_output_shard(spec, by_id, reader, out_fs, root, mtime, renumber_width, index)
+            summaries.append(summary)
+            rows.append(found)
+    finally:
+        reader.close()
+    return summaries, rows if index else None
+
+
+def _write_output_shard(
+    spec: OutputShard,
+    chunks: dict[int, pl.DataFrame | ArrowFrame],
+    reader: RangeReader,
+    out_fs: AbstractFileSystem,
+    root: str,
+    mtime: int,
+    renumber_width: int | None,
+    index: bool,
+) -> tuple[dict[str, Any], energon.IndexRows | None]:
+    """One output tar and its .tar.idx, from `spec.pieces` of `chunks` (by chunk id)."""
+    rows = pl.concat([transport.rows(chunks[c], a, b) for c, a, b in spec.pieces])
     keys = output_keys(rows, spec.start, renumber_width)
     path = storage.join(root, spec.name)
     out_fs.makedirs(storage.parent(path), exist_ok=True)
-    reader = RangeReader(shards, filesystems)
     try:
         with directio.open_output(out_fs, path) as out:
             offsets, samples, parts = write_shard(rows, reader, out, keys=keys, mtime=mtime)
     except OSError as e:
         raise RunFailed(f"writing {spec.name}: {e}") from e
-    finally:
-        reader.close()
     with out_fs.open(path + energon.IDX_SUFFIX, "wb") as f:
         f.write(energon.tar_index_bytes(offsets))
     summary = {"name": spec.name, "samples": rows.height, "bytes": int(offsets[-1])}

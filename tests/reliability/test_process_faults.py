@@ -22,7 +22,7 @@ from tests.reliability.procs import finish, kill_workers_running, staged, start_
 
 # family -> (config builder, input fixture, output name, a task of its write stage)
 FAMILIES = {
-    "webdataset": (wds_config, "wds_input", "out", "write_output_shard"),
+    "webdataset": (wds_config, "wds_input", "out", "write_output_shards"),
     "text": (text_config, "text_input", "merged.jsonl", "write_block"),
 }
 # LeRobot's write stage (data and video tasks) is too short to reliably interrupt the driver within it.

@@ -167,7 +167,7 @@ def build_index(root, shards: list[tuple[pl.DataFrame, pl.DataFrame]]) -> sqlite
     builder = energon.IndexBuilder(LocalFileSystem(), str(root))
     for tar_id, (samples, parts) in enumerate(shards):
         rows = energon.index_rows(samples.to_arrow(), parts.to_arrow())
-        builder.add(tar_id, pickle.loads(pickle.dumps(rows, protocol=5)))
+        builder.add(tar_id, [pickle.loads(pickle.dumps(rows, protocol=5))])
     assert builder.finish() == [".nv-meta/index.sqlite", ".nv-meta/index.uuid"]
     return sqlite3.connect(root / ".nv-meta" / "index.sqlite")
 
@@ -198,7 +198,7 @@ def test_index_sqlite_holds_what_energons_writer_would_and_sqlite_finds_it_sound
 def test_index_sqlite_refuses_a_key_twice(tmp_path):
     samples, parts = shard_rows(40, 1)
     builder = energon.IndexBuilder(LocalFileSystem(), str(tmp_path))
-    builder.add(0, energon.index_rows(samples.to_arrow(), parts.to_arrow()))
-    builder.add(1, energon.index_rows(samples[7:9].to_arrow(), parts.filter(pl.col("sample_index") < 2).to_arrow()))
+    builder.add(0, [energon.index_rows(samples.to_arrow(), parts.to_arrow())])
+    builder.add(1, [energon.index_rows(samples[7:9].to_arrow(), parts.filter(pl.col("sample_index") < 2).to_arrow())])
     with pytest.raises(InvalidInput, match=r"sample key 'part_1/00000[78]' occurs more than once"):
         builder.finish()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raymerge import api
-from raymerge.webdataset.execute import writer_cpus
+from raymerge.webdataset import execute
+from raymerge.webdataset.execute import shards_per_writer, writer_cpus
 from tests.helpers import tree_digest
 
 RUN_SPECIFIC = ("index.uuid", "raymerge.json")
@@ -48,3 +49,28 @@ def test_ray_and_in_process_write_identical_bytes(ray_address, wds, tmp_path, op
 def test_many_shards_get_three_writers_per_two_cores_few_one_per_core():
     assert writer_cpus(31, 2) == 1 and writer_cpus(32, 2) == 2 / 3
     assert writer_cpus(1000, 2) == 2 / 3 and writer_cpus(1000, 64) == 1
+
+
+def test_many_shards_per_core_are_written_a_few_per_task():
+    assert shards_per_writer(100, 2) == 1 and shards_per_writer(1000, 2) == 4 and shards_per_writer(300, 2) == 2
+    assert shards_per_writer(10**6, 2) == execute.SHARDS_PER_WRITER
+
+
+@pytest.mark.parametrize("mode", ["ray", "in-process"])
+def test_shards_written_several_per_task_are_the_same_bytes(ray_address, wds, tmp_path, monkeypatch, mode):
+    """Groups of three, the last one short, and a shard's rows across two ordered chunks."""
+    root = wds["root"]
+    cfg = {
+        "kind": "webdataset",
+        "operation": "join",
+        "inputs": [{"path": str(root / "images")}, {"path": str(root / "captions"), "nonmatch": "none"}],
+        "output": {"path": str(tmp_path / "one"), "maxcount": 7},
+        "ray": {"executor": mode},
+    }
+    one = api.run(cfg)
+    monkeypatch.setattr(execute, "WRITER_TASKS_PER_CPU", 1)
+    monkeypatch.setattr(execute, "SHARDS_PER_WRITER", 3)
+    assert len(one.files_written) > 3 * 3  # shards (and their .tar.idx): more than one full group
+    grouped = api.run({**cfg, "output": {**cfg["output"], "path": str(tmp_path / "grouped")}})
+    assert written(tmp_path / "one") == written(tmp_path / "grouped")
+    assert grouped.files_written == one.files_written and grouped.details["tar_bytes"] == one.details["tar_bytes"]
