@@ -50,7 +50,22 @@ def gather(data: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, carried: np
     bounds = np.concatenate([[0], np.cumsum(z)])
     values = np.empty(int(bounds[-1]), dtype=np.uint8)
     _copy_runs(values, bounds[:-1], data, offsets, z)
+    return _payload_array(values, bounds, carried)
+
+
+def _payload_array(values: np.ndarray, bounds: np.ndarray, carried: np.ndarray) -> pa.LargeListArray:
     return pa.LargeListArray.from_arrays(pa.array(bounds), pa.array(values), mask=pa.array(~carried))
+
+
+def copied_payloads(small: np.ndarray, sizes: np.ndarray) -> pa.LargeListArray | None:
+    """`shard_payloads` of a shard whose header scan copied the payload of every member up to `MEMBER_MAX`
+    bytes within its budget (`small`, one after the other: `tarmembers.ustar_members` with
+    (`MEMBER_MAX`, budget)): then exactly those members are under the threshold, and the bytes are
+    taken while each header is in the cache, not gathered in a second pass (~1 ms a shard of 10,000)."""
+    carried = sizes <= MEMBER_MAX
+    if not carried.any():
+        return None
+    return _payload_array(small, np.concatenate([[0], np.cumsum(np.where(carried, sizes, 0))]), carried)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -173,18 +173,20 @@ def scan(fs: AbstractFileSystem, shard: Shard, carry: int = 0) -> dict[str, Any]
     """The checked sample table of one shard (`tarindex.scan_tar`), from its headers only.
 
     With `carry`, a local plain shard also carries its tiny members' payload, up to that many bytes
-    (`inline`), gathered from the mapping its headers were read from: its pages are touched once.
+    (`inline`), copied as its headers are read (or gathered after, from the same mapping, where the scan
+    could not take them all): its pages are touched once.
     """
     f = open_shard(fs, shard)
     try:
         if isinstance(f, RangeHeaders) or shard.compressed:
             return _scan(fs, shard, f)
         view = tarmembers.mapped(f)
-        table = _scan(fs, shard, f if view is None else view)
+        table = _scan(fs, shard, f if view is None else view, carry)
         if carry:
-            table["data"] = (
-                None if view is None else inline.shard_payloads(view, table["offsets"], table["sizes"], carry)
-            )
+            if "data" not in table:  # the scan could not copy them on its way (`tarindex.scan_tar`)
+                table["data"] = (
+                    None if view is None else inline.shard_payloads(view, table["offsets"], table["sizes"], carry)
+                )
             del view  # unmapped here: the kernel keeps pages that are still mapped
             inline.release(f.fileno(), table["data"])
         return table
@@ -193,11 +195,13 @@ def scan(fs: AbstractFileSystem, shard: Shard, carry: int = 0) -> dict[str, Any]
             f.close()
 
 
-def _scan(fs: AbstractFileSystem, shard: Shard, source: IO[bytes] | RangeHeaders | np.ndarray) -> dict[str, Any]:
+def _scan(
+    fs: AbstractFileSystem, shard: Shard, source: IO[bytes] | RangeHeaders | np.ndarray, carry: int = 0
+) -> dict[str, Any]:
     """`tarindex.scan_tar` of the shard's bytes; one that its headers alone do not describe, read whole by tarfile."""
     size = None if shard.compressed else shard.size
     try:
-        return tarindex.scan_tar(source, shard.name, compressed=shard.compressed, size=size)
+        return tarindex.scan_tar(source, shard.name, compressed=shard.compressed, size=size, carry=carry)
     except tarindex.NotPlainUstar:
         with fs.open(shard.path, "rb", size=shard.size) as whole:
             return tarindex.scan_tar(whole, shard.name, compressed=shard.compressed, size=size)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raymerge.errors import InvalidInput
+from raymerge.webdataset import inline
 from raymerge.webdataset.tarmembers import HeaderSource, Members, tarfile_members, ustar_members
 
 # Energon 7.4's own patterns (megatron/energon/flavors/webdataset/config.py), so keys match exactly.
@@ -53,7 +54,12 @@ def is_run_start(values: np.ndarray) -> np.ndarray:
 
 
 def scan_tar(
-    fileobj: IO[bytes] | HeaderSource | np.ndarray, shard: str, *, compressed: bool = False, size: int | None = None
+    fileobj: IO[bytes] | HeaderSource | np.ndarray,
+    shard: str,
+    *,
+    compressed: bool = False,
+    size: int | None = None,
+    carry: int = 0,
 ) -> dict[str, Any]:
     """The sample table of one shard, checked: adjacent keys, keyed members, safe names, complete data.
 
@@ -61,10 +67,11 @@ def scan_tar(
     `offsets` (of the data) and `sizes`. Keys and extensions are Arrow string arrays, numbers int64 numpy arrays.
     Plain ustar headers (what WebDataset writers produce) are found by following the header chain
     and parsed together; anything else (PAX or GNU long names, damage, links) goes through
-    `tarfile`, which also words the errors.
+    `tarfile`, which also words the errors. With `carry`, a mapped shard's tiny members come with their
+    payload (`data`, `inline.copied_payloads`) where the scan could copy them all within that budget.
     """
     try:
-        members = None if compressed else ustar_members(fileobj)
+        members = None if compressed else ustar_members(fileobj, (inline.MEMBER_MAX, carry) if carry else (-1, 0))
         if members is not None:
             return table(members, shard, size)
         if isinstance(fileobj, HeaderSource | np.ndarray):  # read by range or mapped: tarfile needs a file
@@ -224,7 +231,7 @@ def table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
     }
     if any(c.any() for c in checks.values()):
         _raise_first(checks, members.names, keys, exts, kept, shard)
-    return {
+    found = {
         "key": keys.take(starts),
         "members": np.diff(np.append(starts, len(kept))),
         "nbytes": np.add.reduceat(sizes, starts) if len(starts) else np.zeros(0, dtype=np.int64),
@@ -232,6 +239,13 @@ def table(members: Members, shard: str, size: int | None) -> dict[str, Any]:
         "offsets": offsets,
         "sizes": sizes,
     }
+    if members.small is not None:
+        dropped = np.ones(len(members.sizes), dtype=bool)
+        dropped[kept] = False
+        theirs = members.sizes[dropped]
+        if not ((theirs > 0) & (theirs <= members.small_max)).any():  # no bytes of a dropped member among them
+            found["data"] = inline.copied_payloads(members.small, sizes)
+    return found
 
 
 def _codes(strings: pa.Array) -> np.ndarray:

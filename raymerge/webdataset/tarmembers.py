@@ -1,8 +1,9 @@
-"""Every member of a tar from its headers alone: name, is a directory, data offset, data size.
+"""Every member of a tar from its headers: name, is a directory, data offset, data size (and, on request, the
+payload of its tiny members, copied on the way).
 
 Plain ustar archives (what WebDataset writers produce) are read by following the header chain and
 checking each header in compiled code; anything else (PAX or GNU long names, links, damage, gzip)
-goes through `tarfile`, which also words the errors. Payload is never read.
+goes through `tarfile`, which also words the errors. Payload is not read, but for tiny members' when asked.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Members:
     is_dir: np.ndarray
     offsets: np.ndarray
     sizes: np.ndarray
+    small_max: int = -1  # with `small`: the payload of every member of at most this many bytes, in tar order
+    small: np.ndarray | None = None
 
 
 def unsafe_reason(info: tarfile.TarInfo) -> str | None:
@@ -48,19 +51,23 @@ def open_tar(fileobj: IO[bytes], compressed: bool) -> tarfile.TarFile:
     return tarfile.open(fileobj=fileobj, mode="r:gz" if compressed else "r:")
 
 
-def ustar_members(fileobj: IO[bytes] | HeaderSource | np.ndarray) -> Members | None:
+def ustar_members(fileobj: IO[bytes] | HeaderSource | np.ndarray, carry: tuple[int, int] = (-1, 0)) -> Members | None:
     """Every member of a plain ustar archive (regular files and directories), or None if it is not one.
 
     Mirrors `tarfile.TarInfo.frombuf` for the headers it accepts (same checksum, size, name, prefix
-    and directory rules), so both paths give the same members; payload is skipped, never read. A
-    local file is mapped (or comes mapped, `mapped`) and its header chain followed and checked in
-    compiled code (`_chain`: a page fault per header, no read call); other files are followed by
-    `header_chain`, a read per header or window, and their headers checked by `_headers`, the same checks.
+    and directory rules), so both paths give the same members; payload is skipped. A local file is
+    mapped (or comes mapped, `mapped`) and its header chain followed and checked in compiled code
+    (`_chain`: a page fault per header, no read call); other files are followed by `header_chain`, a
+    read per header or window, and their headers checked by `_headers`, the same checks. A mapped file
+    given `carry` (most bytes of a member, most bytes in all) also gives the payload of its members up
+    to that size (`Members.small`), copied as their headers are read, where they fit.
     """
     source = fileobj if isinstance(fileobj, np.ndarray) else _blocks(fileobj)
+    small = None
     if isinstance(source, np.ndarray):
-        ok, found, text = _chain(source)
+        ok, found, text, copied, total = _chain(source, *carry)
         starts, sizes = found[0], found[1]
+        small = copied[:total] if total >= 0 else None
     else:
         chain = header_chain(source)
         if chain is None:
@@ -68,7 +75,7 @@ def ustar_members(fileobj: IO[bytes] | HeaderSource | np.ndarray) -> Members | N
         raw, starts, sizes = chain
         ok, found, text = _headers(raw, np.arange(len(starts), dtype=np.int64) * _BLOCK, sizes)
     names = _names(found[3], text) if ok else None
-    return None if names is None else Members(names, found[2].astype(bool), starts + _BLOCK, sizes)
+    return None if names is None else Members(names, found[2].astype(bool), starts + _BLOCK, sizes, carry[0], small)
 
 
 def mapped(fileobj: IO[bytes]) -> np.ndarray | None:
@@ -120,16 +127,22 @@ def _names(ends: np.ndarray, text: np.ndarray) -> pa.LargeStringArray | None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _chain(data: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
+def _chain(data: np.ndarray, cap: int, most: int) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray, int]:
     """The headers of a mapped tar, followed up to the end-of-archive block as `header_chain` follows them,
     each checked and its name taken as it is reached (`_header`): per header (columns) its position,
     member size, is a directory and where its name ends in the names' bytes (the second array). False
     on anything odd (a cut or empty archive, a size that is not a plain number, a header that is not
     plain ustar). Compiled: one step per member, each header read once, and a shard holds tens of
-    thousands of tiny members."""
+    thousands of tiny members.
+
+    On the way, the payload of every member of at most `cap` bytes is copied out while its header is
+    still in the cache (one after the other, the third array): their bytes in all, or -1 where they
+    would come to more than `most` or a member runs past the end (the caller then takes them its own
+    way), or where `cap` is negative (none wanted)."""
     found = np.empty((4, 1024), dtype=np.int64)  # grown as needed, like the names' bytes
     text = np.empty(1024 * _NAME_MAX, dtype=np.uint8)
-    n, pos, end, ok = 0, 0, 0, False
+    copied = np.empty(max(0, min(most, len(data))) if cap >= 0 else 0, dtype=np.uint8)
+    n, pos, end, ok, total = 0, 0, 0, False, 0 if cap >= 0 else -1
     while pos + _BLOCK <= len(data):
         block = data[pos : pos + _BLOCK]
         zero = True
@@ -148,11 +161,18 @@ def _chain(data: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
         end, is_dir = _header(block, size, text, end)
         if size < 0 or end < 0:
             break
+        if total >= 0 and size <= cap:
+            if total + size > len(copied) or pos + _BLOCK + size > len(data):
+                total = -1
+            else:
+                for j in range(size):  # a few dozen bytes: a slice assignment costs more than its copy
+                    copied[total + j] = data[pos + _BLOCK + j]
+                total += size
         found[0, n], found[1, n], found[2, n], found[3, n] = pos, size, is_dir, end
         n += 1
         pos += _BLOCK + ((size + _BLOCK - 1) & -_BLOCK)
     n = n if ok else 0
-    return ok, found[:, :n].copy(), text[: found[3, n - 1] if n else 0].copy()
+    return ok, found[:, :n].copy(), text[: found[3, n - 1] if n else 0].copy(), copied, total
 
 
 @numba.njit(cache=True, nogil=True)

@@ -11,9 +11,9 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from raymerge import api
-from raymerge.webdataset import inline, plan, tarmembers, writer
+from raymerge.webdataset import inline, plan, tarindex, tarmembers, writer
 from raymerge.webdataset import samples as S
-from raymerge.webdataset.sources import Shard
+from raymerge.webdataset.sources import Shard, scan
 from raymerge.webdataset.tasks import ScanOptions, scan_shards
 from tests.helpers import tree_digest
 from tests.webdataset.util import tar_bytes
@@ -112,6 +112,34 @@ def test_a_plain_shard_is_mapped_once_for_its_headers_and_its_carried_payloads(t
     assert found[1]["key"].to_list() == ["a", "b", long_key]
     assert _bytes(found[1]["data"].to_list()) == [[b"7"], [b"3"], [b"long"]]
     assert opened.count("plain.tar") == 1
+
+
+@pytest.mark.parametrize(
+    ("members", "budget", "copied"),
+    [
+        ([("a.cls", b"7"), ("a.txt", b"hi"), ("b.cls", b"3"), ("b.txt", b"")], 10**9, True),
+        ([("a.cls", b"7"), ("a.jpg", b"j" * 5000), ("b.cls", b"3")], 10**9, True),  # one member above MEMBER_MAX
+        ([("d/", b""), ("d/a.cls", b"7"), ("d/b.cls", b"3")], 10**9, True),  # a folder: no bytes of its own
+        ([("__meta__", b"{}"), ("a.cls", b"7"), ("b.cls", b"3")], 10**9, False),  # skipped member with bytes
+        ([("a.cls", b"7"), ("a.txt", b"x" * 600), ("b.cls", b"3")], 601, False),  # over the budget: threshold 1
+        ([("a.jpg", b"j" * 5000)], 10**9, True),  # nothing small: nothing carried
+    ],
+)
+def test_payloads_copied_during_the_header_scan_are_what_the_gather_takes(tmp_path, members, budget, copied):
+    """The header scan copies tiny members' payload as it reads their headers; where it cannot take them all
+    (over the budget, a skipped member's bytes among them), the gather after it does, with its threshold."""
+    path = tmp_path / "s.tar"
+    kinds = [(n, tarfile.DIRTYPE if n.endswith("/") else tarfile.REGTYPE, p) for n, p in members]
+    path.write_bytes(tar_bytes(kinds, tarfile.USTAR_FORMAT))
+    with open(path, "rb") as f:
+        view = tarmembers.mapped(f)
+        table = tarindex.scan_tar(view, path.name, size=path.stat().st_size, carry=budget)
+        expected = inline.shard_payloads(view, table["offsets"], table["sizes"], budget)
+    assert ("data" in table) == copied
+    got = table["data"] if copied else inline.shard_payloads(view, table["offsets"], table["sizes"], budget)
+    assert (None if got is None else got.to_pylist()) == (None if expected is None else expected.to_pylist())
+    scanned = scan(LocalFileSystem(), _shard(path), budget)["data"]
+    assert (None if scanned is None else scanned.to_pylist()) == (None if expected is None else expected.to_pylist())
 
 
 def _long_name_inputs(root: Path) -> dict:
