@@ -1,4 +1,4 @@
-"""`execute` of a WebDataset plan: one writer task per output shard into staging, Energon metadata beside them."""
+"""`execute` of a WebDataset plan: writer tasks of one or a few output shards into staging, Energon metadata beside them."""
 
 from __future__ import annotations
 
@@ -39,10 +39,11 @@ def _groups(specs: list[layout.OutputShard], size: int) -> list[list[layout.Outp
 
 
 def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Report:
-    """One writer task per output shard, given the ordered chunks its rows are in (on Ray, a writer goes where
-    its chunk is: mapped there, not copied); payload by range reads from the inputs. `index.sqlite` is
-    filled by an actor that takes each shard's index rows, in shard order, as soon as that shard is
-    written (from the writer, not via the driver), while the other writers run."""
+    """Writer tasks of one or a few consecutive output shards (`shards_per_writer`), each given the ordered
+    chunks its rows are in (on Ray, a writer goes where its chunk is: mapped there, not copied); payload
+    by range reads from the inputs. `index.sqlite` is filled by an actor that takes the shards' index
+    rows, in shard order, as soon as they are written (from the writer, not via the driver), while the
+    other writers run."""
     out = plan.config.output
     fs, root = staging.fs, staging.path
     specs = plan.output_shards
