@@ -87,6 +87,17 @@ def rows(value: pl.DataFrame | ArrowFrame, start: int, end: int) -> pl.DataFrame
     return value.slice(start, end - start)
 
 
+def column(value: pl.DataFrame | ArrowFrame, name: str) -> pl.Series:
+    """One column of a frame argument as sent (`takes_frames_as_sent`), converting no other."""
+    if isinstance(value, ArrowFrame):
+        import polars as pl
+
+        series = pl.from_arrow(value.table.column(name))
+        assert isinstance(series, pl.Series)
+        return series.alias(name)
+    return value[name]
+
+
 def pack(value: Any) -> Any:
     """A task's result or argument as it is stored: a DataFrame as its Arrow table, anything else as is.
     (Without polars loaded, nothing is a DataFrame: a run that uses none does not import it.)"""

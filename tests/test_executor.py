@@ -89,12 +89,16 @@ def test_a_task_can_take_frames_as_sent(executor):
 
     from raymerge import transport
 
-    df = pl.DataFrame({"a": list(range(10))})
+    df = pl.DataFrame({"a": list(range(10)), "b": [[i] for i in range(10)]})
     as_sent = transport.takes_frames_as_sent(lambda *frames: [transport.rows(f, 2, 5)["a"].to_list() for f in frames])
     kinds = executor.get(executor.submit(frame_kinds, executor.put(df)))
     assert kinds == ["DataFrame"]  # unmarked tasks get frames
     got = executor.get(executor.submit(as_sent, executor.put(df)))
     assert got == [[2, 3, 4]]
+    one_column = transport.takes_frames_as_sent(
+        lambda f: (transport.column(f, "a").name, transport.column(f, "a").sum())
+    )
+    assert executor.get(executor.submit(one_column, executor.put(df))) == ("a", 45)
     kinds_as_sent = transport.takes_frames_as_sent(lambda *frames: frame_kinds(*frames))
     sent = executor.get(executor.submit(kinds_as_sent, executor.put(df)))
     assert sent == (["ArrowFrame"] if executor.is_ray else ["DataFrame"])

@@ -41,9 +41,9 @@ def _groups(specs: list[layout.OutputShard], size: int) -> list[list[layout.Outp
 def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Report:
     """Writer tasks of one or a few consecutive output shards (`shards_per_writer`), each given the ordered
     chunks its rows are in (on Ray, a writer goes where its chunk is: mapped there, not copied); payload
-    by range reads from the inputs. `index.sqlite` is filled by an actor that takes the shards' index
-    rows, in shard order, as soon as they are written (from the writer, not via the driver), while the
-    other writers run."""
+    by range reads from the inputs. `index.sqlite` is filled by an actor: first the index of keys, from
+    every chunk's keys (`tasks.chunk_keys`), then the shards' index rows, in shard order, as soon as they
+    are written (from the writer, not via the driver), while the other writers run."""
     out = plan.config.output
     fs, root = staging.fs, staging.path
     specs = plan.output_shards
@@ -52,6 +52,10 @@ def execute(plan: WebDatasetPlan, staging: Staging, executor: Executor) -> Repor
     shards, filesystems = executor.put(ShardList(plan.shards)), executor.put(plan.filesystems)  # once, not per task
     groups = _groups(specs, shards_per_writer(len(specs), executor.cpus()))
     added: list[Any] = []
+    if index is not None:  # the index of keys first: it needs them all, and would otherwise follow the writers
+        starts = tasks.chunk_starts(specs)
+        keys = [executor.submit(tasks.chunk_keys, plan.chunks[c], s, plan.renumber_width) for c, s in starts.items()]
+        added.append(executor.call(index, "keys", *keys))
 
     def hand_to_index(i: int, handles: list[Any]) -> None:
         if index is not None:  # actor calls run in submission order, each once its shards' rows exist

@@ -2,8 +2,9 @@
 
 plan: `scan_shards` (one per run of shards) -> `check_and_join` (one per hash bucket) -> `sort_range`
 (one per range of the output order) or `gather_blend` (one per chunk of a blend) -> `pack_chunk` (a
-chain, one per ordered chunk). execute: `write_output_shards` (one or a few consecutive output shards per
-task, taking their rows from the ordered chunks they overlap, and building their `index.sqlite` rows). Arguments and results are small
+chain, one per ordered chunk). execute: `chunk_keys` (one per ordered chunk, for the index of keys), then
+`write_output_shards` (one or a few consecutive output shards per task, taking their rows from the
+ordered chunks they overlap, and building their `index.sqlite` rows). Arguments and results are small
 key tables, index row images and plain values, never payload.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from fsspec import AbstractFileSystem
 
 from raymerge import directio, storage, transport
@@ -157,6 +159,27 @@ def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> ArrowFrame
     tasks elsewhere in a cluster (Ray Data's read tasks) take instead of whole chunks."""
     parts = tuple(transport.slices(df, bounds))
     return parts[0] if len(parts) == 1 else parts
+
+
+@transport.takes_frames_as_sent
+def chunk_keys(chunk: pl.DataFrame | ArrowFrame, start: int, renumber_width: int | None) -> pa.Array:
+    """The keys an ordered chunk's rows get in the output (the first being sample `start` of the output),
+    as the writers give them (`output_keys`): for the index of keys, built before the shards are written."""
+    keys = transport.column(chunk, "key")
+    named = output_keys(keys.to_frame(), start, renumber_width)
+    return named.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+def chunk_starts(specs: Sequence[OutputShard]) -> dict[int, int]:
+    """Where each ordered chunk's first row lands in the output (its sample number), by chunk id, in
+    output order: the shards' pieces run through the chunks one after the other."""
+    starts: dict[int, int] = {}
+    for spec in specs:
+        at = spec.start
+        for c, a, b in spec.pieces:
+            starts.setdefault(c, at - a)
+            at += b - a
+    return starts
 
 
 def chunks_of(specs: Sequence[OutputShard]) -> list[int]:

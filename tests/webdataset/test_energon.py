@@ -18,7 +18,7 @@ from megatron.energon import Cooker, DefaultTaskEncoder, WorkerConfig, get_loade
 from megatron.energon.flavors.webdataset.prepare import WebdatasetPreparator
 
 from raymerge import api
-from raymerge.errors import InvalidInput
+from raymerge.errors import InvalidInput, RunFailed
 from raymerge.webdataset import energon
 from tests.webdataset.util import read_samples
 
@@ -165,6 +165,7 @@ def shard_rows(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def build_index(root, shards: list[tuple[pl.DataFrame, pl.DataFrame]]) -> sqlite3.Connection:
     builder = energon.IndexBuilder(LocalFileSystem(), str(root))
+    builder.keys(*[samples["sample_key"].to_arrow() for samples, _ in shards])
     for tar_id, (samples, parts) in enumerate(shards):
         rows = energon.index_rows(samples.to_arrow(), parts.to_arrow())
         builder.add(tar_id, [pickle.loads(pickle.dumps(rows, protocol=5))])
@@ -196,9 +197,16 @@ def test_index_sqlite_holds_what_energons_writer_would_and_sqlite_finds_it_sound
 
 
 def test_index_sqlite_refuses_a_key_twice(tmp_path):
+    samples, _ = shard_rows(40, 1)
+    builder = energon.IndexBuilder(LocalFileSystem(), str(tmp_path))
+    with pytest.raises(InvalidInput, match=r"sample key 'part_1/00000[78]' occurs more than once"):
+        builder.keys(samples["sample_key"].to_arrow(), samples[7:9]["sample_key"].to_arrow())
+
+
+def test_index_sqlite_is_not_finished_without_every_key(tmp_path):
     samples, parts = shard_rows(40, 1)
     builder = energon.IndexBuilder(LocalFileSystem(), str(tmp_path))
+    builder.keys(samples[:39]["sample_key"].to_arrow())
     builder.add(0, [energon.index_rows(samples.to_arrow(), parts.to_arrow())])
-    builder.add(1, [energon.index_rows(samples[7:9].to_arrow(), parts.filter(pl.col("sample_index") < 2).to_arrow())])
-    with pytest.raises(InvalidInput, match=r"sample key 'part_1/00000[78]' occurs more than once"):
+    with pytest.raises(RunFailed, match=r"index\.sqlite: 39 sample keys indexed for 40 samples"):
         builder.finish()

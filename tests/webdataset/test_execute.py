@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from raymerge import api
-from raymerge.webdataset import execute
+from raymerge.webdataset import execute, tasks
 from raymerge.webdataset.execute import shards_per_writer, writer_cpus
+from raymerge.webdataset.layout import OutputShard
 from tests.helpers import tree_digest
 
 RUN_SPECIFIC = ("index.uuid", "raymerge.json")
@@ -74,3 +77,51 @@ def test_shards_written_several_per_task_are_the_same_bytes(ray_address, wds, tm
     grouped = api.run({**cfg, "output": {**cfg["output"], "path": str(tmp_path / "grouped")}})
     assert written(tmp_path / "one") == written(tmp_path / "grouped")
     assert grouped.files_written == one.files_written and grouped.details["tar_bytes"] == one.details["tar_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "extra"),
+    [
+        ("join", {"output": {"maxcount": 7}}),
+        ("concat", {"on_duplicate_key": "renumber", "output": {"shuffle": {"seed": 2}, "maxsize": 3000}}),
+        ("concat", {"on_duplicate_key": "prefix", "output": {"maxcount": 5}}),
+    ],
+)
+@pytest.mark.parametrize("mode", ["ray", "in-process"])
+def test_index_of_keys_built_before_the_shards_finds_every_written_sample(
+    ray_address, wds, tmp_path, operation, extra, mode
+):
+    """The key index is made from the ordered chunks before any shard is written: every key the writers
+    wrote must lead, through it, to that very sample row."""
+    root = wds["root"]
+    secondary = {"path": str(root / "captions")} | ({"nonmatch": "none"} if operation == "join" else {})
+    cfg = {
+        "kind": "webdataset",
+        "operation": operation,
+        "inputs": [{"path": str(root / "images")}, secondary],
+        "output": {"path": str(tmp_path / "out"), **extra["output"]},
+        "ray": {"executor": mode},
+        **{k: v for k, v in extra.items() if k != "output"},
+    }
+    report = api.run(cfg)
+    db = sqlite3.connect(tmp_path / "out" / ".nv-meta" / "index.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    rows = db.execute("SELECT rowid, sample_key, tar_file_id, sample_index FROM samples NOT INDEXED").fetchall()
+    assert len(rows) == report.rows_out and max(r[2] for r in rows) > 1
+    by_key = "SELECT rowid, tar_file_id, sample_index FROM samples INDEXED BY sqlite_autoindex_samples_1 WHERE sample_key = ?"
+    for rowid, key, tar, index in rows:
+        assert db.execute(by_key, (key,)).fetchall() == [(rowid, tar, index)]
+    in_order = [
+        r[0]
+        for r in db.execute("SELECT sample_key FROM samples INDEXED BY sqlite_autoindex_samples_1 ORDER BY sample_key")
+    ]
+    assert in_order == sorted(r[1] for r in rows)
+
+
+def test_chunk_starts_follow_the_pieces_through_the_chunks():
+    specs = [
+        OutputShard(0, "a.tar", 0, 5, pieces=[(0, 0, 5)]),
+        OutputShard(1, "b.tar", 5, 5, pieces=[(0, 5, 7), (1, 0, 3)]),
+        OutputShard(2, "c.tar", 10, 4, pieces=[(1, 3, 4), (3, 0, 3)]),
+    ]
+    assert tasks.chunk_starts(specs) == {0: 0, 1: 7, 3: 11}
