@@ -133,8 +133,9 @@ def plan(cfg: Config, executor: Executor) -> WebDatasetPlan:
         _raise_duplicates(results, groups, shards, names)
     if op == "join":
         _join_report(cfg, names, results, report)
+    counts: list[int] | None = None  # samples per ordered chunk, where known before they are packed
     if boundaries is not None:
-        counts, chunks = _sort_ranges(executor, range_parts, len(boundaries))
+        chunks = _sort_ranges(executor, range_parts, len(boundaries))
         range_parts.clear()  # likewise, once the sort tasks have them
     elif op == "blend":
         counts, chunks = _blend(executor, cfg, scanned, report)
@@ -143,10 +144,10 @@ def plan(cfg: Config, executor: Executor) -> WebDatasetPlan:
     if op in ("concat", "reshard"):
         for r in report.inputs:
             r.rows_out = r.rows_in
-    total = sum(counts)
+    output_shards = _cut_output_shards(executor, cfg, chunks, counts)
+    total = sum(s.count for s in output_shards)
     if total == 0:
         raise InvalidInput("no samples would be written (every sample was skipped)")
-    output_shards = _cut_output_shards(executor, cfg, chunks, counts)
     report.rows_out = total
     report.details.update(
         {
@@ -259,10 +260,10 @@ def _check_buckets(
     return results, [list(o[1:]) for o in outs]
 
 
-def _sort_ranges(executor: Executor, range_parts: list[list[Any]], groups: int) -> tuple[list[int], list[Any]]:
-    """One sort task per range of the output order: sample counts and handles of the ordered chunks."""
-    handles = [executor.submit(tasks.sort_range, *[p[r] for p in range_parts], num_returns=2) for r in range(groups)]
-    return executor.get([h[0] for h in handles]), [h[1] for h in handles]
+def _sort_ranges(executor: Executor, range_parts: list[list[Any]], groups: int) -> list[Any]:
+    """One sort task per range of the output order: handles of the ordered chunks, not waited for (the
+    chunks are packed into shards as each is sorted)."""
+    return [executor.submit(tasks.sort_range, *[p[r] for p in range_parts]) for r in range(groups)]
 
 
 def _blend(executor: Executor, cfg: Config, scanned: list[Batch], report: Report) -> tuple[list[int], list[Any]]:
@@ -288,16 +289,18 @@ def _blend(executor: Executor, cfg: Config, scanned: list[Batch], report: Report
 
 
 def _cut_output_shards(
-    executor: Executor, cfg: Config, chunks: list[Any], counts: list[int]
+    executor: Executor, cfg: Config, chunks: list[Any], counts: list[int] | None
 ) -> list[layout.OutputShard]:
     """Output shards cut by a chain of tasks, one per ordered chunk, each packing on from the state the one
-    before left (`layout.pack_chunk`): the driver receives pieces of shards, never per-sample sizes."""
+    before left (`layout.pack_chunk`): the driver receives pieces of shards, never per-sample sizes. The
+    chain is submitted at once: each link runs as soon as its chunk and the link before are done
+    (chunks known to be empty, by `counts`, are left out)."""
     out = cfg.output
     packer = layout.ShardPacker(out.maxcount, out.maxsize, out.pattern)
     state: Any = layout.PackState()
     found = []
     for c, chunk in enumerate(chunks):
-        if counts[c]:
+        if counts is None or counts[c]:
             pieces, state = executor.submit(tasks.pack_chunk, chunk, state, c, out.maxcount, out.maxsize, num_returns=2)
             found.append(pieces)
     for pieces in executor.get(found):

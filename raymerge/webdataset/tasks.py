@@ -117,10 +117,9 @@ def check_and_join(
     return (result, *parts)
 
 
-def sort_range(*parts: pl.DataFrame | ArrowFrame) -> tuple[int, pl.DataFrame]:
-    """One range of the output order, from its part of every bucket, sorted: (samples, rows)."""
-    df = pl.concat([unpack(p) for p in parts]).sort("order")
-    return df.height, df
+def sort_range(*parts: pl.DataFrame | ArrowFrame) -> pl.DataFrame:
+    """One range of the output order, from its part of every bucket, sorted."""
+    return pl.concat([unpack(p) for p in parts]).sort("order")
 
 
 def gather_blend(
@@ -146,12 +145,13 @@ def chunk_sizes(df: pl.DataFrame) -> np.ndarray:
     return df["nbytes"].to_numpy()
 
 
+@transport.takes_frames_as_sent
 def pack_chunk(
-    df: pl.DataFrame, state: layout.PackState, chunk: int, maxcount: int, maxsize: int
+    df: pl.DataFrame | ArrowFrame, state: layout.PackState, chunk: int, maxcount: int, maxsize: int
 ) -> tuple[list[tuple[int, int, int, int, int]], layout.PackState]:
     """Output shard pieces of one ordered chunk (`layout.pack_chunk`), packing on from the previous chunk's
     state: the per-sample sizes stay in the task; the driver gets pieces, one or a few per shard."""
-    return layout.pack_chunk(chunk, df["nbytes"].to_numpy(), state, maxcount, maxsize)
+    return layout.pack_chunk(chunk, transport.column(df, "nbytes").to_numpy(), state, maxcount, maxsize)
 
 
 def cut_chunk(df: pl.DataFrame, bounds: Sequence[tuple[int, int]]) -> ArrowFrame | tuple[ArrowFrame, ...]:
