@@ -2,9 +2,10 @@
 
 import os
 
-from raymerge.runtime import share_threads
+from raymerge.runtime import keep_freed_memory, share_threads
 
 share_threads(os.environ)  # before anything loads polars (`runtime.share_threads`)
+keep_freed_memory(os.environ)
 
 from raymerge.api import inspect, plan, preview, run
 from raymerge.errors import InvalidInput, RaymergeError, RunFailed

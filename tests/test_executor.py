@@ -228,3 +228,26 @@ def test_polars_threads_follow_the_process_share_unless_set(environ, threads):
     (own,) = pool("import polars as pl; print(pl.thread_pool_size())")  # polars' own choice in the same environment
     assert setting == str(threads)
     assert int(size) == (int(threads) if threads else int(own))
+
+
+def allocator_settings() -> tuple[str | None, str | None]:
+    import polars  # noqa: F401  (loaded: its allocator settings are final)
+
+    return os.environ.get("POLARS_MAX_THREADS"), os.environ.get("_RJEM_MALLOC_CONF")
+
+
+def test_ray_workers_size_polars_and_keep_its_freed_pages(ray_address):
+    executor = Executor.ray()
+    threads, conf = executor.get(executor.submit(allocator_settings))
+    assert threads == "1"  # one core per task: one polars thread
+    assert conf is not None and conf.endswith("dirty_decay_ms:-1,muzzy_decay_ms:-1")  # after polars' own, so it wins
+
+
+def test_freed_pages_are_kept_only_in_processes_told_their_share_and_never_against_ones_own_setting():
+    from raymerge.runtime import keep_freed_memory
+
+    worker, driver, own = {"OMP_NUM_THREADS": "1"}, {}, {"OMP_NUM_THREADS": "1", "_RJEM_MALLOC_CONF": "narenas:2"}
+    for environ in (worker, driver, own):
+        keep_freed_memory(environ)
+    assert worker["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    assert "_RJEM_MALLOC_CONF" not in driver and own["_RJEM_MALLOC_CONF"] == "narenas:2"
