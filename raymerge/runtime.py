@@ -59,20 +59,30 @@ def share_threads(environ: MutableMapping[str, str]) -> None:
         environ.setdefault("POLARS_MAX_THREADS", environ["OMP_NUM_THREADS"])
 
 
+KEEP_FREED_PAGES = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+POLARS_DECAY = ("dirty_decay_ms:500", "muzzy_decay_ms:1000")  # what polars itself puts in `_RJEM_MALLOC_CONF`
+
+
 def keep_freed_memory(environ: MutableMapping[str, str]) -> None:
     """In a Ray worker (a process told its share of the cores, as for `share_threads`), polars' allocator
     keeps the pages its tasks free for the worker's next tasks.
 
-    Polars hands freed pages back to the kernel after half a second (`dirty_decay_ms:500`, its own
-    setting, for long-lived processes). A task's key tables take hundreds of megabytes, freed at its end
-    and allocated again by the next task a moment later: every page handed back costs a fault and a
-    zeroed page the next time. At 10^7 tiny-member keys on 2 cores, in runs taken in turns, the join's
-    system time fell from 17.5-17.9 to 14.2-16.8 core-s (39.0-41.0 s against 39.9-41.4 s). A worker
-    then holds the most its tasks held at once (bounded by their sizes: `ROWS_PER_BUCKET`, one
-    range of the output) until it exits. A `_RJEM_MALLOC_CONF` of one's own wins (polars applies it after
-    its defaults). Must run before polars loads."""
-    if "OMP_NUM_THREADS" in environ:
-        environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
+    Polars hands freed pages back to the kernel after half a second (`POLARS_DECAY`, its own setting, for
+    long-lived processes). A task's key tables take hundreds of megabytes, freed at its end and allocated
+    again by the next task a moment later: every page handed back costs a fault and a zeroed page the next
+    time. At 10^7 tiny-member keys on 2 cores, in runs taken in turns, the join's system time fell from
+    17.5-17.9 to 14.2-16.8 core-s (39.0-41.0 s against 39.9-41.4 s). A worker then holds the most its
+    tasks held at once (bounded by their sizes: `ROWS_PER_BUCKET`, one range of the output) until it exits.
+
+    Polars writes its setting into the environment when it loads, so a worker started by a process that
+    had loaded polars inherits it: that is not taken for one's own. A decay of one's own wins (polars
+    applies `_RJEM_MALLOC_CONF` after its defaults); other options of one's own are kept. Must run before
+    polars loads."""
+    if "OMP_NUM_THREADS" not in environ:
+        return
+    own = [o for o in environ.get("_RJEM_MALLOC_CONF", "").split(",") if o and o not in POLARS_DECAY]
+    if not any(o.startswith(("dirty_decay_ms:", "muzzy_decay_ms:")) for o in own):
+        environ["_RJEM_MALLOC_CONF"] = ",".join([*own, KEEP_FREED_PAGES])
 
 
 @contextlib.contextmanager

@@ -243,11 +243,20 @@ def test_ray_workers_size_polars_and_keep_its_freed_pages(ray_address):
     assert conf is not None and conf.endswith("dirty_decay_ms:-1,muzzy_decay_ms:-1")  # after polars' own, so it wins
 
 
-def test_freed_pages_are_kept_only_in_processes_told_their_share_and_never_against_ones_own_setting():
+def test_freed_pages_are_kept_only_in_processes_told_their_share_and_never_against_ones_own_decay():
     from raymerge.runtime import keep_freed_memory
 
-    worker, driver, own = {"OMP_NUM_THREADS": "1"}, {}, {"OMP_NUM_THREADS": "1", "_RJEM_MALLOC_CONF": "narenas:2"}
-    for environ in (worker, driver, own):
-        keep_freed_memory(environ)
-    assert worker["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-    assert "_RJEM_MALLOC_CONF" not in driver and own["_RJEM_MALLOC_CONF"] == "narenas:2"
+    keep = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    cases = {  # a worker's inherited value -> what polars is told
+        "": keep,
+        "dirty_decay_ms:500,muzzy_decay_ms:1000": keep,  # polars' own, from a driver that had loaded it
+        "dirty_decay_ms:500,muzzy_decay_ms:1000,narenas:2": "narenas:2," + keep,
+        "narenas:2,dirty_decay_ms:2000": "narenas:2,dirty_decay_ms:2000",  # one's own decay wins
+    }
+    for inherited, told in cases.items():
+        worker = {"OMP_NUM_THREADS": "1"} | ({"_RJEM_MALLOC_CONF": inherited} if inherited else {})
+        keep_freed_memory(worker)
+        assert worker["_RJEM_MALLOC_CONF"] == told, inherited
+    driver: dict[str, str] = {}
+    keep_freed_memory(driver)
+    assert driver == {}
